@@ -1,0 +1,202 @@
+"""Workflow configuration: schema validation with defaults, cross-reference checks, and the narrow views
+each workflow step receives.
+
+Validation fails with a one-line :class:`~ctxscale.errors.UserError` that names the offending key, e.g.
+``config error at evaluation.batch_size: 'eight' is not of type 'integer'``. Defaults from the schema are
+filled in, so every downstream reader sees a complete config.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from ctxscale.errors import UserError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+# Evaluation keys that size the job (resources), not its results: kept out of the evaluate rule's params
+# so that changing them never reruns an evaluation.
+EVALUATION_RESOURCE_KEYS = ("threads", "gpus", "mem_mb", "runtime")
+
+
+def _validator_with_defaults(schema: dict) -> jsonschema.protocols.Validator:
+    """A Draft 2020-12 validator that also fills in ``default`` values of object properties."""
+    base = jsonschema.Draft202012Validator
+    validate_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    extended = jsonschema.validators.extend(base, {"properties": set_defaults})
+    return extended(schema)
+
+
+def _error_path(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(part) for part in error.absolute_path)
+    return path or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One line naming the key; for unknown keys, name the key itself rather than its parent."""
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        unknown = sorted(k for k in error.instance if k not in allowed)
+        where = _error_path(error)
+        prefix = "" if where == "(top level)" else where + "."
+        if unknown:
+            return f"config error: unknown key {prefix}{unknown[0]} (allowed here: {', '.join(sorted(allowed))})"
+    if error.context:  # oneOf/anyOf: report the most specific sub-error
+        best = jsonschema.exceptions.best_match(error.context)
+        return f"config error at {_error_path(error)}: {best.message}"
+    return f"config error at {_error_path(error)}: {error.message}"
+
+
+def load_schema(path: Path | str = SCHEMA_PATH) -> dict:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def validate_config(config: dict, schema: dict | None = None) -> dict:
+    """Validate ``config`` in place (filling defaults) and check cross-references. Returns it."""
+    if not isinstance(config, dict):
+        raise UserError("config error: the config file must be a YAML mapping")
+    schema = schema if schema is not None else load_schema()
+    validator = _validator_with_defaults(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
+    if errors:
+        raise UserError(_describe(errors[0]))
+    _check_references(config)
+    return config
+
+
+def _check_references(config: dict) -> None:
+    models = config["models"]
+    groups = config.get("model_groups", {})
+    for name, spec in models.items():
+        if spec["group"] not in groups:
+            raise UserError(
+                f"config error at models.{name}.group: group '{spec['group']}' is not listed under model_groups"
+            )
+        if "extends" in spec and spec["extends"] not in models:
+            raise UserError(f"config error at models.{name}.extends: unknown model '{spec['extends']}'")
+    known = _known_datasets(config)
+    for task, datasets in config["tasks"].items():
+        for dataset in datasets:
+            if dataset not in known:
+                raise UserError(
+                    f"config error at tasks.{task}: unknown dataset '{dataset}' "
+                    f"(known: {', '.join(sorted(known))})"
+                )
+    for experiment, settings in config.get("experiments", {}).items():
+        for model in settings.get("holdout_models", []):
+            if model not in models:
+                raise UserError(f"config error at experiments.{experiment}.holdout_models: unknown model '{model}'")
+        for group in settings.get("holdout_groups", []):
+            if group not in groups:
+                raise UserError(f"config error at experiments.{experiment}.holdout_groups: unknown group '{group}'")
+    for group in config.get("fit", {}).get("groups", []):
+        if group not in groups:
+            raise UserError(f"config error at fit.groups: unknown group '{group}'")
+    fig1_model = config.get("figures", {}).get("fig1_model")
+    if fig1_model is not None and fig1_model not in models:
+        raise UserError(f"config error at figures.fig1_model: unknown model '{fig1_model}'")
+    fig1_task = config.get("figures", {}).get("fig1_task")
+    if fig1_task is not None and fig1_task not in config["tasks"]:
+        raise UserError(f"config error at figures.fig1_task: unknown task '{fig1_task}'")
+    if not enabled_models(config):
+        raise UserError("config error at model_groups: no model is in an enabled group")
+
+
+def _known_datasets(config: dict) -> set[str]:
+    if config.get("data", {}).get("source", "hf") == "synthetic":
+        return set(config["data"].get("synthetic", {}))
+    from ctxscale.datasets import DATASETS
+
+    return set(DATASETS)
+
+
+def load_config(path: Path | str) -> dict:
+    """Read and validate a workflow config YAML file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"config file not found: {path}")
+    try:
+        with open(path) as handle:
+            config = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return validate_config(config)
+
+
+# ---------------------------------------------------------------- views used by the workflow rules
+
+
+def enabled_models(config: dict) -> list[str]:
+    """Models whose group is enabled, in config order."""
+    groups = config.get("model_groups", {})
+    return [
+        name
+        for name, spec in config["models"].items()
+        if groups.get(spec["group"], {}).get("enabled", True)
+    ]
+
+
+def dataset_names(config: dict) -> list[str]:
+    """Every dataset the tasks use, with deepmind-math expanded to one dataset per config."""
+    names = [d for datasets in config["tasks"].values() for d in datasets]
+    if config.get("data", {}).get("source", "hf") == "synthetic":
+        return names
+    from ctxscale.datasets import expand_dataset_names
+
+    return expand_dataset_names(names, config["data"].get("deepmind_math_configs", "all"))
+
+
+def dataset_task(config: dict) -> dict[str, str]:
+    """Expanded dataset name -> task category."""
+    mapping = {}
+    for task, datasets in config["tasks"].items():
+        for dataset in datasets:
+            mapping[dataset] = task
+    for name in dataset_names(config):
+        mapping.setdefault(name, mapping.get(name.split(".")[0]))
+    return mapping
+
+
+def holdout_models(config: dict, experiment: str = "held-out-compute") -> list[str]:
+    """Enabled models held out of the fit by the held-out-compute experiment."""
+    settings = config.get("experiments", {}).get(experiment, {})
+    enabled = enabled_models(config)
+    groups = set(settings.get("holdout_groups", []))
+    named = set(settings.get("holdout_models", []))
+    return [m for m in enabled if m in named or config["models"][m]["group"] in groups]
+
+
+def fit_models(config: dict, experiment: str) -> list[str]:
+    """Models a fit trains on: enabled models of the fit groups, minus the held-out ones for held-out-compute."""
+    groups = set(config.get("fit", {}).get("groups", ["yarn"]))
+    models = [m for m in enabled_models(config) if config["models"][m]["group"] in groups]
+    if experiment == "held-out-compute":
+        held_out = set(holdout_models(config))
+        models = [m for m in models if m not in held_out]
+    return models
+
+
+def evaluation_settings(config: dict, model: str) -> dict[str, Any]:
+    """The settings that determine an evaluation's results: evaluation subtree (minus job sizing) + model fields."""
+    settings = {k: v for k, v in config.get("evaluation", {}).items() if k not in EVALUATION_RESOURCE_KEYS}
+    spec = config["models"][model]
+    settings.update(
+        revision=spec.get("revision", "main"),
+        n_ctx=spec["n_ctx"],
+        rope_scaling=spec.get("rope_scaling"),
+    )
+    return settings

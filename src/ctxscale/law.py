@@ -1,0 +1,194 @@
+"""The context-aware scaling law of Montgomery et al. (2025), its penalty variants and baselines.
+
+Paper form (spec §1.1)::
+
+    P(C, n_pmt, n_ctx) = [1 - exp(-A (C/C_c)^alpha)] * [1 - exp(-B (n_pmt/n_pmt_c)^beta)] * sigma(n_pmt - n_ctx)
+
+Penalty ``sigma`` (spec §1.2):
+
+- ``paper`` (default): parameter-free ``1 / (1 + exp(n_pmt - n_ctx))`` in raw tokens, i.e. 0.5 at the limit,
+  > 0.9999 ten tokens below it and < 1e-4 ten tokens above it (computed as ``expit`` for safety);
+- ``relative``: the same logistic with a fixed width relative to the limit,
+  ``1 / (1 + exp((n_pmt - n_ctx) / (w * n_ctx)))``, default ``w = 0.01`` (1% of n_ctx);
+- ``fitted``: the relative form with ``w`` fitted as a 7th parameter (``log10_penalty_width`` in [-4, 0]).
+
+Identifiability (spec §1.3): ``A (C/C_c)^alpha = exp(alpha * (ln C - ln C50))`` with
+``ln C50 = ln C_c - ln(A) / alpha``, so only ``(C50, alpha)`` and ``(n50, beta)`` are determined by data.
+The identifiable form used everywhere in this library is::
+
+    f_C = 1 - exp(-(C / C50)^alpha)          f_n = 1 - exp(-(n_pmt / n50)^beta)
+
+with parameters ``log10_C50, alpha, log10_n50, beta`` (plus ``log10_penalty_width`` for the fitted penalty).
+``C50`` is the compute at which the compute factor reaches 1 - 1/e (about 0.632), likewise ``n50``.
+Mapping back to the paper form is a choice of one point on the ridge; we report the canonical one
+``A = 1, C_c = C50, B = 1, n_pmt_c = n50`` (:func:`paper_from_identifiable`). Any paper-form parameters map
+to the identifiable form exactly (:func:`identifiable_from_paper`), so the two round-trip.
+
+Model forms: ``context-aware`` (the law), ``no-penalty`` (the paper's ablation: compute and context factors,
+no sigma) and ``context-agnostic`` (compute factor only: the "existing approaches" baseline of Fig. 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import expit
+
+from ctxscale.errors import UserError
+
+MODEL_FORMS = ("context-aware", "no-penalty", "context-agnostic")
+PENALTIES = ("paper", "relative", "fitted")
+PAPER_PARAM_NAMES = ("A", "C_c", "alpha", "B", "n_pmt_c", "beta")
+DEFAULT_RELATIVE_WIDTH = 0.01
+# Bounds of the fitted penalty width (fraction of n_ctx): 1e-4 is about one token at 4k (the paper's
+# step), 1 is a penalty so soft that it already acts well inside the window.
+FITTED_WIDTH_LOG10_BOUNDS = (-4.0, 0.0)
+
+
+def saturating_factor(log_hazard):
+    """``1 - exp(-exp(h))`` computed without cancellation (``-expm1``)."""
+    return -np.expm1(-np.exp(log_hazard))
+
+
+def compute_factor(compute, A, C_c, alpha):
+    """Paper form of the compute factor ``1 - exp(-A (C/C_c)^alpha)``."""
+    compute = np.asarray(compute, dtype=float)
+    return saturating_factor(np.log(A) + alpha * (np.log(compute) - np.log(C_c)))
+
+
+def context_factor(n_pmt, B, n_pmt_c, beta):
+    """Paper form of the context factor ``1 - exp(-B (n_pmt/n_pmt_c)^beta)``."""
+    n_pmt = np.asarray(n_pmt, dtype=float)
+    return saturating_factor(np.log(B) + beta * (np.log(n_pmt) - np.log(n_pmt_c)))
+
+
+def context_penalty(n_pmt, n_ctx, kind: str = "paper", width: float | None = None):
+    """The decreasing logistic penalty sigma(n_pmt - n_ctx); see the module docstring for the variants.
+
+    ``width`` is the fraction of ``n_ctx`` used as the logistic scale for ``relative`` and ``fitted``
+    (default 0.01 for ``relative``); it is ignored for ``paper`` (scale of one token).
+    """
+    n_pmt = np.asarray(n_pmt, dtype=float)
+    n_ctx = np.asarray(n_ctx, dtype=float)
+    if kind == "paper":
+        return expit(-(n_pmt - n_ctx))
+    if kind in ("relative", "fitted"):
+        if width is None:
+            if kind == "fitted":
+                raise UserError("the fitted penalty needs its width (penalty_width)")
+            width = DEFAULT_RELATIVE_WIDTH
+        if not width > 0:
+            raise UserError(f"penalty width must be positive, got {width}")
+        return expit(-(n_pmt - n_ctx) / (width * n_ctx))
+    raise UserError(f"unknown penalty {kind!r}; choose one of {', '.join(PENALTIES)}")
+
+
+def paper_law(compute, n_pmt, n_ctx, A, C_c, alpha, B, n_pmt_c, beta, penalty: str = "paper", penalty_width=None):
+    """The law exactly as written in the paper (spec §1.1), numpy-broadcasting over the inputs."""
+    return (
+        compute_factor(compute, A, C_c, alpha)
+        * context_factor(n_pmt, B, n_pmt_c, beta)
+        * context_penalty(n_pmt, n_ctx, penalty, penalty_width)
+    )
+
+
+@dataclass(frozen=True)
+class LawSpec:
+    """Which member of the law family: model form, penalty kind and (for ``relative``) its fixed width."""
+
+    model_form: str = "context-aware"
+    penalty: str = "paper"
+    penalty_width: float | None = None
+
+    def __post_init__(self):
+        if self.model_form not in MODEL_FORMS:
+            raise UserError(f"unknown model form {self.model_form!r}; choose one of {', '.join(MODEL_FORMS)}")
+        if self.penalty not in PENALTIES:
+            raise UserError(f"unknown penalty {self.penalty!r}; choose one of {', '.join(PENALTIES)}")
+        if self.penalty_width is not None and not (self.penalty_width > 0 and math.isfinite(self.penalty_width)):
+            raise UserError(f"penalty width must be a positive number, got {self.penalty_width}")
+        if self.penalty == "relative" and self.penalty_width is None:
+            object.__setattr__(self, "penalty_width", DEFAULT_RELATIVE_WIDTH)
+        if self.penalty != "relative" and self.penalty_width is not None:
+            raise UserError("--penalty-width applies only to the relative penalty")
+
+    @property
+    def uses_context(self) -> bool:
+        return self.model_form != "context-agnostic"
+
+    @property
+    def uses_penalty(self) -> bool:
+        return self.model_form == "context-aware"
+
+    @property
+    def fits_penalty_width(self) -> bool:
+        return self.uses_penalty and self.penalty == "fitted"
+
+    @property
+    def identifiable_names(self) -> tuple[str, ...]:
+        names = ("log10_C50", "alpha")
+        if self.uses_context:
+            names += ("log10_n50", "beta")
+        if self.fits_penalty_width:
+            names += ("log10_penalty_width",)
+        return names
+
+    @property
+    def n_free(self) -> int:
+        return len(self.identifiable_names)
+
+    def as_dict(self) -> dict:
+        return {"model_form": self.model_form, "penalty": self.penalty if self.uses_penalty else None,
+                "penalty_width": self.penalty_width if self.uses_penalty else None}
+
+    def predict(self, ident: dict, compute, n_pmt, n_ctx):
+        """P from identifiable parameters (a dict of floats or of arrays, broadcasting with the inputs)."""
+        log10 = np.log10
+        p = saturating_factor(ident["alpha"] * (log10(np.asarray(compute, float)) - ident["log10_C50"]) * math.log(10))
+        if self.uses_context:
+            p = p * saturating_factor(
+                ident["beta"] * (log10(np.asarray(n_pmt, float)) - ident["log10_n50"]) * math.log(10))
+        if self.uses_penalty:
+            width = 10.0 ** ident["log10_penalty_width"] if self.fits_penalty_width else self.penalty_width
+            p = p * context_penalty(n_pmt, n_ctx, self.penalty, width)
+        # The context-agnostic form ignores n_pmt and n_ctx, but its output still broadcasts over them.
+        shape = np.broadcast_shapes(np.shape(p), np.shape(n_pmt), np.shape(n_ctx))
+        return p if np.shape(p) == shape else np.broadcast_to(p, shape).copy()
+
+
+def identifiable_from_paper(params: dict) -> dict:
+    """Map paper-form parameters (``A, C_c, alpha[, B, n_pmt_c, beta][, penalty_width]``) to the identifiable form."""
+    _check_positive(params, ("A", "C_c", "alpha"))
+    ident = {"log10_C50": math.log10(params["C_c"]) - math.log10(params["A"]) / params["alpha"],
+             "alpha": float(params["alpha"])}
+    if params.get("B") is not None:
+        _check_positive(params, ("B", "n_pmt_c", "beta"))
+        ident["log10_n50"] = math.log10(params["n_pmt_c"]) - math.log10(params["B"]) / params["beta"]
+        ident["beta"] = float(params["beta"])
+    if params.get("penalty_width") is not None:
+        _check_positive(params, ("penalty_width",))
+        ident["log10_penalty_width"] = math.log10(params["penalty_width"])
+    return ident
+
+
+def paper_from_identifiable(ident: dict) -> dict:
+    """The canonical paper-form point on the identifiability ridge: ``A = B = 1``, ``C_c = C50``, ``n_pmt_c = n50``.
+
+    Keys absent from the model form (context factor of the context-agnostic baseline) are ``None``.
+    """
+    params = {"A": 1.0, "C_c": 10.0 ** ident["log10_C50"], "alpha": float(ident["alpha"]),
+              "B": None, "n_pmt_c": None, "beta": None}
+    if "log10_n50" in ident:
+        params.update(B=1.0, n_pmt_c=10.0 ** ident["log10_n50"], beta=float(ident["beta"]))
+    if "log10_penalty_width" in ident:
+        params["penalty_width"] = 10.0 ** ident["log10_penalty_width"]
+    return params
+
+
+def _check_positive(params: dict, names) -> None:
+    for name in names:
+        value = params.get(name)
+        if value is None or not (value > 0 and math.isfinite(value)):
+            raise UserError(f"parameter {name} must be a positive finite number, got {value!r}")

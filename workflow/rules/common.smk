@@ -1,0 +1,201 @@
+# Helpers shared by the rules: config validation, the model/dataset/experiment sets, and the narrow
+# config views each rule receives as params (so an edit reruns only what it affects).
+import json
+import re
+import sys
+
+from ctxscale import config as ctxconfig
+from ctxscale.errors import UserError
+
+try:
+    ctxconfig.validate_config(config)
+except UserError as error:
+    sys.exit(f"error: {error}")
+
+
+wildcard_constraints:
+    model="[A-Za-z0-9_.-]+",
+    dataset="[A-Za-z0-9_.-]+",
+    family="[A-Za-z0-9_.-]+",
+    task="[A-Za-z0-9_-]+",
+    experiment="[a-z-]+",
+
+
+# One environment for every rule (the project's own), for users who run with --sdm conda.
+CONDA_ENV = "../../environment.yml"
+
+MODELS = ctxconfig.enabled_models(config)
+DATASETS = ctxconfig.dataset_names(config)
+DATASET_TASK = ctxconfig.dataset_task(config)
+TASKS = list(config["tasks"])
+SHOTS = sorted(config["shots"])
+DATA_SOURCE = config["data"]["source"]
+
+
+def model_spec(model):
+    return config["models"][model]
+
+
+def hf_models():
+    return [m for m in MODELS if model_spec(m)["source"] == "hf"]
+
+
+def tiny_models():
+    return [m for m in MODELS if model_spec(m)["source"] == "tiny"]
+
+
+def families():
+    return sorted({model_spec(m)["family"] for m in MODELS})
+
+
+def model_pattern(models):
+    """A wildcard constraint matching exactly these model names (none: matches nothing)."""
+    names = [re.escape(m) for m in models]
+    return "|".join(names) if names else "(?!)"
+
+
+def model_repo_id(wildcards):
+    return model_spec(wildcards.model)["repo_id"]
+
+
+def model_revision(wildcards):
+    return model_spec(wildcards.model).get("revision", "main")
+
+
+def tiny_tokenizer_dir(wildcards):
+    return ancient(f"resources/tokenizers/{model_spec(wildcards.model)['family']}")
+
+
+def tokenizer_dir(wildcards):
+    """Prepared data is tokenizer-specific: tiny models share a built tokenizer, hf families use a checkpoint's."""
+    family = wildcards.family
+    members = [m for m in MODELS if model_spec(m)["family"] == family]
+    if model_spec(members[0])["source"] == "tiny":
+        return ancient(f"resources/tokenizers/{family}")
+    return ancient(f"resources/models/{members[0]}")
+
+
+def checkpoint_dir(wildcards):
+    return ancient(f"resources/models/{wildcards.model}")
+
+
+def base_checkpoint_dir(wildcards):
+    return ancient(f"resources/models/{model_spec(wildcards.model)['extends']}")
+
+
+def model_json(wildcards):
+    return json.dumps(model_spec(wildcards.model), sort_keys=True)
+
+
+def tiny_train_spec(wildcards):
+    return json.dumps(model_spec(wildcards.model)["tiny"], sort_keys=True)
+
+
+def tiny_extend_spec(wildcards):
+    spec = model_spec(wildcards.model)
+    return json.dumps(
+        {**spec["tiny"], "n_ctx": spec["n_ctx"], "rope_scaling": spec.get("rope_scaling")}, sort_keys=True
+    )
+
+
+def data_settings():
+    keys = ("max_length_per_example", "max_eval_samples", "seed")
+    return {k: config["data"][k] for k in keys}
+
+
+def synthetic_spec(wildcards):
+    spec = {**config["data"]["synthetic"][wildcards.dataset], "task": DATASET_TASK[wildcards.dataset]}
+    spec.update(data_settings())
+    return json.dumps(spec, sort_keys=True)
+
+
+def prepared_data(wildcards):
+    family = model_spec(wildcards.model)["family"]
+    return {
+        name: f"resources/data/{family}/{wildcards.dataset}/{name}"
+        for name in ("manifest.json", "shots.jsonl", "test.jsonl")
+    }
+
+
+def prepared_data_dir(wildcards):
+    return f"resources/data/{model_spec(wildcards.model)['family']}/{wildcards.dataset}"
+
+
+def evaluation_settings(wildcards):
+    return json.dumps(ctxconfig.evaluation_settings(config, wildcards.model), sort_keys=True)
+
+
+def evaluation_threads():
+    return config["evaluation"]["threads"]
+
+
+def evaluation_gpus(wildcards):
+    return config["evaluation"]["gpus"]
+
+
+def evaluation_mem_mb(wildcards, attempt):
+    return config["evaluation"]["mem_mb"] * attempt
+
+
+def evaluation_runtime(wildcards, attempt):
+    return config["evaluation"]["runtime"] * attempt
+
+
+def shot_files(model, dataset):
+    return [f"results/eval/{model}/{dataset}/shots_{k}.json" for k in SHOTS]
+
+
+def all_eval_files(wildcards):
+    return [f for m in MODELS for d in DATASETS for f in shot_files(m, d)]
+
+
+def all_model_info(wildcards=None):
+    return [f"results/models/{m}.json" for m in MODELS]
+
+
+def experiments():
+    """(experiment, task) pairs to fit; held-out-compute only when some enabled model is held out."""
+    enabled = [e for e, s in config["experiments"].items() if s.get("enabled", True)]
+    if "held-out-compute" in enabled and not ctxconfig.holdout_models(config):
+        enabled.remove("held-out-compute")
+    return enabled
+
+
+def fit_files():
+    return [f"results/fits/{e}/{t}.json" for e in experiments() for t in TASKS]
+
+
+def fit_arguments(wildcards):
+    """Command-line options of `ctxscale fit` for one experiment: only the config it uses."""
+    experiment = wildcards.experiment
+    fit = config["fit"]
+    settings = config["experiments"].get(experiment, {})
+    args = [
+        f"--experiment {experiment}",
+        f"--objective {fit['objective']}",
+        f"--penalty {fit['penalty']}",
+        f"--seeds {fit['seeds']}",
+        f"--models {','.join(ctxconfig.fit_models(config, experiment))}",
+    ]
+    if experiment == "in-distribution":
+        args.append(f"--bootstrap {fit['bootstrap']}")
+    if experiment == "held-out-context":
+        args.append(f"--train-max-n-pmt {settings.get('train_max_n_pmt', 10000)}")
+    if experiment == "held-out-compute":
+        args.append(f"--holdout-models {','.join(ctxconfig.holdout_models(config))}")
+    if fit["per_dataset"]:
+        args.append("--per-dataset")
+    return " ".join(args)
+
+
+def figure_settings():
+    return json.dumps(config["figures"], sort_keys=True)
+
+
+def final_outputs():
+    return [
+        "results/observations/by_task.csv",
+        *fit_files(),
+        "results/figures/.done",
+        "results/tables/.done",
+    ]

@@ -1,0 +1,19 @@
+# One fit per (experiment, task): in-distribution, held-out context, held-out compute, leave-one-model-out,
+# and the no-penalty and context-agnostic baselines.
+
+
+rule fit:
+    input:
+        "results/observations/observations.csv",
+    output:
+        "results/fits/{experiment}/{task}.json",
+    params:
+        arguments=fit_arguments,
+    log:
+        "logs/fit/{experiment}/{task}.log",
+    benchmark:
+        "benchmarks/fit/{experiment}/{task}.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m ctxscale.cli fit {input} --task {wildcards.task} {params.arguments} --out {output} 2> {log}"

@@ -1,0 +1,1 @@
+# Snakemake report: figures and tables with captions (filled in with the figures stage).
