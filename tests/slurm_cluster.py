@@ -4,9 +4,10 @@ The fixture follows the verified recipe in ``shared/reference/slurm-single-node.
 
 * installs ``slurm-wlm`` and ``munge`` with apt where the daemons are missing and that is allowed
   (root on Debian); elsewhere the requesting test is skipped with the reason;
-* writes a one-node ``slurm.conf`` for this machine (node name, CPUs, sockets and RealMemory taken
-  from ``slurmd -C``) into a private temporary directory and points every client command at it
-  through ``SLURM_CONF``, so a site's own ``/etc/slurm/slurm.conf`` is never read or overwritten;
+* writes a one-node ``/etc/slurm/slurm.conf`` (and ``gres.conf``) for this machine (node name, CPUs,
+  sockets and RealMemory taken from ``slurmd -C``) and removes them again at the end. It must be the
+  default path: the plugin's job step drops ``SLURM_CONF`` before its inner ``srun``. A
+  ``slurm.conf`` this fixture did not write (a site's real cluster) is never replaced: the test skips;
 * starts ``munged`` (unless one already answers), ``slurmctld`` and ``slurmd`` in the foreground as
   children of the test process, on free TCP ports, and waits until ``sinfo`` shows the node idle;
 * at session end cancels jobs still queued, then stops exactly the daemons it started, by PID, and
@@ -15,23 +16,25 @@ The fixture follows the verified recipe in ``shared/reference/slurm-single-node.
 Choices the recipe leaves open, made for a test cluster:
 
 * No accounting (``accounting_storage/none``): callers must use ``--slurm-status-command squeue``
-  and must not set ``slurm_account``. ``MinJobAge=3600`` keeps finished jobs (with their names,
-  comments and final states) visible to ``squeue --states=all`` for the whole session, which is
-  what :meth:`SlurmCluster.jobs` reads as the scheduler's own record of what ran.
-* The node advertises one generic GPU (``Gres=gpu:<type>:1``, count only, no device file), so a
+  and must not set ``slurm_account``. ``MinJobAge=3600`` keeps finished jobs (names, comments,
+  requests, final states and exit codes) in the controller for the whole session, which is what
+  :meth:`SlurmCluster.jobs` reads (``scontrol show job``) as the scheduler's own record of what ran.
+* The node advertises one generic GPU (``Gres=gpu:<type>:1``, ``/dev/null`` as its device file), so a
   rule asking for ``gpu: 1`` is really scheduled as a GPU job (``--gpus``) and GPU jobs queue one
   at a time, as on a one-GPU node. Nothing in the job can use it; CPU torch runs as usual.
-* State, spool and log directories live in the temporary directory and the controller starts
-  with a clean state (``-c``), so job ids and records belong to this session only.
+* State, spool, log and pid files live in a temporary directory and the controller starts with a
+  clean state (``-c``), so job ids and records belong to this session only.
 
 Set ``CTXSCALE_REQUIRE_SLURM=1`` (CI does) to turn "SLURM unavailable" skips into failures.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -54,6 +57,8 @@ CLIENTS = ("sbatch", "squeue", "sinfo", "scontrol", "scancel", "srun")
 APT_PACKAGES = ("slurm-wlm", "munge")
 START_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 30
+CONF_DIR = Path("/etc/slurm")
+CONF_MARKER = "# One-node test cluster written by tests/slurm_cluster.py"
 
 
 def _unavailable(reason: str) -> None:
@@ -129,28 +134,66 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _pids_of(executable: str) -> set[int]:
-    """PIDs whose executable is ``executable`` (read from /proc; used to spot job step leftovers)."""
-    pids = set()
+def _children_named(command: str) -> list[int]:
+    """PIDs of this process's children whose command name is ``command`` (zombies included)."""
+    children = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.readlink(entry / "exe") == executable:
-                    pids.add(int(entry.name))
-            except OSError:
-                continue
-    return pids
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # stat is "pid (comm) state ppid ..."; comm may contain spaces, so split at the last ')'.
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if comm == command and ppid == os.getpid():
+            children.append(int(entry.name))
+    return children
+
+
+def _set_child_subreaper(enabled: bool) -> None:
+    """Adopt orphaned descendants (slurmd double-forks slurmstepd) so they can be reaped, not left as zombies.
+
+    Without it the job step daemons are re-parented to PID 1, which on these machines never reaps them.
+    """
+    pr_set_child_subreaper = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_child_subreaper, int(enabled), 0, 0, 0)
+
+
+# One "Key=value" field of `scontrol show job --oneliner`; values may hold single spaces, keys never do.
+_SCONTROL_FIELD = re.compile(r"(?:^|\s)([A-Za-z][\w/:]*)=(.*?)(?=\s+[A-Za-z][\w/:]*=|\s*$)")
 
 
 @dataclass(frozen=True)
 class SlurmJob:
-    """One job as the controller records it (``squeue --states=all``)."""
+    """One job as the controller records it (``scontrol show job``): what was asked and how it ended."""
 
     job_id: int
     name: str
     comment: str
     state: str
     exit_code: str
+    memory: str  # MinMemoryNode, e.g. "2000M"
+    time_limit: str  # e.g. "00:30:00"
+    tres_per_job: str  # e.g. "gres:gpu:testgpu:1" for --gpus=testgpu:1; "" when none
+    std_out: str
+
+    @classmethod
+    def from_scontrol(cls, line: str) -> "SlurmJob":
+        fields = dict(_SCONTROL_FIELD.findall(line))
+        return cls(
+            job_id=int(fields["JobId"]),
+            name=fields.get("JobName", ""),
+            comment=fields.get("Comment", "").strip(),
+            state=fields.get("JobState", ""),
+            exit_code=fields.get("ExitCode", ""),
+            memory=fields.get("MinMemoryNode", ""),
+            time_limit=fields.get("TimeLimit", ""),
+            tres_per_job=fields.get("TresPerJob", ""),
+            std_out=fields.get("StdOut", ""),
+        )
 
 
 @dataclass
@@ -166,7 +209,6 @@ class SlurmCluster:
     real_memory_mb: int
     env: dict[str, str]
     _daemons: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)
-    _slurmstepd_before: set[int] = field(default_factory=set, repr=False)
 
     @property
     def log_dir(self) -> Path:
@@ -181,14 +223,8 @@ class SlurmCluster:
 
     def jobs(self) -> list[SlurmJob]:
         """Every job the controller knows in this session, oldest first, with its final state."""
-        # %i id, %j name, %k comment, %T state; exit codes come from scontrol (squeue has no field for them).
-        listing = self.client("squeue", "--states=all", "--noheader", "--format=%i|%j|%T|%k").stdout
-        jobs = []
-        for line in listing.splitlines():
-            job_id, name, state, comment = line.split("|", 3)
-            shown = self.client("scontrol", "show", "job", job_id, "--oneliner", check=False).stdout
-            exit_code = next((w.split("=", 1)[1] for w in shown.split() if w.startswith("ExitCode=")), "")
-            jobs.append(SlurmJob(int(job_id), name, comment.strip(), state, exit_code))
+        listing = self.client("scontrol", "show", "job", "--oneliner").stdout
+        jobs = [SlurmJob.from_scontrol(line) for line in listing.splitlines() if line.startswith("JobId=")]
         return sorted(jobs, key=lambda job: job.job_id)
 
     def node_state(self) -> str:
@@ -213,14 +249,14 @@ class SlurmCluster:
         log.info("started %s (pid %d)", name, self._daemons[name].pid)
 
     def start(self) -> None:
-        self._slurmstepd_before = _pids_of(os.path.realpath(_binary("slurmstepd") or "/usr/sbin/slurmstepd"))
+        _set_child_subreaper(True)
         if _munge_works():
             log.info("munged already answers; using it and leaving it alone")
         else:
             self._start_munged()
-        self._spawn("slurmctld", [_binary("slurmctld"), "-D", "-c", "-f", str(self.conf_path)])
+        self._spawn("slurmctld", [_binary("slurmctld"), "-D", "-c"])
         self._wait_for(lambda: self.client("scontrol", "ping", check=False).returncode == 0, "slurmctld to answer")
-        self._spawn("slurmd", [_binary("slurmd"), "-D", "-f", str(self.conf_path)])
+        self._spawn("slurmd", [_binary("slurmd"), "-D"])
         self._wait_for(lambda: self.node_state() == "idle", f"node {self.node_name} to be idle")
 
     def _start_munged(self) -> None:
@@ -278,20 +314,23 @@ class SlurmCluster:
                     process.kill()
                     process.wait(timeout=STOP_TIMEOUT_S)
             log.info("stopped %s (pid %d, exit %s)", name, process.pid, process.returncode)
-        # Job steps run under slurmstepd, which outlives slurmd by design; any our jobs left are ours to end.
-        stepd = os.path.realpath(_binary("slurmstepd") or "/usr/sbin/slurmstepd")
-        for pid in _pids_of(stepd) - self._slurmstepd_before:
-            log.warning("killing leftover slurmstepd pid %d", pid)
+        # Job step daemons (slurmstepd) were adopted by this process: end any still running, reap all.
+        for pid in _children_named("slurmstepd"):
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                if Path(f"/proc/{pid}/exe").exists():
+                    log.warning("killing leftover slurmstepd pid %d", pid)
+                    os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
                 pass
+        _set_child_subreaper(False)
 
     def running_daemon_pids(self) -> list[int]:
         return [process.pid for process in self._daemons.values() if _process_alive(process.pid)]
 
 
 def _write_config(root: Path, hardware: dict[str, str], slurm_user: pwd.struct_passwd) -> tuple[Path, int]:
+    CONF_DIR.mkdir(parents=True, exist_ok=True)
     for sub in ("state", "spool", "log", "run"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     # slurmctld drops to SlurmUser, which must reach and write its state, log and pid files.
@@ -306,9 +345,10 @@ def _write_config(root: Path, hardware: dict[str, str], slurm_user: pwd.struct_p
         for key in ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
         if key in hardware
     )
-    (root / "gres.conf").write_text(f"NodeName={node} Name=gpu Type={GPU_TYPE} Count=1\n")
+    # slurmd drops a GPU that has no device file; /dev/null stands in (no cgroup confinement uses it).
+    (CONF_DIR / "gres.conf").write_text(f"{CONF_MARKER}\nNodeName={node} Name=gpu Type={GPU_TYPE} File=/dev/null\n")
     conf = f"""\
-# One-node test cluster written by tests/slurm_cluster.py; removed with its temporary directory.
+{CONF_MARKER}; removed at the end of the test session.
 ClusterName=ctxscaletest
 SlurmctldHost={node}(127.0.0.1)
 SlurmUser={slurm_user.pw_name}
@@ -344,9 +384,25 @@ GresTypes=gpu
 NodeName={node} NodeAddr=127.0.0.1 {topology} RealMemory={real_memory} Gres=gpu:{GPU_TYPE}:1 State=UNKNOWN
 PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
-    conf_path = root / "slurm.conf"
+    conf_path = CONF_DIR / "slurm.conf"
     conf_path.write_text(conf)
     return conf_path, cpus
+
+
+def _foreign_config() -> Path | None:
+    """A SLURM config file in /etc/slurm that this fixture did not write, if any."""
+    for name in ("slurm.conf", "gres.conf"):
+        path = CONF_DIR / name
+        if path.exists() and not path.read_text(errors="replace").startswith(CONF_MARKER):
+            return path
+    return None
+
+
+def _remove_config() -> None:
+    for name in ("slurm.conf", "gres.conf"):
+        path = CONF_DIR / name
+        if path.exists() and path.read_text(errors="replace").startswith(CONF_MARKER):
+            path.unlink()
 
 
 @pytest.fixture(scope="session")
@@ -360,6 +416,9 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         pwd.getpwnam("munge")
     except KeyError as missing:
         _unavailable(f"system user missing after install: {missing}")
+    foreign = _foreign_config()
+    if foreign is not None:
+        _unavailable(f"{foreign} exists and was not written by this fixture (a real cluster?); not replacing it")
     hardware = _node_hardware()
     root = Path(tempfile.mkdtemp(prefix="ctxscale-slurm-"))
     conf_path, cpus = _write_config(root, hardware, slurm_user)
@@ -377,11 +436,14 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         cluster.start()
     except RuntimeError as failure:
         cluster.stop()
+        _remove_config()
+        shutil.rmtree(root, ignore_errors=True)
         _unavailable(str(failure))
     try:
         yield cluster
     finally:
         cluster.stop()
+        _remove_config()
         survivors = cluster.running_daemon_pids()
         if survivors:
             raise RuntimeError(f"SLURM daemons still running after teardown: {survivors}")

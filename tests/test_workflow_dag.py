@@ -41,6 +41,7 @@ def job_counts(output: str) -> dict[str, int]:
                 break
             continue
         counts[match.group(1)] = int(match.group(2))
+    counts.pop("total", None)
     return counts
 
 

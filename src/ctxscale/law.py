@@ -192,3 +192,32 @@ def _check_positive(params: dict, names) -> None:
         value = params.get(name)
         if value is None or not (value > 0 and math.isfinite(value)):
             raise UserError(f"parameter {name} must be a positive finite number, got {value!r}")
+
+
+PAPER_SHOTS = (0, 1, 3, 7, 15, 31, 63, 127, 255, 511)
+PAPER_CONTEXT_LIMITS = (4096, 8192, 16384, 32768, 65536, 131072)
+
+
+def simulate_observations(ident: dict, models: dict, *, spec: LawSpec | None = None, shots=PAPER_SHOTS,
+                          prompt_tokens=(60.0, 230.0), n_instances: int = 250, seed: int = 0,
+                          task: str = "simulated", dataset: str = "simulated"):
+    """Simulated observations drawn from the law, for tests, benchmarks and identifiability studies.
+
+    ``models``: name -> (compute, n_ctx). Each cell's prompt has ``prompt_tokens[0] + prompt_tokens[1] *
+    n_shots`` tokens (defaults: a 60-token query and 230-token demonstrations, so 511 shots reach about
+    118k tokens as in the paper); its score is ``Binomial(n_instances, P) / n_instances``. Returns an
+    observations table (:data:`ctxscale.observations.OBSERVATION_COLUMNS`) plus the noiseless ``truth``.
+    """
+    import pandas as pd
+
+    spec = spec or LawSpec()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for model, (compute, n_ctx) in models.items():
+        for k in shots:
+            n_pmt = prompt_tokens[0] + prompt_tokens[1] * k
+            truth = float(spec.predict(ident, compute, n_pmt, n_ctx))
+            rows.append({"model": model, "task": task, "dataset": dataset, "n_shots": int(k), "n_pmt": n_pmt,
+                         "n_ctx": n_ctx, "compute": compute, "score": rng.binomial(n_instances, truth) / n_instances,
+                         "n_instances": n_instances, "truth": truth})
+    return pd.DataFrame(rows)

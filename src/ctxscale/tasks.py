@@ -1,8 +1,8 @@
-"""lm-eval task configs generated from prepared data, rendering the official prompts byte for byte.
+r"""lm-eval task configs generated from prepared data, rendering the official prompts byte for byte.
 
 A prepared data directory (``shots.jsonl``, ``test.jsonl``, ``manifest.json``; see docs/architecture.md)
 becomes one lm-eval ``generate_until`` task: a YAML file plus a small generated Python module beside it
-(``ctxscale_task_<name>.py``) holding the prompt function and the metric, because lm-eval resolves
+(``<task name>.py``) holding the prompt functions, the shot pool and the metric, because lm-eval resolves
 ``!function module.fn`` relative to the YAML's folder.
 
 How the official construction (paper-spec §4.4, ``utils.py`` of the official repository)::
@@ -10,22 +10,24 @@ How the official construction (paper-spec §4.4, ``utils.py`` of the official re
     "".join(prefix + s.input + suffix + s.reference + separator for s in shots[:n])
         + (prefix + x.input + suffix).rstrip()
 
-maps onto lm-eval's ``doc_to_text + target_delimiter + doc_to_target + fewshot_delimiter`` per shot and
-``doc_to_text`` for the query (lm-eval 0.4.13, ``ConfigurableTask.fewshot_context``):
+is rendered by lm-eval (0.4.13, ``ConfigurableTask.fewshot_context``: per shot
+``doc_to_text + target_delimiter + doc_to_target + fewshot_delimiter``, then ``doc_to_text`` of the query)
+with:
 
-- ``doc_to_text(doc) = (prefix + doc.input + suffix).rstrip()`` for shots and query alike;
-- ``target_delimiter`` = the whitespace that ``rstrip`` removed, which is the trailing whitespace of the
-  suffix (``" "`` for ``"\\nAnswer: "``, ``""`` for aqua-rat's ``"...\\nAnswer:"`` and for WMT's empty
-  suffix). It is derived from the manifest and checked against every shot row, since an empty or
-  whitespace-only suffix leaves the removed tail to the input text;
-- ``fewshot_delimiter`` = the manifest's separator; ``fewshot_config: {sampler: first_n}`` over the
-  pre-shuffled pool, so the n-shot prompt uses the pool's first n rows and shots nest across n;
+- ``doc_to_text(doc) = (prefix + doc.input + suffix).rstrip()``, for shots and query alike;
+- for shots only (``fewshot_config``), ``doc_to_target(shot) = removed + shot.reference + separator`` with
+  ``target_delimiter = fewshot_delimiter = ""``, where ``removed`` is the whitespace the ``rstrip`` took
+  off that shot. For most datasets ``removed`` is the suffix's trailing whitespace (``" "`` after
+  ``"\nAnswer: "``, nothing after aqua-rat's ``"...\nAnswer:"`` or WMT's empty suffix), i.e. the
+  usual ``target_delimiter``; computing it per shot also keeps the prompt exact when an empty suffix
+  leaves it to the input text, and keeps a shot with an empty reference whole (lm-eval drops both
+  delimiters of a shot whose target is empty, but ``removed + "" + separator`` never is);
+- ``fewshot_config: {sampler: first_n, samples: ...}`` over the pre-shuffled pool (``shots.jsonl`` in
+  file order), so the n-shot prompt uses the pool's first n rows and shots nest across n. The pool is
+  given as ``samples`` rather than a second split because the ``json`` builder of ``datasets`` needs all
+  splits of one load to share columns, and shot rows have no id;
 - ``num_fewshot`` is never written into the YAML (a YAML ``num_fewshot: 0`` silently blocks the
   ``simple_evaluate(num_fewshot=k)`` override, ecosystem-notes §0.2).
-
-Two lm-eval behaviours would break byte equality and are refused with a :class:`UserError` when the
-task is written: a shot whose reference is empty (lm-eval then drops both delimiters of that shot), and a
-shot pool whose ``rstrip`` tails differ from row to row (possible only with an empty suffix).
 
 Generation is greedy (``do_sample: false, temperature: 0``) with the manifest's stop strings and
 ``max_gen_toks = max_new_tokens``. The metric named in the manifest (``mc_match``, ``math_equiv``,
@@ -44,7 +46,6 @@ import yaml
 
 from ctxscale.errors import UserError
 
-MANIFEST_FIELDS = ("dataset", "task", "prefix", "suffix", "separator", "stop", "metric", "max_new_tokens")
 KNOWN_METRICS = ("mc_match", "math_equiv", "bleu_4")
 TASK_NAME_PREFIX = "ctxscale_"
 # Bumped whenever the generated YAML or module changes in a way that can change prompts or scores;
@@ -53,8 +54,8 @@ TASK_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class PreparedData:
-    """A prepared data directory, read and checked."""
+class TaskData:
+    """A prepared data directory, read with :func:`ctxscale.datasets.read_prepared` and checked."""
 
     directory: Path
     manifest: dict
@@ -70,64 +71,47 @@ class TaskFiles:
     directory: Path
     yaml_path: Path
     module_path: Path
-    target_delimiter: str
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}:{line_number} is not valid JSON ({error.msg})") from None
-    return rows
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def read_prepared(data_dir: str | Path) -> PreparedData:
-    """Read and check a prepared data directory (the contract of docs/architecture.md)."""
+def load_task_data(data_dir: str | Path) -> TaskData:
+    """Read a prepared data directory and check what the task and the evaluation rely on."""
+    from ctxscale.datasets import read_prepared
+
     directory = Path(data_dir).resolve()
-    paths = {name: directory / name for name in ("manifest.json", "shots.jsonl", "test.jsonl")}
-    missing = [name for name, path in paths.items() if not path.is_file()]
-    if missing:
-        raise UserError(f"prepared data directory {directory} lacks {', '.join(missing)}")
-    try:
-        manifest = json.loads(paths["manifest.json"].read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise UserError(f"{paths['manifest.json']} is not valid JSON ({error.msg})") from None
-    absent = [field for field in MANIFEST_FIELDS if field not in manifest]
-    if absent:
-        raise UserError(f"{paths['manifest.json']} lacks the field(s) {', '.join(absent)}")
+    prepared = read_prepared(directory)
+    manifest = prepared.manifest
+    where = directory / "manifest.json"
     for field in ("prefix", "suffix", "separator"):
         if not isinstance(manifest[field], str):
-            raise UserError(f"{paths['manifest.json']}: {field} must be a string")
+            raise UserError(f"{where}: {field} must be a string")
     if not isinstance(manifest["stop"], list) or not all(isinstance(s, str) and s for s in manifest["stop"]):
-        raise UserError(f"{paths['manifest.json']}: stop must be a list of non-empty strings")
-    if not isinstance(manifest["max_new_tokens"], int) or manifest["max_new_tokens"] < 1:
-        raise UserError(f"{paths['manifest.json']}: max_new_tokens must be a positive integer")
+        raise UserError(f"{where}: stop must be a list of non-empty strings")
+    max_new_tokens = manifest["max_new_tokens"]
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise UserError(f"{where}: max_new_tokens must be a positive integer")
     if manifest["metric"] not in KNOWN_METRICS:
-        raise UserError(
-            f"{paths['manifest.json']}: unknown metric {manifest['metric']!r} (known: {', '.join(KNOWN_METRICS)})"
-        )
-    shots = _read_jsonl(paths["shots.jsonl"])
-    test = _read_jsonl(paths["test.jsonl"])
-    for name, rows, fields in (("shots.jsonl", shots, ("input", "reference")), ("test.jsonl", test, ("id", "input", "reference"))):
+        raise UserError(f"{where}: unknown metric {manifest['metric']!r} (known: {', '.join(KNOWN_METRICS)})")
+    checks = (("shots.jsonl", prepared.shots, ("input", "reference")), ("test.jsonl", prepared.test, ("id", "input", "reference")))
+    for name, rows, fields in checks:
         for index, row in enumerate(rows):
             for field in fields:
                 if not isinstance(row.get(field), str):
                     raise UserError(f"{directory / name} row {index}: {field} must be a string")
-    if not test:
-        raise UserError(f"{paths['test.jsonl']} has no test instances")
-    ids = [row["id"] for row in test]
+    if not prepared.test:
+        raise UserError(f"{directory / 'test.jsonl'} has no test instances")
+    ids = [row["id"] for row in prepared.test]
     if len(set(ids)) != len(ids):
-        raise UserError(f"{paths['test.jsonl']} has duplicate ids")
-    return PreparedData(directory=directory, manifest=manifest, shots=shots, test=test)
+        raise UserError(f"{directory / 'test.jsonl'} has duplicate ids")
+    return TaskData(directory=directory, manifest=manifest, shots=prepared.shots, test=prepared.test)
 
 
 def task_name_for(dataset: str) -> str:
-    """The lm-eval task name of a dataset (``deepmind-math.algebra__linear_1d`` → ``ctxscale_deepmind_math_algebra__linear_1d``)."""
+    """The lm-eval task name of a dataset: ``deepmind-math.algebra__linear_1d`` →
+    ``ctxscale_deepmind_math_algebra__linear_1d``."""
     return TASK_NAME_PREFIX + re.sub(r"[^A-Za-z0-9_]+", "_", dataset)
 
 
@@ -136,43 +120,13 @@ def query_text(prefix: str, suffix: str, input_text: str) -> str:
     return (prefix + input_text + suffix).rstrip()
 
 
-def official_prompt(manifest: dict, shots: list[dict], input_text: str, n_shots: int) -> str:
-    """The official n-shot prompt (paper-spec §4.4), used to check what lm-eval renders."""
-    prefix, suffix, separator = manifest["prefix"], manifest["suffix"], manifest["separator"]
-    block = "".join(prefix + s["input"] + suffix + s["reference"] + separator for s in shots[:n_shots])
-    return block + query_text(prefix, suffix, input_text)
-
-
-def _removed_tail(text: str) -> str:
+def removed_tail(text: str) -> str:
+    """The trailing whitespace ``rstrip`` removes from ``text``."""
     return text[len(text.rstrip()):]
 
 
-def target_delimiter_for(manifest: dict, shots: list[dict]) -> str:
-    """The whitespace ``rstrip`` removes from ``prefix + input + suffix``, checked on every shot row.
-
-    Raises UserError when lm-eval could not render the official shots byte for byte (see module doc).
-    """
-    prefix, suffix = manifest["prefix"], manifest["suffix"]
-    delimiter = _removed_tail(suffix)
-    for index, shot in enumerate(shots):
-        if shot["reference"] == "":
-            raise UserError(
-                f"shot row {index} of dataset {manifest['dataset']} has an empty reference; lm-eval would drop "
-                "its delimiters, so the prompt could not equal the official one (filter it out when preparing)"
-            )
-        tail = _removed_tail(prefix + shot["input"] + suffix)
-        if tail != delimiter:
-            if suffix.strip():
-                raise AssertionError("a suffix with visible text fixes the tail")  # pragma: no cover
-            raise UserError(
-                f"shot row {index} of dataset {manifest['dataset']} ends in whitespace {tail!r} where the other "
-                f"rows end in {delimiter!r}; with an empty suffix the prompt could not equal the official one"
-            )
-    return delimiter
-
-
 def make_doc_to_text(prefix: str, suffix: str) -> Callable[[dict], str]:
-    """The ``doc_to_text`` function of a task with this prefix and suffix."""
+    """The ``doc_to_text`` function of a task with this prefix and suffix (shots and query)."""
 
     def doc_to_text(doc: dict) -> str:
         return query_text(prefix, suffix, doc["input"])
@@ -180,12 +134,29 @@ def make_doc_to_text(prefix: str, suffix: str) -> Callable[[dict], str]:
     return doc_to_text
 
 
-def make_metric(name: str) -> Callable[..., float]:
-    """lm-eval metric function ``fn(references=[gold], predictions=[pred])`` named ``name``.
+def make_shot_target(prefix: str, suffix: str, separator: str) -> Callable[[dict], str]:
+    """The shots' ``doc_to_target``: what follows ``doc_to_text`` in an official shot (see module doc)."""
 
-    The result key in lm-eval's output is the function's ``__name__``, so the wrapper carries the metric's
-    name. A TypeError inside a metric would make lm-eval silently retry with another call signature
-    (``api/task.py``), hiding the bug, so it is re-raised as a RuntimeError.
+    def shot_target(doc: dict) -> str:
+        return removed_tail(prefix + doc["input"] + suffix) + doc["reference"] + separator
+
+    return shot_target
+
+
+def make_shot_pool(path: str) -> Callable[[], list[dict]]:
+    """The ``fewshot_config.samples`` callable: the shot pool's rows, in file order."""
+
+    def shot_pool() -> list[dict]:
+        return _read_jsonl(Path(path))
+
+    return shot_pool
+
+
+def make_metric(name: str) -> Callable[..., float]:
+    """lm-eval metric ``fn(references=[gold], predictions=[pred])`` from :mod:`ctxscale.metrics`, named ``name``.
+
+    lm-eval keys a custom metric's results by the function's ``__name__``, so the wrapper carries the
+    metric's own name (``mc_match``, not ``mc_match_metric``).
     """
     from ctxscale import metrics
 
@@ -194,11 +165,7 @@ def make_metric(name: str) -> Callable[..., float]:
     implementation = getattr(metrics, f"{name}_metric")
 
     def metric(references: list, predictions: list) -> float:
-        try:
-            value = implementation(references=references, predictions=predictions)
-        except TypeError as error:
-            raise RuntimeError(f"metric {name} failed: {error}") from error
-        return float(value)
+        return float(implementation(references=references, predictions=predictions))
 
     metric.__name__ = metric.__qualname__ = name
     return metric
@@ -212,10 +179,17 @@ class _TaskDumper(yaml.SafeDumper):
     pass
 
 
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # Double quotes keep "\n" and trailing spaces visible in the generated YAML.
+    style = '"' if any(ch in value for ch in "\n\t") or value != value.strip() else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_TaskDumper.add_representer(str, _represent_str)
 _TaskDumper.add_representer(_FunctionRef, lambda dumper, value: dumper.represent_scalar("!function", str(value)))
 
 
-def task_config(prepared: PreparedData, module_name: str) -> dict[str, Any]:
+def task_config(prepared: TaskData, module_name: str) -> dict[str, Any]:
     """The lm-eval task config (as a dict; ``!function`` values are :class:`_FunctionRef`)."""
     manifest = prepared.manifest
     return {
@@ -223,20 +197,23 @@ def task_config(prepared: PreparedData, module_name: str) -> dict[str, Any]:
         "dataset_path": "json",
         "dataset_name": None,
         # Absolute paths: lm-eval hands data_files to datasets.load_dataset, which resolves against the CWD.
-        "dataset_kwargs": {
-            "data_files": {
-                "train": str(prepared.directory / "shots.jsonl"),
-                "test": str(prepared.directory / "test.jsonl"),
-            }
-        },
-        "fewshot_split": "train",
+        "dataset_kwargs": {"data_files": {"test": str(prepared.directory / "test.jsonl")}},
         "test_split": "test",
         "output_type": "generate_until",
         "doc_to_text": _FunctionRef(f"{module_name}.doc_to_text"),
         "doc_to_target": "reference",
-        "target_delimiter": target_delimiter_for(manifest, prepared.shots),
+        # Shots are rendered by fewshot_config below; these two only document the query side.
+        "target_delimiter": "",
         "fewshot_delimiter": manifest["separator"],
-        "fewshot_config": {"sampler": "first_n"},
+        "fewshot_config": {
+            "sampler": "first_n",
+            # The pool comes as samples, not as a second split: datasets' json builder needs every split
+            # of one load to share columns, and shot rows have no id.
+            "samples": _FunctionRef(f"{module_name}.shot_pool"),
+            "doc_to_target": _FunctionRef(f"{module_name}.shot_target"),
+            "target_delimiter": "",
+            "fewshot_delimiter": "",
+        },
         "generation_kwargs": {
             "until": list(manifest["stop"]),
             "max_gen_toks": int(manifest["max_new_tokens"]),
@@ -254,13 +231,13 @@ def task_config(prepared: PreparedData, module_name: str) -> dict[str, Any]:
     }
 
 
-def write_task(data_dir: str | Path | PreparedData, out_dir: str | Path) -> TaskFiles:
+def write_task(data_dir: str | Path | TaskData, out_dir: str | Path) -> TaskFiles:
     """Write the lm-eval task of a prepared data directory into ``out_dir`` (created if needed).
 
     Point ``lm_eval.tasks.TaskManager(include_path=out_dir, include_defaults=False)`` at the folder and
     load the returned ``name``.
     """
-    prepared = data_dir if isinstance(data_dir, PreparedData) else read_prepared(data_dir)
+    prepared = data_dir if isinstance(data_dir, TaskData) else load_task_data(data_dir)
     manifest = prepared.manifest
     name = task_name_for(manifest["dataset"])
     directory = Path(out_dir).resolve()
@@ -270,8 +247,11 @@ def write_task(data_dir: str | Path | PreparedData, out_dir: str | Path) -> Task
     module_path = directory / f"{module_name}.py"
     module_path.write_text(
         f'"""Generated by ctxscale.tasks for dataset {manifest["dataset"]!r}; do not edit."""\n\n'
-        "from ctxscale.tasks import make_doc_to_text, make_metric\n\n"
+        "from ctxscale.tasks import make_doc_to_text, make_metric, make_shot_pool, make_shot_target\n\n"
         f"doc_to_text = make_doc_to_text(prefix={manifest['prefix']!r}, suffix={manifest['suffix']!r})\n"
+        f"shot_target = make_shot_target(prefix={manifest['prefix']!r}, suffix={manifest['suffix']!r}, "
+        f"separator={manifest['separator']!r})\n"
+        f"shot_pool = make_shot_pool({str(prepared.directory / 'shots.jsonl')!r})\n"
         f"{manifest['metric']} = make_metric({manifest['metric']!r})\n",
         encoding="utf-8",
     )
@@ -286,5 +266,4 @@ def write_task(data_dir: str | Path | PreparedData, out_dir: str | Path) -> Task
         directory=directory,
         yaml_path=yaml_path,
         module_path=module_path,
-        target_delimiter=config["target_delimiter"],
     )

@@ -1,19 +1,99 @@
-"""The miniature's tiny Llama models: tokenizer, random init, checkpoints (pretraining and YaRN extension follow)."""
+"""The miniature's tiny Llama models: tokenizer, CPU pretraining, and YaRN context extension.
+
+Command line (each a workflow step; errors a user can fix print ``error: ...`` and exit 2)::
+
+    python -m ctxscale.tiny tokenizer --out DIR
+    python -m ctxscale.tiny train  --spec JSON --out DIR [--tokenizer DIR] [--threads 1]
+    python -m ctxscale.tiny extend --base DIR --spec JSON --out DIR [--threads 1]
+
+``train`` spec keys (defaults in :data:`TRAIN_DEFAULTS`): ``hidden_size, num_layers, num_heads,
+intermediate_size, n_ctx, steps, batch_size, lr, warmup, seed, mix``. ``extend`` spec keys
+(:data:`EXTEND_DEFAULTS`): ``n_ctx, rope_scaling, steps, batch_size, lr, warmup, seed, mix``; extra keys of
+the base spec (``hidden_size`` ...) are accepted and must agree with the base checkpoint.
+
+Each output folder is a normal Hugging Face checkpoint (``save_pretrained`` of a ``LlamaForCausalLM`` and
+its tokenizer, loadable by ``AutoModelForCausalLM`` and lm-eval's ``HFLM(pretrained=DIR)``) plus
+``ctxscale_training.json``: ``pretrain_tokens`` and ``extension_tokens`` (tokens fed to the model, counted
+exactly: steps × batch × sequence length, every position carries loss), ``non_embedding_params``
+(counted from the model: all parameters minus the input embedding and LM head, tied weights once),
+``n_ctx``, ``steps``, ``seed``, ``losses`` (one per step), ``seconds``, and the full spec.
+
+Decisions where the paper is silent (its models are Llama-2 checkpoints; this is the same recipe in miniature):
+
+- Tokenizer: one token per character over printable ASCII plus newline, BOS prepended like Llama's.
+  Character tokens make decoding an exact round trip and keep the synthetic tasks' symbols one token each.
+- Training data (``mix``): sequences in the synthetic datasets' own prompt formats, each with a *fresh*
+  mapping from the training half of mapping space (:func:`ctxscale.synthetic.training_text`, never a
+  dataset's mapping), mixed with repeated random strings that teach induction-style copying early
+  (ecosystem-notes §7). Every sequence starts with BOS and is exactly ``n_ctx`` tokens long, so a base
+  model never sees a position beyond its context limit.
+- Optimiser: AdamW (betas 0.9/0.95, eps 1e-8, no weight decay), gradient-norm clip 1.0, linear warm-up
+  over ``warmup`` (a fraction of the steps), then cosine decay to 10 % of ``lr``; the paper's extension
+  recipe (§3.3) uses the same AdamW settings with a linear schedule.
+- Extension (§3.3 in miniature): ``rope_scaling = {rope_type: yarn, factor: F,
+  original_max_position_embeddings: base n_ctx}``, ``max_position_embeddings = F · base n_ctx``, then
+  continued training on the same mixture at the new length (a fresh data stream).
+- Determinism: ``torch.manual_seed`` for the initialisation, a NumPy ``default_rng`` data stream from
+  the seed, ``torch.use_deterministic_algorithms(True)`` and a fixed thread count: the same spec and
+  thread count give byte-identical weights.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
+import math
 import string
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+from ctxscale.errors import UserError
+
+log = logging.getLogger("ctxscale.tiny")
 
 BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN = "<s>", "</s>", "<pad>", "<unk>"
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
 # Printable ASCII without the whitespace other than space and newline (tabs, \r, \x0b, \x0c map to <unk>).
 CHARACTERS = tuple(dict.fromkeys(" \n" + string.digits + string.ascii_letters + string.punctuation))
+TRAINING_INFO = "ctxscale_training.json"
+
+DEFAULT_MIX = {"recall": 1.0, "arithmetic": 1.0, "cipher": 1.0, "repeat": 1.0}
+TRAIN_DEFAULTS = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "intermediate_size": None,
+    "n_ctx": 128,
+    "steps": 500,
+    "batch_size": 32,
+    "lr": 2e-3,
+    "warmup": 0.05,
+    "seed": 0,
+    "mix": DEFAULT_MIX,
+}
+EXTEND_DEFAULTS = {
+    "n_ctx": None,
+    "rope_scaling": None,
+    "steps": 40,
+    "batch_size": 8,
+    "lr": 5e-4,
+    "warmup": 0.1,
+    "seed": 0,
+    "mix": DEFAULT_MIX,
+}
+ARCHITECTURE_KEYS = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
+LOG_EVERY_SECONDS = 5.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokenizer, model, checkpoint
 
 
 def build_tokenizer() -> transformers.PreTrainedTokenizerFast:
@@ -58,7 +138,7 @@ def init_model(
     extended length as ``n_ctx`` and the base length as ``original_max_position_embeddings``.
     """
     if hidden_size % num_heads:
-        raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        raise UserError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
     config = transformers.LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -68,7 +148,7 @@ def init_model(
         num_key_value_heads=num_heads,
         max_position_embeddings=n_ctx,
         rope_theta=10000.0,
-        rope_scaling=rope_scaling,
+        rope_scaling=dict(rope_scaling) if rope_scaling else None,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -88,5 +168,318 @@ def save_checkpoint(model, tokenizer, out_dir, training_info: dict | None = None
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     if training_info is not None:
-        (out_dir / "ctxscale_training.json").write_text(json.dumps(training_info, indent=1) + "\n")
+        (out_dir / TRAINING_INFO).write_text(json.dumps(training_info, indent=1) + "\n")
     return out_dir
+
+
+def count_non_embedding_params(model) -> int:
+    """All parameters minus the input embedding and the LM head (tied weights counted once)."""
+    unique = {id(p): p for p in model.parameters()}
+    embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    return sum(p.numel() for i, p in unique.items() if i not in embeddings)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training data
+
+
+def repeat_text(rng: np.random.Generator, min_chars: int) -> str:
+    """A random string repeated until at least ``min_chars`` long: the induction curriculum (ecosystem-notes §7)."""
+    alphabet = string.ascii_letters + string.digits
+    length = int(rng.integers(16, 64))
+    unit = "".join(alphabet[i] for i in rng.integers(len(alphabet), size=length).tolist())
+    return unit * (min_chars // length + 1)
+
+
+def training_text(rng: np.random.Generator, mix: dict[str, float], min_chars: int) -> str:
+    """One training text of at least ``min_chars`` characters, its source drawn from ``mix``."""
+    from ctxscale import synthetic
+
+    names = sorted(mix)
+    weights = np.array([float(mix[name]) for name in names])
+    name = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    if name == "repeat":
+        return repeat_text(rng, min_chars)
+    return synthetic.training_text(synthetic.kind_named(name), rng, min_chars)
+
+
+def training_batch(tokenizer, rng: np.random.Generator, mix: dict, batch_size: int, seq_len: int) -> torch.Tensor:
+    """``batch_size`` sequences of exactly ``seq_len`` tokens, each BOS + the start of a fresh text."""
+    rows = []
+    for _ in range(batch_size):
+        ids = tokenizer(training_text(rng, mix, seq_len))["input_ids"]
+        if len(ids) < seq_len:  # pragma: no cover - one token per character makes this impossible
+            raise RuntimeError("a training text tokenized shorter than the sequence length")
+        rows.append(ids[:seq_len])
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _check_mix(mix) -> dict:
+    from ctxscale import synthetic
+
+    known = set(synthetic.KINDS) | {"repeat"}
+    if not isinstance(mix, dict) or not mix:
+        raise UserError(f"mix must be a non-empty mapping of sources to weights (sources: {', '.join(sorted(known))})")
+    unknown = sorted(set(mix) - known)
+    if unknown:
+        raise UserError(f"unknown training source {unknown[0]!r} in mix (known: {', '.join(sorted(known))})")
+    if any(not isinstance(w, (int, float)) or w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+        raise UserError("mix weights must be non-negative numbers with a positive sum")
+    return {k: float(v) for k, v in mix.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+
+
+def _set_determinism(threads: int) -> None:
+    if threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+
+
+def _schedule(step: int, steps: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to 10 %."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def run_training(
+    model,
+    tokenizer,
+    rng: np.random.Generator,
+    *,
+    steps: int,
+    batch_size: int,
+    seq_len: int,
+    lr: float,
+    warmup: float,
+    mix: dict,
+    label: str,
+) -> tuple[list[float], int]:
+    """Train in place; return the per-step losses and the number of tokens fed."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    warmup_steps = max(1, round(warmup * steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, warmup_steps))
+    model.train()
+    losses, tokens = [], 0
+    started = last_log = time.perf_counter()
+    for step in range(steps):
+        batch = training_batch(tokenizer, rng, mix, batch_size, seq_len)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(round(float(loss), 6))
+        tokens += batch.numel()
+        now = time.perf_counter()
+        if now - last_log >= LOG_EVERY_SECONDS or step in (0, steps - 1):
+            log.info("%s step %d/%d loss %.4f (%.1f s)", label, step + 1, steps, losses[-1], now - started)
+            last_log = now
+    model.eval()
+    return losses, tokens
+
+
+def _spec_with_defaults(spec: dict, defaults: dict, extra_allowed: tuple[str, ...] = ()) -> dict:
+    if not isinstance(spec, dict):
+        raise UserError("--spec must be a JSON object")
+    unknown = sorted(set(spec) - set(defaults) - set(extra_allowed))
+    if unknown:
+        raise UserError(f"unknown spec key {unknown[0]!r} (known: {', '.join(sorted(defaults))})")
+    merged = {**defaults, **spec}
+    for key in ("steps", "batch_size", "n_ctx"):
+        if merged.get(key) is not None and (not isinstance(merged[key], int) or merged[key] < 1):
+            raise UserError(f"spec {key} must be a positive integer, got {merged[key]!r}")
+    if not isinstance(merged["lr"], (int, float)) or merged["lr"] <= 0:
+        raise UserError(f"spec lr must be a positive number, got {merged['lr']!r}")
+    if not 0 <= merged["warmup"] < 1:
+        raise UserError(f"spec warmup must be a fraction of the steps in [0, 1), got {merged['warmup']!r}")
+    merged["mix"] = _check_mix(merged["mix"])
+    return merged
+
+
+def train(spec: dict, tokenizer=None, threads: int = 1):
+    """Pretrain a base model from ``spec``; returns ``(model, tokenizer, training_info)``."""
+    spec = _spec_with_defaults(spec, TRAIN_DEFAULTS)
+    _set_determinism(threads)
+    tokenizer = tokenizer or build_tokenizer()
+    model = init_model(
+        tokenizer,
+        hidden_size=spec["hidden_size"],
+        num_layers=spec["num_layers"],
+        num_heads=spec["num_heads"],
+        intermediate_size=spec["intermediate_size"],
+        n_ctx=spec["n_ctx"],
+        seed=spec["seed"],
+    )
+    non_embedding = count_non_embedding_params(model)
+    log.info("pretraining: %d non-embedding parameters, %d steps of %d x %d tokens",
+             non_embedding, spec["steps"], spec["batch_size"], spec["n_ctx"])
+    rng = np.random.default_rng([spec["seed"], 0])  # stream 0: pretraining data
+    started = time.perf_counter()
+    losses, tokens = run_training(
+        model, tokenizer, rng, steps=spec["steps"], batch_size=spec["batch_size"], seq_len=spec["n_ctx"],
+        lr=spec["lr"], warmup=spec["warmup"], mix=spec["mix"], label="pretrain",
+    )
+    info = {
+        "stage": "pretrain",
+        "pretrain_tokens": tokens,
+        "extension_tokens": 0,
+        "non_embedding_params": non_embedding,
+        "n_ctx": spec["n_ctx"],
+        "steps": spec["steps"],
+        "seed": spec["seed"],
+        "threads": threads,
+        "seconds": round(time.perf_counter() - started, 3),
+        "spec": spec,
+        "losses": losses,
+    }
+    return model, tokenizer, info
+
+
+def _check_rope_scaling(rope_scaling, base_n_ctx: int, n_ctx: int) -> dict:
+    if not isinstance(rope_scaling, dict) or "rope_type" not in rope_scaling or "factor" not in rope_scaling:
+        raise UserError("extend needs spec rope_scaling = {rope_type: yarn, factor: F, original_max_position_embeddings: N}")
+    rope_scaling = dict(rope_scaling)
+    original = rope_scaling.setdefault("original_max_position_embeddings", base_n_ctx)
+    if original != base_n_ctx:
+        raise UserError(
+            f"rope_scaling.original_max_position_embeddings is {original} but the base model's n_ctx is {base_n_ctx}"
+        )
+    if not math.isclose(float(rope_scaling["factor"]) * base_n_ctx, n_ctx):
+        raise UserError(
+            f"n_ctx {n_ctx} is not rope_scaling.factor {rope_scaling['factor']} x the base n_ctx {base_n_ctx}"
+        )
+    rope_scaling["factor"] = float(rope_scaling["factor"])
+    return rope_scaling
+
+
+def read_training_info(checkpoint_dir) -> dict:
+    path = Path(checkpoint_dir) / TRAINING_INFO
+    if not path.is_file():
+        raise UserError(f"{checkpoint_dir} is not a tiny checkpoint (no {TRAINING_INFO})")
+    return json.loads(path.read_text())
+
+
+def extend(base_dir, spec: dict, threads: int = 1):
+    """A context-extended variant of a base checkpoint; returns ``(model, tokenizer, training_info)``."""
+    spec = _spec_with_defaults(spec, EXTEND_DEFAULTS, extra_allowed=ARCHITECTURE_KEYS)
+    _set_determinism(threads)
+    base_dir = Path(base_dir)
+    base_info = read_training_info(base_dir)
+    base_spec = base_info["spec"]
+    for key in ARCHITECTURE_KEYS:
+        if key in spec and spec[key] != base_spec[key]:
+            raise UserError(f"spec {key}={spec[key]} disagrees with the base checkpoint ({base_spec[key]})")
+    if spec["n_ctx"] is None:
+        raise UserError("extend needs spec n_ctx (the extended context length)")
+    if base_info["stage"] != "pretrain":
+        raise UserError(f"{base_dir} is already an extended model; extend a base model")
+    rope_scaling = _check_rope_scaling(spec["rope_scaling"], base_info["n_ctx"], spec["n_ctx"])
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base_dir)
+    base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = init_model(
+        tokenizer,
+        hidden_size=base_spec["hidden_size"],
+        num_layers=base_spec["num_layers"],
+        num_heads=base_spec["num_heads"],
+        intermediate_size=base_spec["intermediate_size"],
+        n_ctx=spec["n_ctx"],
+        seed=spec["seed"],
+        rope_scaling=rope_scaling,
+    )
+    model.load_state_dict(base.state_dict())
+    del base
+    log.info("extending %s from %d to %d tokens with %s, %d steps of %d x %d tokens",
+             base_dir, base_info["n_ctx"], spec["n_ctx"], rope_scaling, spec["steps"], spec["batch_size"], spec["n_ctx"])
+    # stream n_ctx: a data stream of its own, never the pretraining one
+    rng = np.random.default_rng([spec["seed"], spec["n_ctx"]])
+    started = time.perf_counter()
+    losses, tokens = run_training(
+        model, tokenizer, rng, steps=spec["steps"], batch_size=spec["batch_size"], seq_len=spec["n_ctx"],
+        lr=spec["lr"], warmup=spec["warmup"], mix=spec["mix"], label=f"extend x{rope_scaling['factor']:g}",
+    )
+    info = {
+        "stage": "extension",
+        "pretrain_tokens": base_info["pretrain_tokens"],
+        "extension_tokens": base_info["extension_tokens"] + tokens,
+        "non_embedding_params": count_non_embedding_params(model),
+        "n_ctx": spec["n_ctx"],
+        "steps": spec["steps"],
+        "seed": spec["seed"],
+        "threads": threads,
+        "seconds": round(time.perf_counter() - started, 3),
+        "rope_scaling": rope_scaling,
+        "spec": {**spec, "rope_scaling": rope_scaling},
+        "base": {"n_ctx": base_info["n_ctx"], "steps": base_info["steps"], "seed": base_info["seed"],
+                 "seconds": base_info["seconds"], "spec": base_spec},
+        "losses": losses,
+    }
+    return model, tokenizer, info
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _parse_spec(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"--spec is not valid JSON ({error.msg})") from None
+
+
+def _load_tokenizer(directory: str | None):
+    if directory is None:
+        return build_tokenizer()
+    if not Path(directory).is_dir():
+        raise UserError(f"tokenizer directory {directory} does not exist")
+    return transformers.AutoTokenizer.from_pretrained(directory)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ctxscale.tiny", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    tokenizer_cmd = commands.add_parser("tokenizer", help="save the character tokenizer")
+    tokenizer_cmd.add_argument("--out", required=True)
+    train_cmd = commands.add_parser("train", help="pretrain a base model")
+    train_cmd.add_argument("--spec", required=True, help="JSON object (see the module docstring)")
+    train_cmd.add_argument("--tokenizer", help="tokenizer directory (default: build the character tokenizer)")
+    train_cmd.add_argument("--threads", type=int, default=1, help="torch threads (weights depend on it)")
+    train_cmd.add_argument("--out", required=True)
+    extend_cmd = commands.add_parser("extend", help="YaRN context extension of a base model")
+    extend_cmd.add_argument("--base", required=True, help="base checkpoint directory")
+    extend_cmd.add_argument("--spec", required=True, help="JSON object with n_ctx and rope_scaling")
+    extend_cmd.add_argument("--threads", type=int, default=1)
+    extend_cmd.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    transformers.logging.set_verbosity_error()
+    try:
+        if args.command == "tokenizer":
+            build_tokenizer().save_pretrained(args.out)
+            log.info("saved the character tokenizer to %s", args.out)
+            return 0
+        if args.command == "train":
+            model, tokenizer, info = train(_parse_spec(args.spec), _load_tokenizer(args.tokenizer), args.threads)
+        else:
+            if not Path(args.base).is_dir():
+                raise UserError(f"base checkpoint {args.base} does not exist")
+            model, tokenizer, info = extend(args.base, _parse_spec(args.spec), args.threads)
+        save_checkpoint(model, tokenizer, args.out, info)
+        log.info("saved %s (%d tokens in %.1f s, final loss %.4f)", args.out,
+                 info["pretrain_tokens"] + info["extension_tokens"], info["seconds"], info["losses"][-1])
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

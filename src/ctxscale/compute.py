@@ -1,0 +1,299 @@
+"""Compute accounting: C = 6 N D (Kaplan et al.), non-embedding parameters, the paper's Table 1, model info.
+
+- ``N`` = non-embedding parameters = total - input embedding - LM head (tied embeddings counted once, so
+  a tied model loses one ``vocab x hidden`` matrix, an untied one two). Counted analytically from a
+  Hugging Face ``config.json`` for decoder families with rotary positions: Llama/Mistral (optional
+  ``attention_bias`` on q/k/v/o and ``mlp_bias``), Qwen2 (bias on q/k/v only) and Gemma/Gemma2 (Gemma2 has
+  four RMSNorms per layer). Every count includes the final norm. Checked in the tests against
+  ``transformers`` models built on the meta device and against the paper's Table 1.
+- ``D`` = pretraining tokens + context-extension tokens (the paper's Table 1 adds 400 steps x 64
+  sequences x n_ctx of YaRN training to 2.0T).
+- Table 1 (spec §3.1): :data:`PAPER_TABLE1` holds the paper's values. Two rows cannot be reproduced
+  from C = 6 N D: the 4k base models, whose paper C (7.7719e22, 1.5227e23) exceeds 6 N x 2.0T
+  (7.7715e22, 1.5226e23) although every extended row matches 6 N (2T + extension) exactly. We use the
+  recomputed values (:data:`TABLE1_KNOWN_DISCREPANCIES`). The paper also lists 0.836B extension tokens at
+  32k where 400 x 64 x 32768 = 0.839B; C agrees to 4 significant figures either way.
+
+Model info step (``python -m ctxscale.compute model-info``; contract in docs/architecture.md): for
+``source: hf`` the numbers come from the model's config entry; with ``--checkpoint DIR`` holding a
+``config.json`` N is also counted and a disagreement is logged (the config value is kept, it is what
+the paper used). For ``source: tiny`` the checkpoint's ``ctxscale_training.json`` gives the numbers
+actually measured in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ctxscale.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FLOPS_PER_PARAM_TOKEN = 6
+TRAINING_FILE = "ctxscale_training.json"
+TABLE1_COLUMNS = ["model", "base", "n_ctx", "N", "D", "C"]
+
+# The paper's Table 1 (spec §3.1): base model, context limit, non-embedding parameters, tokens as
+# printed ("2.0T + 0.210B"), and the paper's C.
+PAPER_TABLE1 = pd.DataFrame(
+    [(base, n_ctx, n_params, 2.0e12 + ext_billions * 1e9, c_paper)
+     for base, n_params, rows in (
+        ("llama2-7b", 6_476_271_616, ((4096, 0.0, 7.7719e22), (8192, 0.210, 7.7723e22), (16384, 0.419, 7.7732e22),
+                                      (32768, 0.836, 7.7748e22), (65536, 1.678, 7.7780e22),
+                                      (131072, 3.355, 7.7846e22))),
+        ("llama2-13b", 12_688_184_320, ((4096, 0.0, 1.5227e23), (8192, 0.210, 1.5227e23), (16384, 0.419, 1.5229e23),
+                                        (32768, 0.836, 1.5232e23), (65536, 1.678, 1.5239e23),
+                                        (131072, 3.355, 1.5251e23))))
+     for n_ctx, ext_billions, c_paper in rows],
+    columns=["base", "n_ctx", "N", "D", "C"])
+
+# (base, n_ctx) -> why the paper's C differs from 6 N D in the 4th significant figure.
+TABLE1_KNOWN_DISCREPANCIES = {
+    ("llama2-7b", 4096): "paper 7.7719e22, but 6 x 6,476,271,616 x 2.0e12 = 7.7715e22 (extended rows match 6ND)",
+    ("llama2-13b", 4096): "paper 1.5227e23, but 6 x 12,688,184,320 x 2.0e12 = 1.5226e23 (extended rows match 6ND)",
+}
+
+# model_type -> (RMSNorms per decoder layer, bias on q/k/v by default, bias on o_proj by default)
+_ARCHITECTURES = {
+    "llama": (2, False, False),
+    "mistral": (2, False, False),
+    "qwen2": (2, True, False),
+    "gemma": (2, False, False),
+    "gemma2": (4, False, False),
+}
+
+
+def training_compute(non_embedding_params, tokens):
+    """C = 6 N D in FLOPs (numpy-broadcasting)."""
+    return FLOPS_PER_PARAM_TOKEN * np.asarray(non_embedding_params, dtype=float) * np.asarray(tokens, dtype=float)
+
+
+def non_embedding_params_from_config(config: dict) -> int:
+    """Non-embedding parameters of a decoder-only HF model from its ``config.json`` (module docstring)."""
+    model_type = config.get("model_type")
+    if model_type not in _ARCHITECTURES:
+        raise UserError(f"cannot count parameters for model_type {model_type!r}; supported: "
+                        f"{', '.join(sorted(_ARCHITECTURES))}")
+    try:
+        hidden = int(config["hidden_size"])
+        intermediate = int(config["intermediate_size"])
+        layers = int(config["num_hidden_layers"])
+        heads = int(config["num_attention_heads"])
+    except KeyError as exc:
+        raise UserError(f"config.json lacks {exc.args[0]}") from None
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    norms_per_layer, qkv_bias, o_bias = _ARCHITECTURES[model_type]
+    if "attention_bias" in config:  # Llama/Mistral-style flag covers q, k, v and o
+        qkv_bias = o_bias = bool(config["attention_bias"])
+    mlp_bias = bool(config.get("mlp_bias", False))
+    q_out, kv_out = heads * head_dim, kv_heads * head_dim
+    attention = hidden * q_out + 2 * hidden * kv_out + q_out * hidden
+    attention += (q_out + 2 * kv_out) * qkv_bias + hidden * o_bias
+    mlp = 3 * hidden * intermediate + (2 * intermediate + hidden) * mlp_bias
+    per_layer = attention + mlp + norms_per_layer * hidden
+    return int(layers * per_layer + hidden)  # + the final norm
+
+
+def total_params_from_config(config: dict) -> int:
+    """All parameters: non-embedding + input embedding + LM head unless tied (counted once when tied)."""
+    embedding = int(config["vocab_size"]) * int(config["hidden_size"])
+    tied = bool(config.get("tie_word_embeddings", config.get("model_type") in ("gemma", "gemma2")))
+    return non_embedding_params_from_config(config) + embedding * (1 if tied else 2)
+
+
+def _load_yaml(path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("models"), dict):
+        raise UserError(f"config file {path} has no `models:` mapping")
+    return config
+
+
+def _group_enabled(config: dict, group: str | None) -> bool:
+    groups = config.get("model_groups") or {}
+    entry = groups.get(group)
+    return True if entry is None else bool(entry.get("enabled", True))
+
+
+def table1(config: dict, models_dir="results/models", include_disabled: bool = False) -> pd.DataFrame:
+    """Table 1 (model, base, n_ctx, N, D, C) for the models of a workflow config.
+
+    Only models of enabled groups unless ``include_disabled``. Models with ``source: tiny`` carry no
+    numbers in the config: their row is read from ``models_dir/{model}.json`` when it exists, else N, D
+    and C are missing (NaN, printed N/A).
+    """
+    rows = []
+    for name, spec in (config.get("models") or {}).items():
+        if not include_disabled and not _group_enabled(config, spec.get("group")):
+            continue
+        n_params, tokens = spec.get("non_embedding_params"), None
+        if spec.get("pretrain_tokens") is not None:
+            tokens = float(spec["pretrain_tokens"]) + float(spec.get("extension_tokens") or 0)
+        if spec.get("source") == "tiny" or n_params is None or tokens is None:
+            info_path = Path(models_dir) / f"{name}.json"
+            if info_path.exists():
+                info = json.loads(info_path.read_text())
+                n_params = info["non_embedding_params"]
+                tokens = float(info["pretrain_tokens"]) + float(info["extension_tokens"])
+            else:
+                n_params, tokens = None, None
+        compute = float(training_compute(n_params, tokens)) if n_params is not None else math.nan
+        rows.append({"model": name, "base": spec.get("base"), "n_ctx": int(spec["n_ctx"]),
+                     "N": n_params, "D": tokens if tokens is not None else math.nan, "C": compute})
+    frame = pd.DataFrame(rows, columns=TABLE1_COLUMNS)
+    frame["N"] = frame["N"].astype("Int64")
+    return frame
+
+
+def format_table1(frame: pd.DataFrame, style: str = "text") -> str:
+    def n_text(v):
+        return "N/A" if pd.isna(v) else f"{int(v):,}"
+
+    def d_text(v):
+        return "N/A" if pd.isna(v) else f"{v:,.0f}"
+
+    shown = pd.DataFrame({"model": frame["model"], "base": frame["base"], "n_ctx": frame["n_ctx"],
+                          "N": frame["N"].map(n_text), "D": frame["D"].map(d_text),
+                          "C": frame["C"].map(lambda v: "N/A" if pd.isna(v) else f"{v:.4e}")})
+    if style == "csv":
+        return frame.to_csv(index=False).rstrip("\n")
+    if style == "markdown":
+        header = "| " + " | ".join(shown.columns) + " |"
+        lines = [header, "|" + "---|" * len(shown.columns)]
+        lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+        return "\n".join(lines)
+    return shown.to_string(index=False)
+
+
+def model_info(model: str, spec: dict, checkpoint=None) -> dict:
+    """The model-info record of docs/architecture.md for one ``models:`` entry."""
+    if not isinstance(spec, dict):
+        raise UserError(f"--spec for {model} must be a JSON object")
+    source = spec.get("source")
+    if source not in ("hf", "tiny"):
+        raise UserError(f"model {model}: source must be 'hf' or 'tiny', got {source!r}")
+    if "n_ctx" not in spec:
+        raise UserError(f"model {model}: the spec has no n_ctx")
+    checkpoint = Path(checkpoint) if checkpoint else None
+    extra = {}
+    if source == "tiny":
+        if checkpoint is None:
+            raise UserError(f"model {model}: a tiny model needs --checkpoint with {TRAINING_FILE}")
+        training_path = checkpoint / TRAINING_FILE
+        if not training_path.exists():
+            raise UserError(f"model {model}: {training_path} does not exist (train the model first)")
+        training = json.loads(training_path.read_text())
+        missing = [k for k in ("pretrain_tokens", "extension_tokens", "non_embedding_params") if k not in training]
+        if missing:
+            raise UserError(f"{training_path} lacks {', '.join(missing)}")
+        n_params = int(training["non_embedding_params"])
+        pretrain, extension = float(training["pretrain_tokens"]), float(training["extension_tokens"])
+        if "n_ctx" in training and int(training["n_ctx"]) != int(spec["n_ctx"]):
+            log.warning("model %s: trained with n_ctx %s but the config says %s; using the config's",
+                        model, training["n_ctx"], spec["n_ctx"])
+    else:
+        n_params = spec.get("non_embedding_params")
+        config_path = checkpoint / "config.json" if checkpoint else None
+        if config_path is not None and config_path.exists():
+            counted = non_embedding_params_from_config(json.loads(config_path.read_text()))
+            extra["non_embedding_params_counted"] = counted
+            if n_params is None:
+                n_params = counted
+            elif int(n_params) != counted:
+                log.warning("model %s: config says %s non-embedding parameters but %s counts %s; keeping the config's",
+                            model, f"{int(n_params):,}", config_path, f"{counted:,}")
+        if n_params is None:
+            raise UserError(f"model {model}: no non_embedding_params in the spec and no checkpoint config.json to count")
+        if spec.get("pretrain_tokens") is None:
+            raise UserError(f"model {model}: the spec has no pretrain_tokens")
+        pretrain, extension = float(spec["pretrain_tokens"]), float(spec.get("extension_tokens") or 0)
+    n_params = int(n_params)
+    return {"model": model, "source": source, "family": spec.get("family"), "group": spec.get("group"),
+            "base": spec.get("base"), "n_ctx": int(spec["n_ctx"]), "non_embedding_params": n_params,
+            "pretrain_tokens": pretrain, "extension_tokens": extension,
+            "compute": float(training_compute(n_params, pretrain + extension)),
+            "revision": spec.get("revision") if source == "hf" else None, **extra}
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def model_info_main(argv=None) -> int:
+    """``python -m ctxscale.compute model-info --model NAME --spec JSON [--checkpoint DIR] --out PATH``."""
+    from ctxscale.cli import handle_user_errors, setup_logging
+    from ctxscale.fitting import write_json_atomic
+
+    parser = argparse.ArgumentParser(prog="ctxscale model-info", description="Write a model-info JSON (N, D, C).")
+    parser.add_argument("--model", required=True, help="model name (key of the config's models:)")
+    parser.add_argument("--spec", required=True, help="the model's config entry as a JSON string")
+    parser.add_argument("--checkpoint", help="checkpoint directory (tiny: required; hf: optional N cross-check)")
+    parser.add_argument("--out", required=True, help="output JSON path")
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    def body():
+        try:
+            spec = json.loads(args.spec)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--spec is not valid JSON ({exc})") from None
+        info = model_info(args.model, spec, args.checkpoint)
+        write_json_atomic(args.out, info)
+        log.info("%s: N = %s, D = %.4g, C = %.4e", args.model, f"{info['non_embedding_params']:,}",
+                 info["pretrain_tokens"] + info["extension_tokens"], info["compute"])
+        return 0
+
+    return handle_user_errors(body)
+
+
+def table1_main(argv=None) -> int:
+    """``ctxscale table1 CONFIG.yaml``: print Table 1 for the config's (enabled) models."""
+    from ctxscale.cli import handle_user_errors
+
+    parser = argparse.ArgumentParser(prog="ctxscale table1", description="Print Table 1 (N, D, C = 6ND).")
+    parser.add_argument("config", help="workflow config (YAML)")
+    parser.add_argument("--all", action="store_true", help="include models of disabled groups")
+    parser.add_argument("--models-dir", default="results/models", help="model-info files for tiny models")
+    parser.add_argument("--format", default="text", choices=("text", "markdown", "csv"))
+    parser.add_argument("--out", help="also write the table (CSV) here")
+    args = parser.parse_args(argv)
+
+    def body():
+        frame = table1(_load_yaml(args.config), args.models_dir, args.all)
+        if frame.empty:
+            raise UserError(f"{args.config}: no models in enabled groups (use --all)")
+        print(format_table1(frame, args.format))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(args.out, index=False)
+        return 0
+
+    return handle_user_errors(body)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"model-info": model_info_main, "table1": table1_main}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m ctxscale.compute {model-info,table1} ...", file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

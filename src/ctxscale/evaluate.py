@@ -1,0 +1,842 @@
+"""Evaluate one model on one prepared dataset at every shot count, through lm-eval, never truncating.
+
+One process per (model, dataset): the model is loaded once (lm-eval's ``HFLM`` or ``VLLM``) and every
+shot count runs through its own ``lm_eval.simple_evaluate(model=lm, tasks=[task], num_fewshot=k)`` over
+the task that :mod:`ctxscale.tasks` generates from the prepared data (first-n nested shots, greedy
+``generate_until``, the official prompts byte for byte).
+
+Truncation guard
+    lm-eval silently left-truncates prompts that do not fit ``max_length - max_gen_toks``. Before any
+    generation, every prompt of a shot count is rendered by the task itself (``fewshot_context``, exactly
+    what lm-eval sends), checked against the official construction, and tokenized with the backend's own
+    ``tok_encode`` (BOS included, as the backend adds it). A prompt with more than ``max_prompt_tokens``
+    tokens is refused and counted (``n_refused``), never sent: only the fitting instances are evaluated,
+    through ``simple_evaluate(samples={task: indices})``. After generation, the prompts lm-eval logged are
+    compared with the checked ones, so a prompt that was not checked can never be scored.
+    ``max_prompt_tokens = max_length - max_new_tokens`` (and, for vLLM, also what its RoPE cache can index,
+    see below). When every instance of a shot count is refused, the file is still written with
+    ``score`` and ``n_pmt`` null and ``n_instances`` 0; :mod:`ctxscale.aggregate` skips such cells.
+
+Prompts beyond the model's own context limit (the penalty region) are evaluated, not refused:
+    - ``hf``: transformers computes RoPE cos/sin on the fly from the position ids (plain, linear and YaRN
+      alike), so any position up to ``max_length`` runs; transformers only logs a reminder.
+    - ``vllm``: ``max_model_len = max_length`` with ``VLLM_ALLOW_LONG_MAX_MODEL_LEN=1`` (vLLM otherwise
+      refuses a window longer than the config's). vLLM precomputes a RoPE cos/sin cache and indexing past
+      it is undefined behaviour (vllm PR #44286), so: for plain and linear RoPE ``hf_overrides`` raises
+      ``max_position_embeddings`` to ``max_length``, which only lengthens the cache (the rotation of each
+      position is unchanged; this is what the official ``PATCH_VLLM_ROPE`` did); for YaRN the cache holds
+      ``original_max_position_embeddings * factor`` positions and cannot be lengthened without changing
+      the scaling, so prompts that would pass it are refused and counted like over-long ones, with a
+      warning that names the limit (use ``backend: hf`` to measure YaRN models beyond their n_ctx); other
+      RoPE types are limited to ``max_position_embeddings``. A ``rope_scaling`` setting is passed as
+      ``hf_overrides={"rope_parameters": ...}`` (the current vLLM way) and, for hf, applied to the loaded
+      config.
+
+Outputs (docs/architecture.md): ``{out_dir}/shots_{k}.json`` (per-instance ``id, prompt_tokens,
+prediction, score``; mean ``score``; mean ``n_pmt`` with BOS; ``n_instances``; ``n_refused`` and the
+refused ids with their token counts; metadata: versions of lm-eval, torch, transformers, vLLM, backend,
+batch size, seeds, max_length, dataset and model fingerprints and revision, the cache key, elapsed
+seconds) and ``shots_{k}.samples.jsonl.gz`` (lm-eval's per-sample records, gzip without timestamp).
+Both are written atomically (temp file + ``os.replace``).
+
+Cache
+    Snakemake deletes a job's outputs before rerunning it, so finished shot counts are also stored under
+    ``--cache-dir``, content-addressed by a key over: the model name; the model fingerprint (every file of
+    the checkpoint folder: path, size and SHA-256, where files over 16 MiB are hashed on 16 evenly spaced
+    64 KiB windows instead of in full, so a 13 GB checkpoint costs about 1 MB of reading per file and
+    copying a checkpoint does not invalidate it, while retrained weights change every window); the model
+    revision; the prepared data's SHA-256 (manifest, shot pool, test set); the shot count; the settings
+    that change results (backend, max_length, batch size, dtype, device type, seed, max_samples,
+    rope_scaling, and for vLLM tensor parallelism and prefix caching); the versions of lm-eval,
+    transformers, torch (and vLLM); and the source of :mod:`ctxscale.tasks` and :mod:`ctxscale.metrics`.
+    Each shot count is stored as soon as it finishes, so a job killed or out of memory at a high shot
+    count keeps the lower ones; the rerun copies them and logs ``reused N of M shot counts``. When every
+    shot count is cached the model is not even loaded.
+
+Settings (``--settings`` JSON: the config's ``evaluation`` subtree plus ``revision``, ``n_ctx`` and
+``rope_scaling`` of the model): see :data:`DEFAULT_SETTINGS`; unknown keys are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from ctxscale.datasets import build_prompt
+from ctxscale.errors import UserError
+from ctxscale.tasks import TASK_FORMAT_VERSION, TaskData, load_task_data, write_task
+
+log = logging.getLogger("ctxscale.evaluate")
+
+# Bumped whenever the result files change in content or meaning; part of the cache key.
+RESULT_FORMAT_VERSION = 1
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "backend": "vllm",  # vllm | hf
+    "max_length": 131072,  # explicit window: prompt + generation must fit, never inferred
+    "batch_size": 8,  # fixed; never "auto" (scores depend slightly on batch size)
+    "dtype": "bfloat16",  # auto | bfloat16 | float16 | float32
+    "device": "cuda",  # hf only: cpu | cuda | cuda:N (vLLM picks GPUs via CUDA_VISIBLE_DEVICES)
+    "seed": 31337,
+    "tensor_parallel_size": 1,  # vllm only
+    "gpu_memory_utilization": 0.9,  # vllm only; does not change results
+    "enable_prefix_caching": True,  # vllm only
+    "revision": "main",  # model revision, recorded (the checkpoint folder is already that revision)
+    "n_ctx": None,  # the model's context limit, recorded
+    "rope_scaling": None,  # e.g. {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 4096}
+    "max_samples": None,  # evaluate only the first N prepared test instances (None: all)
+}
+BACKENDS = ("vllm", "hf")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+SMALL_FILE_BYTES = 16 * 2**20
+HASH_WINDOWS, HASH_WINDOW_BYTES = 16, 64 * 2**10
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend: str
+    max_length: int
+    batch_size: int
+    dtype: str
+    device: str
+    seed: int
+    tensor_parallel_size: int
+    gpu_memory_utilization: float
+    enable_prefix_caching: bool
+    revision: str
+    n_ctx: int | None
+    rope_scaling: dict | None
+    max_samples: int | None
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any] | None) -> Settings:
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(DEFAULT_SETTINGS))
+        if unknown:
+            raise UserError(f"unknown evaluation setting {unknown[0]!r} (known: {', '.join(DEFAULT_SETTINGS)})")
+        merged = {**DEFAULT_SETTINGS, **values}
+
+        def positive_int(key: str, allow_none: bool = False) -> None:
+            value = merged[key]
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"evaluation setting {key} must be a positive integer, got {value!r}")
+
+        if merged["backend"] not in BACKENDS:
+            raise UserError(
+                f"evaluation setting backend must be one of {', '.join(BACKENDS)}, got {merged['backend']!r}"
+            )
+        if merged["dtype"] not in DTYPES:
+            raise UserError(f"evaluation setting dtype must be one of {', '.join(DTYPES)}, got {merged['dtype']!r}")
+        for key in ("max_length", "batch_size", "tensor_parallel_size"):
+            positive_int(key)
+        if isinstance(merged["seed"], bool) or not isinstance(merged["seed"], int):
+            raise UserError(f"evaluation setting seed must be an integer, got {merged['seed']!r}")
+        positive_int("max_samples", allow_none=True)
+        positive_int("n_ctx", allow_none=True)
+        device = merged["device"]
+        if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
+            raise UserError(f"evaluation setting device must be cpu, cuda or cuda:N, got {merged['device']!r}")
+        if not isinstance(merged["enable_prefix_caching"], bool):
+            raise UserError("evaluation setting enable_prefix_caching must be true or false")
+        utilization = merged["gpu_memory_utilization"]
+        if isinstance(utilization, bool) or not isinstance(utilization, (int, float)) or not 0 < utilization <= 1:
+            raise UserError(f"evaluation setting gpu_memory_utilization must be in (0, 1], got {utilization!r}")
+        rope = merged["rope_scaling"]
+        if rope is not None and (not isinstance(rope, dict) or not ("rope_type" in rope or "type" in rope)):
+            raise UserError("evaluation setting rope_scaling must be null or a mapping with rope_type")
+        if not isinstance(merged["revision"], str) or not merged["revision"]:
+            raise UserError("evaluation setting revision must be a non-empty string")
+        merged["gpu_memory_utilization"] = float(utilization)
+        return cls(**merged)
+
+    def result_affecting(self) -> dict[str, Any]:
+        """The settings that can change predictions or scores (the cache key's part)."""
+        affecting = {
+            "backend": self.backend,
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,
+            "dtype": self.dtype,
+            "device": self.device.split(":")[0],  # which GPU does not matter, CPU vs GPU numerics do
+            "seed": self.seed,
+            "max_samples": self.max_samples,
+            "rope_scaling": normalized_rope(self.rope_scaling),
+            "revision": self.revision,
+        }
+        if self.backend == "vllm":
+            affecting.update(
+                tensor_parallel_size=self.tensor_parallel_size, enable_prefix_caching=self.enable_prefix_caching
+            )
+            del affecting["device"]
+        return affecting
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in DEFAULT_SETTINGS}
+
+
+def normalized_rope(rope: dict | None) -> dict | None:
+    """A rope_scaling mapping with ``rope_type`` (older configs say ``type``)."""
+    if rope is None:
+        return None
+    rope = dict(rope)
+    if "type" in rope:
+        rope.setdefault("rope_type", rope.pop("type"))
+    return rope
+
+
+# ---------------------------------------------------------------------------------------------- fingerprints
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a file, or of 16 evenly spaced 64 KiB windows (plus its size) for files over 16 MiB."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if size <= SMALL_FILE_BYTES:
+            for chunk in iter(lambda: handle.read(2**20), b""):
+                digest.update(chunk)
+        else:
+            digest.update(f"sampled:{size}".encode())
+            last_start = size - HASH_WINDOW_BYTES
+            for window in range(HASH_WINDOWS):
+                handle.seek(last_start * window // (HASH_WINDOWS - 1))
+                digest.update(handle.read(HASH_WINDOW_BYTES))
+    return digest.hexdigest()
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """Content fingerprint of a checkpoint folder (see module doc); hidden folders such as ``.cache`` are skipped."""
+    root = Path(model_dir)
+    if not (root / "config.json").is_file():
+        raise UserError(f"model directory {root} has no config.json (not a Hugging Face checkpoint)")
+    entries = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        entries.append([relative.as_posix(), path.stat().st_size, _file_digest(path)])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def data_fingerprint(prepared: TaskData) -> str:
+    """SHA-256 over the prepared data's three files."""
+    digest = hashlib.sha256()
+    for name in ("manifest.json", "shots.jsonl", "test.jsonl"):
+        digest.update(name.encode() + b"\0")
+        digest.update(hashlib.sha256((prepared.directory / name).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def library_versions() -> dict[str, str | None]:
+    return {
+        "ctxscale": _version("context-scaling"),
+        "lm_eval": _version("lm_eval"),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "vllm": _version("vllm"),
+        "python": platform.python_version(),
+    }
+
+
+def _code_fingerprint() -> str:
+    """Source of the modules that decide prompts and scores."""
+    import ctxscale.metrics
+    import ctxscale.tasks
+
+    digest = hashlib.sha256()
+    for module in (ctxscale.tasks, ctxscale.metrics):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(
+    *, model_name: str, model_fp: str, data_fp: str, n_shots: int, settings: Settings, versions: dict, code_fp: str
+) -> str:
+    parts = {
+        "result_format": RESULT_FORMAT_VERSION,
+        "task_format": TASK_FORMAT_VERSION,
+        "model_name": model_name,
+        "model": model_fp,
+        "data": data_fp,
+        "n_shots": n_shots,
+        "settings": settings.result_affecting(),
+        "versions": {
+            name: versions[name]
+            for name in ("lm_eval", "torch", "transformers") + (("vllm",) if settings.backend == "vllm" else ())
+        },
+        "code": code_fp,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder and ``os.replace``, so readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+
+
+def result_json_bytes(result: dict) -> bytes:
+    return (json.dumps(result, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def samples_gzip_bytes(samples: Iterable[dict]) -> bytes:
+    """JSON lines, gzip-compressed with no file name and mtime 0, so equal samples give equal bytes."""
+    from lm_eval.utils import handle_non_serializable
+
+    text = "".join(
+        json.dumps(sample, ensure_ascii=False, default=handle_non_serializable) + "\n" for sample in samples
+    )
+    return gzip.compress(text.encode("utf-8"), mtime=0)
+
+
+def result_paths(out_dir: Path, n_shots: int) -> tuple[Path, Path]:
+    return out_dir / f"shots_{n_shots}.json", out_dir / f"shots_{n_shots}.samples.jsonl.gz"
+
+
+class ResultCache:
+    """Finished shot counts by cache key: ``{root}/{key[:2]}/{key}/{result.json, samples.jsonl.gz}``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _entry(self, key: str) -> Path:
+        return self.root / key[:2] / key
+
+    def lookup(self, key: str) -> tuple[Path, Path] | None:
+        entry = self._entry(key)
+        result, samples = entry / "result.json", entry / "samples.jsonl.gz"
+        # result.json is written last, so its presence means the entry is complete.
+        return (result, samples) if result.is_file() and samples.is_file() else None
+
+    def store(self, key: str, result_bytes: bytes, samples_bytes: bytes) -> None:
+        entry = self._entry(key)
+        atomic_write_bytes(entry / "samples.jsonl.gz", samples_bytes)
+        atomic_write_bytes(entry / "result.json", result_bytes)
+
+
+# ---------------------------------------------------------------------------------------------- backends
+
+
+@dataclass
+class Backend:
+    """A loaded lm-eval LM plus what the truncation guard needs to know about it."""
+
+    lm: Any
+    name: str
+    position_limit: int | None  # positions (prompt + generation) the backend can compute, None = max_length
+    beyond_context: str  # how this backend runs prompts beyond the model's own limit (recorded)
+    details: dict
+
+
+def _read_model_config(model_dir: Path) -> dict:
+    try:
+        return json.loads((model_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"cannot read {model_dir / 'config.json'}: {error}") from None
+
+
+def _checkpoint_rope(config: dict) -> dict:
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope = normalized_rope(rope) or {}
+    rope.setdefault("rope_type", "default")
+    if "rope_theta" not in rope and "rope_theta" in config:
+        rope["rope_theta"] = config["rope_theta"]
+    return rope
+
+
+def vllm_rope_plan(config: dict, rope_scaling: dict | None, max_length: int) -> tuple[dict, int | None]:
+    """``hf_overrides`` for vLLM and the number of positions its RoPE cache can index (None: all of max_length)."""
+    rope = _checkpoint_rope(config)
+    overrides: dict[str, Any] = {}
+    if rope_scaling is not None:
+        rope = {**rope, **normalized_rope(rope_scaling)}
+        overrides["rope_parameters"] = rope
+    rope_type = rope["rope_type"]
+    max_positions = int(config.get("max_position_embeddings") or 0)
+    if rope_type in ("default", "linear"):
+        if max_positions < max_length:
+            overrides["max_position_embeddings"] = max_length
+        return overrides, None
+    if rope_type == "yarn":
+        original = rope.get("original_max_position_embeddings") or max_positions
+        return overrides, int(original * float(rope.get("factor", 1.0)))
+    return overrides, max_positions or None
+
+
+def build_backend(model_dir: str | Path, settings: Settings, max_new_tokens: int) -> Backend:
+    """Load the model once, as lm-eval's HFLM or VLLM, with an explicit ``max_length``."""
+    model_dir = Path(model_dir).resolve()
+    config = _read_model_config(model_dir)
+    if settings.backend == "hf":
+        return _build_hf(model_dir, settings)
+    return _build_vllm(model_dir, config, settings, max_new_tokens)
+
+
+def _build_hf(model_dir: Path, settings: Settings) -> Backend:
+    import torch
+    import transformers
+    from lm_eval.models.huggingface import HFLM
+
+    if settings.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {settings.device} requested but torch has no CUDA device here; set device: cpu")
+    extra: dict[str, Any] = {}
+    details: dict[str, Any] = {"device": settings.device}
+    if settings.rope_scaling is not None:
+        hf_config = transformers.AutoConfig.from_pretrained(model_dir)
+        current = dict(getattr(hf_config, "rope_parameters", None) or {})
+        wanted = {**current, **normalized_rope(settings.rope_scaling)}
+        if wanted != current:
+            log.info("applying rope_scaling %s over the checkpoint's %s", wanted, current)
+            hf_config.rope_parameters = wanted
+            extra["config"] = hf_config
+        details["rope_parameters"] = wanted
+    # device must be explicit: on a CPU-only torch, transformers' loading warm-up otherwise calls into CUDA.
+    lm = HFLM(
+        pretrained=str(model_dir),
+        device=settings.device,
+        dtype=settings.dtype,
+        batch_size=settings.batch_size,
+        max_length=settings.max_length,
+        trust_remote_code=False,
+        **extra,
+    )
+    return Backend(
+        lm=lm,
+        name="hf",
+        position_limit=None,
+        beyond_context="transformers computes RoPE on the fly for every position up to max_length",
+        details=details,
+    )
+
+
+def _build_vllm(model_dir: Path, config: dict, settings: Settings, max_new_tokens: int) -> Backend:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "backend vllm needs the vllm package, which is not installed (pip install 'context-scaling[gpu]'), "
+            "or set evaluation.backend: hf"
+        ) from None
+    # Must be set before the engine starts: lets max_model_len exceed the config's own window.
+    os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
+    from lm_eval.models.vllm_causallms import VLLM
+
+    overrides, rope_limit = vllm_rope_plan(config, settings.rope_scaling, settings.max_length)
+    if rope_limit is not None and rope_limit < settings.max_length:
+        log.warning(
+            "vLLM's RoPE cache of this model holds %d positions (< max_length %d): prompts that need more "
+            "(prompt + %d generated tokens) are refused, not evaluated; use backend hf to measure beyond it",
+            rope_limit,
+            settings.max_length,
+            max_new_tokens,
+        )
+    lm = VLLM(
+        pretrained=str(model_dir),
+        dtype=settings.dtype,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        max_model_len=settings.max_length,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        enable_prefix_caching=settings.enable_prefix_caching,
+        **({"hf_overrides": overrides} if overrides else {}),
+    )
+    return Backend(
+        lm=lm,
+        name="vllm",
+        position_limit=rope_limit if rope_limit is not None and rope_limit < settings.max_length else None,
+        beyond_context=(
+            "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 with max_model_len=max_length; hf_overrides "
+            f"{json.dumps(overrides, sort_keys=True)}; RoPE cache positions: {rope_limit or 'max_length'}"
+        ),
+        details={"hf_overrides": overrides, "rope_cache_positions": rope_limit},
+    )
+
+
+def count_prompt_tokens(lm: Any, prompts: list[str]) -> list[int]:
+    """Token counts as the backend encodes the prompt for generation (its ``tok_encode``, BOS included)."""
+    if not prompts:
+        return []
+    from lm_eval.models.huggingface import HFLM
+
+    if isinstance(lm, HFLM):
+        return [len(lm.tok_encode(prompt)) for prompt in prompts]
+    return [len(ids) for ids in lm.tok_encode(list(prompts))]  # vLLM's tok_encode takes a batch
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def _task_manager(task_dir: Path):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(task_dir), include_defaults=False)
+
+
+def _render_prompts(task: Any, docs: list[dict], n_shots: int) -> list[str]:
+    """The contexts lm-eval builds for these docs at n shots (same call as ``build_all_requests``)."""
+    return [task.fewshot_context(doc, n_shots, gen_prefix=task.doc_to_prefix(doc)) for doc in docs]
+
+
+def _mean(values: list[float]) -> float | None:
+    return math.fsum(values) / len(values) if values else None
+
+
+def run_shot_count(
+    *,
+    backend: Backend,
+    task_dir: Path,
+    task_name: str,
+    prepared: TaskData,
+    test_rows: list[dict],
+    prompts: list[str],
+    n_shots: int,
+    max_prompt_tokens: int,
+    settings: Settings,
+) -> tuple[dict, list[dict]]:
+    """Guard, generate and score one shot count. Returns (result without metadata, lm-eval samples)."""
+    import lm_eval
+
+    manifest = prepared.manifest
+    token_counts = count_prompt_tokens(backend.lm, prompts)
+    fitting = [index for index, count in enumerate(token_counts) if count <= max_prompt_tokens]
+    refused = [
+        {"id": test_rows[index]["id"], "prompt_tokens": token_counts[index]}
+        for index in range(len(test_rows))
+        if token_counts[index] > max_prompt_tokens
+    ]
+    samples: list[dict] = []
+    instances: list[dict] = []
+    if fitting:  # an empty samples list would make lm-eval evaluate every document
+        results = lm_eval.simple_evaluate(
+            model=backend.lm,
+            tasks=[task_name],
+            num_fewshot=n_shots,
+            batch_size=settings.batch_size,
+            samples={task_name: fitting},
+            task_manager=_task_manager(task_dir),
+            bootstrap_iters=0,
+            log_samples=True,
+            random_seed=settings.seed,
+            numpy_random_seed=settings.seed,
+            torch_random_seed=settings.seed,
+            fewshot_random_seed=settings.seed,
+        )
+        samples = sorted(results["samples"][task_name], key=lambda sample: sample["doc_id"])
+        if [sample["doc_id"] for sample in samples] != fitting:
+            raise RuntimeError(f"lm-eval returned documents {[s['doc_id'] for s in samples]}, expected {fitting}")
+        metric = manifest["metric"]
+        for sample in samples:
+            index = sample["doc_id"]
+            sent = sample["arguments"][0][0]
+            if sent != prompts[index]:
+                raise RuntimeError(f"lm-eval sent a prompt for document {index} that differs from the checked one")
+            prediction = sample["filtered_resps"][0]
+            instances.append(
+                {
+                    "id": test_rows[index]["id"],
+                    "prompt_tokens": token_counts[index],
+                    "prediction": prediction,
+                    "score": float(sample[metric]),
+                }
+            )
+            sample["prompt_tokens"] = token_counts[index]
+        harness_score = results["results"][task_name][f"{metric},none"]
+        own_score = _mean([instance["score"] for instance in instances])
+        if not math.isclose(harness_score, own_score, rel_tol=1e-9, abs_tol=1e-12):
+            raise RuntimeError(f"lm-eval's mean {harness_score} differs from the per-instance mean {own_score}")
+    result = {
+        "model": None,
+        "dataset": manifest["dataset"],
+        "task": manifest["task"],
+        "n_shots": n_shots,
+        "score": _mean([instance["score"] for instance in instances]),
+        "n_pmt": _mean([float(instance["prompt_tokens"]) for instance in instances]),
+        "n_instances": len(instances),
+        "n_refused": len(refused),
+        "instances": instances,
+        "refused": refused,
+    }
+    return result, samples
+
+
+@dataclass
+class RunContext:
+    """What every shot count of one (model, dataset) job shares."""
+
+    model_name: str
+    model_dir: Path
+    prepared: TaskData
+    test_rows: list[dict]
+    settings: Settings
+    cache: ResultCache
+    out_dir: Path
+    model_fp: str
+    data_fp: str
+    versions: dict
+
+
+def evaluate(
+    *,
+    model_dir: str | Path,
+    model_name: str,
+    data_dir: str | Path,
+    shots: list[int],
+    out_dir: str | Path,
+    cache_dir: str | Path,
+    settings: dict[str, Any] | Settings | None = None,
+    backend: Backend | None = None,
+) -> list[Path]:
+    """Evaluate every shot count (cached ones are copied); returns the result files in ``shots`` order.
+
+    ``backend`` lets a caller reuse an already loaded model (tests, benchmarks); by default it is built
+    here, once, and only if some shot count is not cached.
+    """
+    settings = settings if isinstance(settings, Settings) else Settings.from_mapping(settings)
+    if not model_name or "/" in model_name:
+        raise UserError(f"model name {model_name!r} must be non-empty and contain no '/'")
+    if not shots:
+        raise UserError("no shot counts given")
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in shots):
+        raise UserError(f"shot counts must be non-negative integers, got {shots}")
+    if len(set(shots)) != len(shots):
+        raise UserError(f"shot counts repeat: {shots}")
+    model_dir = Path(model_dir).resolve()
+    if not model_dir.is_dir():
+        raise UserError(f"model directory {model_dir} does not exist")
+    prepared = load_task_data(data_dir)
+    manifest = prepared.manifest
+    if max(shots) > len(prepared.shots):
+        raise UserError(
+            f"dataset {manifest['dataset']} has {len(prepared.shots)} shots in its pool, fewer than the "
+            f"{max(shots)} requested"
+        )
+    if settings.max_length <= manifest["max_new_tokens"]:
+        raise UserError(
+            f"max_length {settings.max_length} leaves no room for {manifest['max_new_tokens']} generated tokens"
+        )
+
+    started = time.perf_counter()
+    run = RunContext(
+        model_name=model_name,
+        model_dir=model_dir,
+        prepared=prepared,
+        test_rows=prepared.test[: settings.max_samples] if settings.max_samples else prepared.test,
+        settings=settings,
+        cache=ResultCache(cache_dir),
+        out_dir=Path(out_dir),
+        model_fp=model_fingerprint(model_dir),
+        data_fp=data_fingerprint(prepared),
+        versions=library_versions(),
+    )
+    code_fp = _code_fingerprint()
+    keys = {
+        k: cache_key(
+            model_name=model_name,
+            model_fp=run.model_fp,
+            data_fp=run.data_fp,
+            n_shots=k,
+            settings=settings,
+            versions=run.versions,
+            code_fp=code_fp,
+        )
+        for k in shots
+    }
+    cached = [k for k in shots if run.cache.lookup(keys[k])]
+    log.info(
+        "%s on %s: reused %d of %d shot counts from the cache (fingerprints took %.1f s)",
+        model_name,
+        manifest["dataset"],
+        len(cached),
+        len(shots),
+        time.perf_counter() - started,
+    )
+    for k in cached:
+        _copy_from_cache(run.cache, keys[k], run.out_dir, k)
+    pending = [k for k in shots if k not in cached]
+    if pending:
+        if backend is None:
+            backend = build_backend(model_dir, settings, manifest["max_new_tokens"])
+        elif (backend.lm.max_length, int(backend.lm.batch_size)) != (settings.max_length, settings.batch_size):
+            raise ValueError("the given backend was built with another max_length or batch_size than the settings")
+        _evaluate_pending(run, backend, {k: keys[k] for k in pending})
+    return [result_paths(run.out_dir, k)[0] for k in shots]
+
+
+def _evaluate_pending(run: RunContext, backend: Backend, keys: dict[int, str]) -> None:
+    """Evaluate the shot counts not in the cache, storing each in the cache as soon as it is done."""
+    manifest = run.prepared.manifest
+    max_new_tokens = int(manifest["max_new_tokens"])
+    max_prompt_tokens = min(filter(None, [run.settings.max_length, backend.position_limit])) - max_new_tokens
+    with tempfile.TemporaryDirectory(prefix="ctxscale-tasks-") as task_dir:
+        task_files = write_task(run.prepared, task_dir)
+        task = _task_manager(task_files.directory).load([task_files.name])["tasks"][task_files.name]
+        docs = list(task.eval_docs)[: len(run.test_rows)]
+        if [doc["id"] for doc in docs] != [row["id"] for row in run.test_rows]:
+            raise RuntimeError("lm-eval loaded the test documents in a different order than test.jsonl")
+        for n_shots, key in keys.items():
+            started = time.perf_counter()
+            prompts = _render_prompts(task, docs, n_shots)
+            _check_official(run, prompts, n_shots)
+            result, samples = run_shot_count(
+                backend=backend,
+                task_dir=task_files.directory,
+                task_name=task_files.name,
+                prepared=run.prepared,
+                test_rows=run.test_rows,
+                prompts=prompts,
+                n_shots=n_shots,
+                max_prompt_tokens=max_prompt_tokens,
+                settings=run.settings,
+            )
+            elapsed = time.perf_counter() - started
+            result["model"] = run.model_name
+            result["metadata"] = _metadata(run, backend, max_prompt_tokens, key, elapsed)
+            run.cache.store(key, result_json_bytes(result), samples_gzip_bytes(samples))
+            _copy_from_cache(run.cache, key, run.out_dir, n_shots)
+            log.info(
+                "k=%d instances=%d refused=%d score=%s n_pmt=%s seconds=%.1f",
+                n_shots,
+                result["n_instances"],
+                result["n_refused"],
+                "n/a" if result["score"] is None else f"{result['score']:.4f}",
+                "n/a" if result["n_pmt"] is None else f"{result['n_pmt']:.1f}",
+                elapsed,
+            )
+
+
+def _check_official(run: RunContext, prompts: list[str], n_shots: int) -> None:
+    """Every prompt lm-eval renders must equal the official construction (spec §4.4)."""
+    manifest, shots = run.prepared.manifest, run.prepared.shots[:n_shots]
+    for row, prompt in zip(run.test_rows, prompts, strict=True):
+        if prompt != build_prompt(manifest["prefix"], manifest["suffix"], manifest["separator"], shots, row["input"]):
+            raise RuntimeError(f"lm-eval renders {row['id']} at {n_shots} shots unlike the official construction")
+
+
+def _metadata(run: RunContext, backend: Backend, max_prompt_tokens: int, key: str, elapsed: float) -> dict:
+    settings, manifest = run.settings, run.prepared.manifest
+    return {
+        "result_format": RESULT_FORMAT_VERSION,
+        "backend": backend.name,
+        "batch_size": settings.batch_size,
+        "max_length": settings.max_length,
+        "max_new_tokens": manifest["max_new_tokens"],
+        "max_prompt_tokens": max_prompt_tokens,
+        "beyond_context": backend.beyond_context,
+        "backend_details": backend.details,
+        "seeds": {name: settings.seed for name in ("python", "numpy", "torch", "fewshot")},
+        "settings": settings.as_dict(),
+        "versions": run.versions,
+        "model": {"dir": str(run.model_dir), "revision": settings.revision, "fingerprint": run.model_fp},
+        "data": {
+            "dir": str(run.prepared.directory),
+            "fingerprint": run.data_fp,
+            "seeds": manifest.get("seeds"),
+            "source": manifest.get("source"),
+            "tokenizer": manifest.get("tokenizer"),
+        },
+        "cache_key": key,
+        "elapsed_seconds": round(elapsed, 3),
+    }
+
+
+def _copy_from_cache(cache: ResultCache, key: str, out_dir: Path, n_shots: int) -> None:
+    found = cache.lookup(key)
+    if found is None:  # pragma: no cover - store() ran just before
+        raise RuntimeError(f"cache entry {key} vanished")
+    result_source, samples_source = found
+    result_path, samples_path = result_paths(out_dir, n_shots)
+    atomic_write_bytes(samples_path, samples_source.read_bytes())
+    atomic_write_bytes(result_path, result_source.read_bytes())
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _parse_settings(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"--settings is not valid JSON ({error.msg})") from None
+    if not isinstance(value, dict):
+        raise UserError("--settings must be a JSON object")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ctxscale.evaluate",
+        description="Evaluate one model on one prepared dataset at every shot count (lm-eval, never truncating).",
+    )
+    parser.add_argument("--model-dir", required=True, help="Hugging Face checkpoint folder")
+    parser.add_argument("--model-name", required=True, help="model name recorded in the results")
+    parser.add_argument("--data-dir", required=True, help="prepared data folder (shots.jsonl, test.jsonl, manifest)")
+    parser.add_argument("--shots", required=True, type=int, nargs="+", help="shot counts, e.g. 0 1 3 7")
+    parser.add_argument("--out-dir", required=True, help="folder for shots_{k}.json and shots_{k}.samples.jsonl.gz")
+    parser.add_argument("--cache-dir", required=True, help="content-addressed result cache (outside the outputs)")
+    parser.add_argument("--settings", default="{}", help="JSON object of evaluation settings (see module doc)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    try:
+        evaluate(
+            model_dir=args.model_dir,
+            model_name=args.model_name,
+            data_dir=args.data_dir,
+            shots=args.shots,
+            out_dir=args.out_dir,
+            cache_dir=args.cache_dir,
+            settings=_parse_settings(args.settings),
+        )
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

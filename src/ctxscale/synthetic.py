@@ -1,0 +1,350 @@
+"""The miniature's generated datasets: one in-context-learning task per paper category, in the prepared format.
+
+``python -m ctxscale.synthetic --dataset NAME --spec JSON --tokenizer DIR --out DIR``
+
+writes ``shots.jsonl``, ``test.jsonl`` and ``manifest.json`` (docs/architecture.md) through
+:func:`ctxscale.datasets.write_prepared`, so the demo data takes the same lm-eval task path as the real
+datasets. The spec is a JSON object::
+
+    {"kind": "recall" | "arithmetic" | "cipher",   # the generator (below)
+     "task": "common-sense" | "arithmetic" | "translation",  # optional; must match the kind's category
+     "seed": 31337,                  # with the dataset name, fixes the secret mapping, shot pool and test set
+     "max_eval_samples": 48,         # test instances
+     "max_length_per_example": 64,   # the paper's length filter, in tokens of the given tokenizer
+     "shot_pool": 128,               # optional: shot-pool size (must cover the largest shot count)
+     "n_symbols": 8,                 # optional: keys / source words the dataset's mapping covers
+     "sentence_words": 6}            # optional, cipher only: words per sentence
+
+Each dataset draws one secret mapping from ``(seed, dataset name)``; only the in-context demonstrations
+reveal it, so a model can do better than chance only by reading the shots, and performance rises with
+the number of shots as they cover more of the mapping. Shot pool and test set are drawn independently
+from that mapping (a test input may appear among the shots: that is the point of in-context recall).
+
+The three kinds, with the paper's prompt shape (prefix + input + suffix + reference, separator ``"\\n\\n"``,
+stop strings ``"\\n\\n"`` plus the prefix as the official code adds it):
+
+- ``recall`` (category ``common-sense``, metric ``mc_match``): ``Q: k\\nA: C``. The keys are
+  ``n_symbols`` lowercase letters, the answers letters A-E, as in the paper's multiple-choice sets.
+- ``arithmetic`` (category ``arithmetic``, metric ``math_equiv``): ``Q: 7\\nA: 23``, the answer being
+  ``a·x + b`` for a secret rule (a in 1..4, b in 0..19) and x a digit. The rule must be inferred from the
+  demonstrations (or, for a weak model, the answers recalled from them).
+- ``cipher`` (category ``translation``, metric ``bleu_4``): ``S: q d q m k a\\nE: R W R J H X``, a
+  word-for-word symbol substitution from ``n_symbols`` source words (lowercase letters) into distinct
+  target words (uppercase letters); ``sentence_words`` (default 6) words so that 4-gram precision counts.
+
+Where the paper is silent, the choices are: one-character symbols (the tiny models use a character
+tokenizer, see :mod:`ctxscale.tiny`, so prompts stay short and generation cheap while 63 shots still run
+far past a 128-token context); mappings are split by a stable hash into an *evaluation* half and a
+*training* half (:func:`mapping_purpose`), so the tiny models' training data (:func:`training_text`,
+fresh mappings per sequence) can never contain a dataset's mapping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import string
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ctxscale.errors import UserError
+
+log = logging.getLogger("ctxscale.synthetic")
+
+SEPARATOR = "\n\n"
+ANSWER_LETTERS = "ABCDE"
+SOURCE_WORDS = string.ascii_lowercase
+TARGET_WORDS = string.ascii_uppercase
+ARITHMETIC_SLOPES = (1, 2, 3, 4)
+ARITHMETIC_OFFSETS = tuple(range(20))
+ARITHMETIC_INPUTS = tuple(range(10))
+DEFAULT_SHOT_POOL = 128
+DEFAULT_SYMBOLS = 8
+DEFAULT_SENTENCE_WORDS = 6
+# Training mappings vary their size around the datasets' so the models learn recall in general.
+TRAINING_SYMBOLS = (4, 12)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One synthetic task: prompt shape, metric, and how to draw a mapping and an example from it."""
+
+    name: str
+    category: str
+    prefix: str
+    suffix: str
+    metric: str
+    draw_mapping: Callable[[np.random.Generator, dict], dict]
+    draw_example: Callable[[dict, np.random.Generator], tuple[str, str]]
+    max_new_tokens: Callable[[dict], int]
+
+    def format_shot(self, input_text: str, reference: str) -> str:
+        return self.prefix + input_text + self.suffix + reference + SEPARATOR
+
+
+def _draw_recall_mapping(rng: np.random.Generator, options: dict) -> dict:
+    n_keys = options["n_symbols"]
+    keys = rng.choice(len(SOURCE_WORDS), size=n_keys, replace=False)
+    values = rng.integers(0, len(ANSWER_LETTERS), size=n_keys)
+    return {"table": {SOURCE_WORDS[k]: ANSWER_LETTERS[v] for k, v in zip(keys.tolist(), values.tolist())}}
+
+
+def _draw_recall_example(mapping: dict, rng: np.random.Generator) -> tuple[str, str]:
+    keys = sorted(mapping["table"])
+    key = keys[int(rng.integers(len(keys)))]
+    return key, mapping["table"][key]
+
+
+def _draw_arithmetic_mapping(rng: np.random.Generator, options: dict) -> dict:
+    return {
+        "a": int(ARITHMETIC_SLOPES[int(rng.integers(len(ARITHMETIC_SLOPES)))]),
+        "b": int(ARITHMETIC_OFFSETS[int(rng.integers(len(ARITHMETIC_OFFSETS)))]),
+    }
+
+
+def _draw_arithmetic_example(mapping: dict, rng: np.random.Generator) -> tuple[str, str]:
+    x = int(ARITHMETIC_INPUTS[int(rng.integers(len(ARITHMETIC_INPUTS)))])
+    return str(x), str(mapping["a"] * x + mapping["b"])
+
+
+def _draw_cipher_mapping(rng: np.random.Generator, options: dict) -> dict:
+    n_words = options["n_symbols"]
+    sources = rng.choice(len(SOURCE_WORDS), size=n_words, replace=False)
+    targets = rng.choice(len(TARGET_WORDS), size=n_words, replace=False)
+    return {
+        "cipher": {SOURCE_WORDS[s]: TARGET_WORDS[t] for s, t in zip(sources.tolist(), targets.tolist())},
+        "sentence_words": options["sentence_words"],
+    }
+
+
+def _draw_cipher_example(mapping: dict, rng: np.random.Generator) -> tuple[str, str]:
+    vocabulary = sorted(mapping["cipher"])
+    words = [vocabulary[i] for i in rng.integers(len(vocabulary), size=mapping["sentence_words"]).tolist()]
+    return " ".join(words), " ".join(mapping["cipher"][w] for w in words)
+
+
+KINDS: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        Kind(
+            name="recall",
+            category="common-sense",
+            prefix="Q: ",
+            suffix="\nA: ",
+            metric="mc_match",
+            draw_mapping=_draw_recall_mapping,
+            draw_example=_draw_recall_example,
+            max_new_tokens=lambda options: 2,  # " C": mc_match reads the first letter A-E
+        ),
+        Kind(
+            name="arithmetic",
+            category="arithmetic",
+            prefix="Q: ",
+            suffix="\nA: ",
+            metric="math_equiv",
+            draw_mapping=_draw_arithmetic_mapping,
+            draw_example=_draw_arithmetic_example,
+            # " 55" plus one more token, so a truncated longer number cannot pass for a right one
+            max_new_tokens=lambda options: 1 + len(str(max(ARITHMETIC_SLOPES) * 9 + max(ARITHMETIC_OFFSETS))) + 1,
+        ),
+        Kind(
+            name="cipher",
+            category="translation",
+            prefix="S: ",
+            suffix="\nE: ",
+            metric="bleu_4",
+            draw_mapping=_draw_cipher_mapping,
+            draw_example=_draw_cipher_example,
+            # " W W W W W W" (2 characters a word) plus one, so an over-long output is seen and penalised
+            max_new_tokens=lambda options: 2 * options["sentence_words"] + 1,
+        ),
+    )
+}
+
+
+def kind_named(name: str) -> Kind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise UserError(f"unknown synthetic kind {name!r} (known: {', '.join(KINDS)})") from None
+
+
+def mapping_fingerprint(kind: str, mapping: dict) -> str:
+    """A stable hex digest of a mapping (canonical JSON with the kind)."""
+    canonical = json.dumps({"kind": kind, "mapping": mapping}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def mapping_purpose(kind: str, mapping: dict) -> str:
+    """``"evaluation"`` or ``"training"``: the half of mapping space a mapping belongs to (stable hash)."""
+    return "evaluation" if int(mapping_fingerprint(kind, mapping)[:8], 16) % 2 == 0 else "training"
+
+
+def draw_mapping(kind: Kind, rng: np.random.Generator, options: dict, purpose: str) -> dict:
+    """Draw mappings until one falls in the ``purpose`` half (about two draws on average)."""
+    while True:
+        mapping = kind.draw_mapping(rng, options)
+        if mapping_purpose(kind.name, mapping) == purpose:
+            return mapping
+
+
+def _options(kind: Kind, spec: dict) -> dict:
+    n_symbols = int(spec.get("n_symbols", DEFAULT_SYMBOLS))
+    sentence_words = int(spec.get("sentence_words", DEFAULT_SENTENCE_WORDS))
+    if kind.name != "arithmetic" and not 2 <= n_symbols <= len(TARGET_WORDS):
+        raise UserError(f"n_symbols must be between 2 and {len(TARGET_WORDS)}, got {n_symbols}")
+    if kind.name == "recall" and n_symbols > len(SOURCE_WORDS):
+        raise UserError(f"n_symbols must be at most {len(SOURCE_WORDS)} for recall")
+    if kind.name == "cipher" and sentence_words < 4:
+        raise UserError(f"sentence_words must be at least 4 so that BLEU-4 has a 4-gram, got {sentence_words}")
+    return {"n_symbols": n_symbols, "sentence_words": sentence_words}
+
+
+def dataset_rng(seed: int, dataset: str) -> np.random.Generator:
+    """The dataset's random stream: from the config seed and the dataset name (so datasets differ)."""
+    return np.random.default_rng([int(seed), zlib.crc32(dataset.encode("utf-8"))])
+
+
+@dataclass(frozen=True)
+class SyntheticDataset:
+    """A generated dataset before writing: rows, manifest fields and the secret mapping (for checks)."""
+
+    name: str
+    kind: Kind
+    mapping: dict
+    shots: list[dict]
+    test: list[dict]
+    manifest: dict
+
+
+def generate(dataset: str, spec: dict, tokenizer=None) -> SyntheticDataset:
+    """Generate a dataset from its spec (module docstring). With a tokenizer, apply the length filter."""
+    if not isinstance(spec, dict):
+        raise UserError("the synthetic spec must be a JSON object")
+    if "kind" not in spec:
+        raise UserError(f"the synthetic spec of {dataset} lacks 'kind' (one of {', '.join(KINDS)})")
+    kind = kind_named(spec["kind"])
+    if spec.get("task", kind.category) != kind.category:
+        raise UserError(
+            f"dataset {dataset}: kind {kind.name} belongs to task {kind.category}, not {spec['task']!r}"
+        )
+    options = _options(kind, spec)
+    seed = int(spec.get("seed", 31337))
+    n_test = int(spec.get("max_eval_samples", 48))
+    pool_size = int(spec.get("shot_pool", DEFAULT_SHOT_POOL))
+    max_tokens = spec.get("max_length_per_example")
+    if n_test < 1 or pool_size < 1:
+        raise UserError("max_eval_samples and shot_pool must be positive")
+
+    rng = dataset_rng(seed, dataset)
+    mapping = draw_mapping(kind, rng, options, "evaluation")
+    shot_rng, test_rng = (np.random.default_rng(s) for s in rng.bit_generator.seed_seq.spawn(2))
+
+    def fits(input_text: str, reference: str) -> bool:
+        if tokenizer is None or max_tokens is None:
+            return True
+        text = kind.format_shot(input_text, reference)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= int(max_tokens)
+
+    def draw_rows(stream: np.random.Generator, count: int) -> list[tuple[str, str]]:
+        rows = []
+        for _ in range(100 * count):
+            if len(rows) == count:
+                return rows
+            example = kind.draw_example(mapping, stream)
+            if fits(*example):
+                rows.append(example)
+        raise UserError(
+            f"dataset {dataset}: too few examples fit max_length_per_example={max_tokens}; raise it"
+        )
+
+    shots = [{"input": i, "reference": r} for i, r in draw_rows(shot_rng, pool_size)]
+    test = [{"id": f"{dataset}-{n:04d}", "input": i, "reference": r} for n, (i, r) in enumerate(draw_rows(test_rng, n_test))]
+    stop = [SEPARATOR] + ([kind.prefix] if kind.prefix else [])
+    manifest = {
+        "dataset": dataset,
+        "task": kind.category,
+        "prefix": kind.prefix,
+        "suffix": kind.suffix,
+        "separator": SEPARATOR,
+        "stop": stop,
+        "metric": kind.metric,
+        "max_new_tokens": kind.max_new_tokens(options),
+        "counts": {"shots": len(shots), "test": len(test)},
+        "seeds": {"seed": seed, "dataset_stream": [seed, zlib.crc32(dataset.encode("utf-8"))]},
+        "source": {
+            "synthetic": kind.name,
+            "options": options,
+            "mapping_fingerprint": mapping_fingerprint(kind.name, mapping),
+            "max_length_per_example": max_tokens,
+        },
+    }
+    return SyntheticDataset(dataset, kind, mapping, shots, test, manifest)
+
+
+def training_text(kind: Kind, rng: np.random.Generator, min_chars: int, options: dict | None = None) -> str:
+    """One training sequence: shots of a fresh *training-half* mapping until at least ``min_chars`` long.
+
+    The mapping size varies (``TRAINING_SYMBOLS``) so the model learns in-context recall in general rather
+    than one size; sentence length stays the datasets' (the prompt format is fixed).
+    """
+    options = dict(options or {})
+    options.setdefault("sentence_words", DEFAULT_SENTENCE_WORDS)
+    options["n_symbols"] = int(rng.integers(TRAINING_SYMBOLS[0], TRAINING_SYMBOLS[1] + 1))
+    mapping = draw_mapping(kind, rng, options, "training")
+    pieces, length = [], 0
+    while length < min_chars:
+        piece = kind.format_shot(*kind.draw_example(mapping, rng))
+        pieces.append(piece)
+        length += len(piece)
+    return "".join(pieces)
+
+
+def write(dataset: SyntheticDataset, out_dir: Path, tokenizer_dir: str | None) -> None:
+    from ctxscale.datasets import write_prepared
+
+    manifest = dict(dataset.manifest)
+    write_prepared(out_dir, shots=dataset.shots, test=dataset.test, manifest=manifest, tokenizer=tokenizer_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ctxscale.synthetic", description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True, help="dataset name (with the seed, fixes the mapping)")
+    parser.add_argument("--spec", required=True, help="JSON object: kind, seed, max_eval_samples, ...")
+    parser.add_argument("--tokenizer", help="tokenizer directory, for the length filter and the manifest")
+    parser.add_argument("--out", required=True, help="output directory (prepared-data format)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        try:
+            spec = json.loads(args.spec)
+        except json.JSONDecodeError as error:
+            raise UserError(f"--spec is not valid JSON ({error.msg})") from None
+        tokenizer = None
+        if args.tokenizer:
+            if not Path(args.tokenizer).is_dir():
+                raise UserError(f"tokenizer directory {args.tokenizer} does not exist")
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        dataset = generate(args.dataset, spec, tokenizer)
+        write(dataset, Path(args.out), args.tokenizer)
+        log.info(
+            "wrote %s (%s, %s): %d shots, %d test instances to %s",
+            args.dataset, dataset.kind.name, dataset.kind.category, len(dataset.shots), len(dataset.test), args.out,
+        )
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Config validation and the narrow views the rules receive."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ctxscale import config as ctxconfig
+from ctxscale.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def paper() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+@pytest.fixture
+def demo() -> dict:
+    return yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+
+
+def test_both_shipped_configs_validate(paper, demo):
+    ctxconfig.validate_config(paper)
+    ctxconfig.validate_config(demo)
+
+
+def test_enabled_models_follow_groups(paper):
+    ctxconfig.validate_config(paper)
+    assert len(ctxconfig.enabled_models(paper)) == 12
+    paper["model_groups"]["ood"]["enabled"] = True
+    assert len(ctxconfig.enabled_models(paper)) == 17
+    assert ctxconfig.holdout_models(paper) == [
+        "qwen2.5-0.5b", "gemma-2-2b", "gemma-2-9b", "gemma-2-27b", "llama2-70b-4k"
+    ]
+    # held-out models are never in the fit set; the in-distribution set is the yarn group
+    assert ctxconfig.fit_models(paper, "held-out-compute") == ctxconfig.fit_models(paper, "in-distribution")
+    assert len(ctxconfig.fit_models(paper, "in-distribution")) == 12
+
+
+def test_demo_held_out_compute_splits_models(demo):
+    ctxconfig.validate_config(demo)
+    held = set(ctxconfig.holdout_models(demo))
+    train = set(ctxconfig.fit_models(demo, "held-out-compute"))
+    assert held and train and not held & train
+    assert held | train == set(ctxconfig.enabled_models(demo))
+
+
+def test_evaluation_settings_exclude_job_sizing(paper):
+    ctxconfig.validate_config(paper)
+    settings = ctxconfig.evaluation_settings(paper, "llama2-7b-8k")
+    assert not set(ctxconfig.EVALUATION_RESOURCE_KEYS) & set(settings)
+    assert settings["n_ctx"] == 8192
+    assert settings["rope_scaling"] == {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 4096}
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["models"]["llama2-7b-8k"].__setitem__("group", "nope"), "models.llama2-7b-8k.group"),
+        (lambda c: c["models"]["llama2-7b-8k"].pop("repo_id"), "'repo_id' is a required property"),
+        (lambda c: c["experiments"]["held-out-compute"].__setitem__("holdout_models", ["x"]), "unknown model 'x'"),
+        (lambda c: c["figures"].__setitem__("fig1_task", "poetry"), "figures.fig1_task"),
+        (lambda c: c["model_groups"]["yarn"].__setitem__("enabled", False), "no model is in an enabled group"),
+        (lambda c: c["shots"].append(0), "shots"),
+        (lambda c: c["data"].__setitem__("deepmind_math_configs", "some"), "data.deepmind_math_configs"),
+    ],
+)
+def test_errors_name_the_key(paper, edit, message):
+    config = copy.deepcopy(paper)
+    edit(config)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ctxconfig.validate_config(config)
+
+
+def test_load_config_reports_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        ctxconfig.load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        ctxconfig.load_config(bad)

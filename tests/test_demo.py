@@ -1,0 +1,158 @@
+"""The miniature end to end: the README's main job (tiny models trained here, generated data, lm-eval, every fit,
+figures, tables, report) on the CPU, then what must hold of its outputs and of reruns after edits.
+
+The run happens once per test session, in a temporary working directory (the repository's results/ is untouched).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "config" / "demo.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path = DEMO_CONFIG, timeout: int = 1500):
+    # Rules call `python -m ctxscale...`: make `python` the interpreter running the tests.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+         "--configfile", str(configfile), "--workflow-profile", "none", "--cores", "2", *args],
+        capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env,
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    if "Job stats:" not in output:
+        return {}
+    counts = {}
+    for line in output.split("Job stats:", 1)[1].splitlines()[3:]:
+        match = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not match:
+            if counts:
+                break
+            continue
+        counts[match.group(1)] = int(match.group(2))
+    counts.pop("total", None)
+    return counts
+
+
+@pytest.fixture(scope="session")
+def demo_config() -> dict:
+    with open(DEMO_CONFIG) as handle:
+        return yaml.safe_load(handle)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """Run the miniature from scratch, then write the HTML report."""
+    workdir = tmp_path_factory.mktemp("demo")
+    start = time.monotonic()
+    result = snakemake(workdir)
+    elapsed = time.monotonic() - start
+    log = (workdir / "snakemake-run.log")
+    log.write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    print(f"\nminiature: {elapsed:.0f} s on {os.cpu_count()} cores")
+    report = snakemake(workdir, "--report", "results/report.html")
+    assert report.returncode == 0, (report.stdout + report.stderr)[-4000:]
+    return workdir
+
+
+def test_outputs_exist(demo_run, demo_config):
+    results = demo_run / "results"
+    observations = pd.read_csv(results / "observations" / "observations.csv")
+    n_models = len(demo_config["models"])
+    n_datasets = sum(len(v) for v in demo_config["tasks"].values())
+    assert len(observations) == n_models * n_datasets * len(demo_config["shots"])
+    assert observations["score"].between(0, 1).all()
+    fits = sorted(results.glob("fits/*/*.json"))
+    experiments = [e for e, s in demo_config["experiments"].items() if s.get("enabled", True)]
+    assert len(fits) == len(experiments) * len(demo_config["tasks"])
+    for path in fits:
+        fit = json.loads(path.read_text())
+        assert set(fit["params"]) >= {"A", "C_c", "alpha", "B", "n_pmt_c", "beta"} or fit["model_form"] == "context-agnostic"
+        assert fit["metrics"]["train"]["n"] > 0
+    pngs = list(results.glob("figures/*.png"))
+    pdfs = list(results.glob("figures/*.pdf"))
+    assert len(pngs) >= 5 and len(pdfs) == len(pngs)
+    assert all(p.stat().st_size > 5000 for p in pngs)
+    assert list(results.glob("tables/*.csv")) and list(results.glob("tables/*.md"))
+    report = (results / "report.html").read_text(errors="replace")
+    assert len(report) > 100_000
+
+
+def test_real_signal(demo_run, demo_config):
+    """The issue's signal checks, on the miniature's own observations (task means)."""
+    tasks = pd.read_csv(demo_run / "results" / "observations" / "by_task.csv")
+    infos = [json.loads(p.read_text()) for p in (demo_run / "results" / "models").glob("*.json")]
+    base = [i for i in infos if "extends" not in demo_config["models"][i["model"]]]
+    top = max(base, key=lambda i: i["compute"])
+    bottom = min(base, key=lambda i: i["compute"])
+    rising = 0
+    for task, cells in tasks[tasks.model == top["model"]].groupby("task"):
+        scores = cells.set_index("n_shots")["score"]
+        if scores.max() - scores.loc[0] >= 0.2:
+            rising += 1
+    assert rising >= 2, tasks[tasks.model == top["model"]]
+    # a shot count whose prompts fit every model's context limit
+    inside = tasks.groupby("n_shots").apply(lambda g: (g.n_pmt <= g.n_ctx).all())
+    shots_inside = [k for k, ok in inside.items() if ok and k > 0]
+    assert shots_inside
+    beats = 0
+    for task in tasks.task.unique():
+        ok = False
+        for k in shots_inside:
+            cell = tasks[(tasks.task == task) & (tasks.n_shots == k)].set_index("model")["score"]
+            if cell[top["model"]] - cell[bottom["model"]] >= 0.1:
+                ok = True
+        beats += ok
+    assert beats >= 2, tasks
+
+
+def test_touching_nothing_runs_nothing(demo_run):
+    result = snakemake(demo_run, "-n")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def _edited_config(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_changing_a_fit_setting_reruns_only_fits_and_after(demo_run, demo_config, tmp_path):
+    config = copy.deepcopy(demo_config)
+    config["fit"]["objective"] = "mae"
+    result = snakemake(demo_run, "-n", configfile=_edited_config(tmp_path, config))
+    counts = job_counts(result.stdout + result.stderr)
+    assert set(counts) <= {"fit", "figures", "tables", "all"}, counts
+    assert counts["fit"] == len(list((demo_run / "results" / "fits").glob("*/*.json")))
+
+
+def test_adding_a_dataset_runs_only_its_jobs_and_downstream(demo_run, demo_config, tmp_path):
+    config = copy.deepcopy(demo_config)
+    task = next(iter(config["tasks"]))
+    original = config["tasks"][task][0]
+    config["data"]["synthetic"]["extra-set"] = {**config["data"]["synthetic"][original], "seed_offset": 7}
+    config["tasks"][task].append("extra-set")
+    result = snakemake(demo_run, "-n", configfile=_edited_config(tmp_path, config))
+    counts = job_counts(result.stdout + result.stderr)
+    assert counts.get("synthesize_dataset") == 1, counts
+    assert counts.get("evaluate") == len(config["models"]), counts
+    assert set(counts) <= {"synthesize_dataset", "evaluate", "aggregate", "fit", "figures", "tables", "all"}, counts
+    assert "train_tiny_model" not in counts and "model_info" not in counts

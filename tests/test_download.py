@@ -1,0 +1,75 @@
+"""Checkpoint download: hub errors become one-line messages (exit 2); a finished download is atomic."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import errors as hf_errors
+
+from ctxscale import download as dl
+from ctxscale.errors import UserError
+
+
+def _http_error(cls, message="boom"):
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    return error
+
+
+@pytest.mark.parametrize(
+    "error_class, expected",
+    [
+        (hf_errors.GatedRepoError, "is gated"),
+        (hf_errors.RevisionNotFoundError, "has no revision 'abc123'"),
+        (hf_errors.RepositoryNotFoundError, "was not found"),
+    ],
+)
+def test_hub_errors_become_user_errors(monkeypatch, tmp_path, error_class, expected):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def fail(*args, **kwargs):
+        raise _http_error(error_class)
+
+    monkeypatch.setattr("huggingface_hub.list_repo_files", fail)
+    with pytest.raises(UserError, match=expected):
+        dl.download("org/model", "abc123", tmp_path / "model", attempts=1)
+    assert not (tmp_path / "model").exists()
+
+
+def test_transient_errors_are_retried_then_succeed(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = {"n": 0}
+
+    def flaky_list(repo_id, revision=None, token=None):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("connection reset")
+        return ["config.json", "model.safetensors"]
+
+    def fake_snapshot(repo_id, revision, local_dir, allow_patterns, token):
+        assert "*.safetensors" in allow_patterns and "*.bin" not in allow_patterns
+        Path(local_dir).mkdir(parents=True, exist_ok=True)
+        (Path(local_dir) / "config.json").write_text(json.dumps({"model_type": "llama"}))
+        (Path(local_dir) / ".cache").mkdir(exist_ok=True)
+
+    monkeypatch.setattr("huggingface_hub.list_repo_files", flaky_list)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot)
+    out = dl.download("org/model", "main", tmp_path / "model", attempts=3, backoff_s=0)
+    assert calls["n"] == 2
+    assert (out / "config.json").exists() and not (out / ".cache").exists()
+    assert not (tmp_path / "model.partial").exists()
+
+
+def test_offline_cli_gives_one_line_and_exit_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ctxscale.download", "--repo-id", "meta-llama/Llama-2-7b-hf", "--out",
+         str(tmp_path / "m")],
+        capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""}, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot download meta-llama/Llama-2-7b-hf")
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,367 @@
+"""The evaluation path through the real lm-eval on CPU with a tiny random Llama (ctxscale.tiny)."""
+
+import contextlib
+import gzip
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ctxscale import evaluate as ev
+from ctxscale.aggregate import aggregate
+from ctxscale.datasets import write_prepared
+from ctxscale.errors import UserError
+from ctxscale.metrics import mc_match
+from ctxscale.tiny import build_tokenizer, init_model, save_checkpoint
+
+N_CTX = 64  # the model's own limit; longer prompts are evaluated (penalty region)
+MAX_NEW_TOKENS = 3
+SHOTS = [0, 1, 3, 5]
+MANIFEST = {
+    "dataset": "toy-qa",
+    "task": "common-sense",
+    "prefix": "Question: ",
+    "suffix": "\nAnswer: ",
+    "separator": "\n\n",
+    "stop": ["\n\n", "Question: "],
+    "metric": "mc_match",
+    "max_new_tokens": MAX_NEW_TOKENS,
+    "counts": {"shots": 5, "test": 4},
+    "seeds": {"shots": 31337},
+    "source": {"kind": "test fixture"},
+    "tokenizer": "ctxscale.tiny",
+}
+POOL = [{"input": f"Pick the letter {letter}: A B C D?", "reference": letter} for letter in "ABCDA"]
+TEST_ROWS = [
+    {"id": "t0", "input": "Pick the letter B: A B C D?", "reference": "B"},
+    {"id": "t1", "input": "Pick the letter C: A B C D?", "reference": "C"},
+    {"id": "t2", "input": "Pick the letter D after a rather long preamble about letters: A B C D?", "reference": "D"},
+    {"id": "t3", "input": "Pick the letter A: A B C D?", "reference": "A"},
+]
+
+
+def official(n: int, query: str) -> str:
+    """Spec §4.4, independently of the library."""
+    p, s, sep = MANIFEST["prefix"], MANIFEST["suffix"], MANIFEST["separator"]
+    return "".join(p + shot["input"] + s + shot["reference"] + sep for shot in POOL[:n]) + (p + query + s).rstrip()
+
+
+TOKENIZER = build_tokenizer()
+
+
+def token_count(text: str) -> int:
+    return len(TOKENIZER(text).input_ids)  # BOS included, as the backend adds it
+
+
+# The window: at 3 shots the long instance t2 no longer fits, at 5 shots nothing does.
+MAX_LENGTH = max(token_count(official(3, row["input"])) for row in TEST_ROWS if row["id"] != "t2") + MAX_NEW_TOKENS
+SETTINGS = {"backend": "hf", "device": "cpu", "dtype": "float32", "batch_size": 2, "max_length": MAX_LENGTH,
+            "seed": 31337, "revision": "main", "n_ctx": N_CTX}
+
+
+@contextlib.contextmanager
+def captured_log():
+    messages = []
+    handler = logging.Handler(level=logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("ctxscale.evaluate")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    model = init_model(TOKENIZER, hidden_size=32, num_layers=2, num_heads=4, n_ctx=N_CTX, seed=0)
+    save_checkpoint(model, TOKENIZER, root / "model")
+    write_prepared(root / "data", POOL, TEST_ROWS, MANIFEST)
+    return root
+
+
+@pytest.fixture(scope="module")
+def backend(workspace):
+    return ev.build_backend(workspace / "model", ev.Settings.from_mapping(SETTINGS), MAX_NEW_TOKENS)
+
+
+def run(workspace, backend, name, cache="cache", shots=SHOTS, **settings):
+    with captured_log() as messages:
+        ev.evaluate(model_dir=workspace / "model", model_name="tiny", data_dir=workspace / "data", shots=shots,
+                    out_dir=workspace / name, cache_dir=workspace / cache, settings=SETTINGS | settings,
+                    backend=backend)
+    return messages
+
+
+@pytest.fixture(scope="module")
+def first_run(workspace, backend):
+    messages = run(workspace, backend, "out")
+    return workspace / "out", messages
+
+
+def load(out_dir, k):
+    return json.loads((out_dir / f"shots_{k}.json").read_text())
+
+
+def load_samples(out_dir, k):
+    with gzip.open(out_dir / f"shots_{k}.samples.jsonl.gz", "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def without_timing(result):
+    result = json.loads(json.dumps(result))
+    del result["metadata"]["elapsed_seconds"]
+    return result
+
+
+def test_every_shot_count_is_written(first_run):
+    out_dir, messages = first_run
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(
+        [f"shots_{k}.json" for k in SHOTS] + [f"shots_{k}.samples.jsonl.gz" for k in SHOTS]
+    )
+    for k in SHOTS:
+        result = load(out_dir, k)
+        names = (result["model"], result["dataset"], result["task"], result["n_shots"])
+        assert names == ("tiny", "toy-qa", "common-sense", k)
+        assert result["n_instances"] + result["n_refused"] == len(TEST_ROWS)
+        meta = result["metadata"]
+        assert meta["backend"] == "hf" and meta["batch_size"] == 2 and meta["max_length"] == MAX_LENGTH
+        assert meta["seeds"] == {"python": 31337, "numpy": 31337, "torch": 31337, "fewshot": 31337}
+        assert meta["versions"]["lm_eval"] == "0.4.13"
+        assert meta["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+        assert meta["beyond_context"].startswith("transformers computes RoPE on the fly")
+        assert meta["model"]["revision"] == "main" and len(meta["model"]["fingerprint"]) == 64
+        assert len(meta["data"]["fingerprint"]) == 64
+    assert messages[0].startswith("tiny on toy-qa: reused 0 of 4 shot counts from the cache")
+    progress = [m for m in messages if m.startswith("k=")]
+    assert [m.split()[0] for m in progress] == ["k=0", "k=1", "k=3", "k=5"]
+    assert "instances=3 refused=1" in progress[2] and "seconds=" in progress[2]
+
+
+def test_token_counts_equal_an_independent_tokenization(first_run):
+    out_dir, _ = first_run
+    for k in SHOTS:
+        result = load(out_dir, k)
+        by_id = {row["id"]: row for row in TEST_ROWS}
+        for entry in result["instances"] + result["refused"]:
+            assert entry["prompt_tokens"] == token_count(official(k, by_id[entry["id"]]["input"])), (k, entry["id"])
+        counts = [i["prompt_tokens"] for i in result["instances"]]
+        if counts:
+            assert result["n_pmt"] == pytest.approx(sum(counts) / len(counts), rel=1e-12)
+
+
+def test_truncation_guard_refuses_and_counts(first_run):
+    out_dir, _ = first_run
+    limit = MAX_LENGTH - MAX_NEW_TOKENS
+    assert load(out_dir, 0)["n_refused"] == 0
+    three = load(out_dir, 3)
+    assert three["n_refused"] == 1 and [r["id"] for r in three["refused"]] == ["t2"]
+    assert three["refused"][0]["prompt_tokens"] > limit
+    assert [i["id"] for i in three["instances"]] == ["t0", "t1", "t3"]
+    assert [s["doc"]["id"] for s in load_samples(out_dir, 3)] == ["t0", "t1", "t3"]  # never sent
+    five = load(out_dir, 5)  # nothing fits: the file still exists, with no score
+    assert (five["n_instances"], five["n_refused"], five["score"], five["n_pmt"]) == (0, 4, None, None)
+    assert load_samples(out_dir, 5) == []
+    for k in SHOTS:
+        assert all(i["prompt_tokens"] <= limit for i in load(out_dir, k)["instances"])
+
+
+def test_prompts_are_official_and_shots_nest(first_run):
+    out_dir, _ = first_run
+    prompts = {}
+    for k in (0, 1, 3):
+        for sample in load_samples(out_dir, k):
+            context = sample["arguments"][0][0]
+            assert context == official(k, sample["doc"]["input"])
+            prompts[k, sample["doc"]["id"]] = context
+    query = (MANIFEST["prefix"] + TEST_ROWS[0]["input"] + MANIFEST["suffix"]).rstrip()
+    block_1 = prompts[1, "t0"][: -len(query)]
+    block_3 = prompts[3, "t0"][: -len(query)]
+    assert block_3.startswith(block_1) and len(block_3) > len(block_1)
+    assert prompts[3, "t0"][: len(block_3)] == prompts[3, "t1"][: len(block_3)]  # one shared shot block
+
+
+def test_scores_are_the_metric_of_the_predictions(first_run):
+    out_dir, _ = first_run
+    references = {row["id"]: row["reference"] for row in TEST_ROWS}
+    beyond_n_ctx = 0
+    for k in (0, 1, 3):
+        result = load(out_dir, k)
+        for instance in result["instances"]:
+            assert isinstance(instance["prediction"], str)
+            assert instance["score"] == mc_match(instance["prediction"], references[instance["id"]])
+            beyond_n_ctx += instance["prompt_tokens"] > N_CTX
+        scores = [i["score"] for i in result["instances"]]
+        assert result["score"] == pytest.approx(sum(scores) / len(scores))
+    assert beyond_n_ctx >= 3  # prompts past the model's own limit are evaluated, not refused
+
+
+def test_a_second_run_is_identical(workspace, backend, first_run):
+    out_dir, _ = first_run
+    messages = run(workspace, backend, "out-fresh", cache="cache-fresh")
+    assert "reused 0 of 4" in messages[0]
+    for k in SHOTS:
+        assert without_timing(load(workspace / "out-fresh", k)) == without_timing(load(out_dir, k))
+        assert (workspace / "out-fresh" / f"shots_{k}.samples.jsonl.gz").read_bytes() == (
+            out_dir / f"shots_{k}.samples.jsonl.gz"
+        ).read_bytes()
+
+
+def test_rerun_copies_cached_shot_counts_without_loading_the_model(workspace, first_run, monkeypatch):
+    out_dir, _ = first_run
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model must not be loaded when every shot count is cached")
+
+    monkeypatch.setattr(ev, "build_backend", no_loading)
+    messages = run(workspace, None, "out-copy")
+    assert "reused 4 of 4" in messages[0]
+    for k in SHOTS:
+        for name in (f"shots_{k}.json", f"shots_{k}.samples.jsonl.gz"):
+            assert (workspace / "out-copy" / name).read_bytes() == (out_dir / name).read_bytes()
+
+
+def test_interrupted_job_keeps_finished_shot_counts(workspace, backend, first_run, monkeypatch):
+    out_dir, _ = first_run
+    real_generate = backend.lm.generate_until
+    calls = []
+
+    def out_of_memory_at_second_shot_count(requests, disable_tqdm=False):
+        calls.append(len(requests))
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("simulated out of memory at 1 shot")
+        return real_generate(requests, disable_tqdm)
+
+    monkeypatch.setattr(backend.lm, "generate_until", out_of_memory_at_second_shot_count)
+    with pytest.raises(torch.OutOfMemoryError):
+        run(workspace, backend, "out-interrupted", cache="cache-interrupted")
+    monkeypatch.undo()
+    written = sorted(p.name for p in (workspace / "out-interrupted").iterdir())
+    assert written == ["shots_0.json", "shots_0.samples.jsonl.gz"]
+    cached = sorted((workspace / "cache-interrupted").glob("*/*/result.json"))
+    assert len(cached) == 1
+    cached_mtime = cached[0].stat().st_mtime_ns
+    output_mtime = (workspace / "out-interrupted" / "shots_0.json").stat().st_mtime_ns
+
+    shutil.rmtree(workspace / "out-interrupted")  # Snakemake deletes the outputs before rerunning
+    messages = run(workspace, backend, "out-interrupted", cache="cache-interrupted")
+    assert "reused 1 of 4" in messages[0]
+    assert [m.split()[0] for m in messages if m.startswith("k=")] == ["k=1", "k=3", "k=5"]
+    assert cached[0].stat().st_mtime_ns == cached_mtime  # the finished shot count was not recomputed
+    assert (workspace / "out-interrupted" / "shots_0.json").stat().st_mtime_ns >= output_mtime
+    for k in SHOTS:
+        assert without_timing(load(workspace / "out-interrupted", k)) == without_timing(load(out_dir, k))
+
+
+def test_cache_key_follows_results_affecting_settings(workspace, backend, first_run):
+    messages = run(workspace, backend, "out-subset", shots=[0], max_samples=2)
+    assert "reused 0 of 1" in messages[0]  # another instance set is another result
+    subset = [(i["id"], i["prompt_tokens"]) for i in load(workspace / "out-subset", 0)["instances"]]
+    assert subset == [(i["id"], i["prompt_tokens"]) for i in load(first_run[0], 0)["instances"][:2]]
+    messages = run(workspace, backend, "out-gpu-util", shots=[0], gpu_memory_utilization=0.5)
+    assert "reused 1 of 1" in messages[0]  # memory headroom does not change results
+
+
+def test_aggregation_of_real_results(workspace, first_run):
+    out_dir, _ = first_run
+    info = workspace / "tiny.json"
+    info.write_text(json.dumps({"model": "tiny", "n_ctx": N_CTX, "compute": 1.0e15}))
+    per_dataset, per_task = aggregate([out_dir], [info], workspace / "obs.csv", workspace / "by_task.csv")
+    assert per_dataset["n_shots"].tolist() == [0, 1, 3]  # the 5-shot cell has no evaluated instance
+    assert per_dataset["n_instances"].tolist() == [4, 4, 3]
+    assert per_dataset["n_refused"].tolist() == [0, 0, 1]
+    for row in per_dataset.itertuples():
+        result = load(out_dir, row.n_shots)
+        assert (row.score, row.n_pmt, row.n_ctx, row.compute) == (result["score"], result["n_pmt"], N_CTX, 1.0e15)
+    assert per_task["score"].tolist() == per_dataset["score"].tolist()  # one dataset: the task mean is itself
+
+
+def test_command_line_run(workspace, first_run):
+    out_dir, _ = first_run
+    command = [sys.executable, "-m", "ctxscale.evaluate", "--model-dir", str(workspace / "model"), "--model-name",
+               "tiny", "--data-dir", str(workspace / "data"), "--shots", "0", "3", "--out-dir",
+               str(workspace / "out-cli"), "--cache-dir", str(workspace / "cache-cli"), "--settings", json.dumps(SETTINGS)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "reused 0 of 2 shot counts" in done.stderr
+    assert "k=3 instances=3 refused=1" in done.stderr
+    for k in (0, 3):
+        assert without_timing(load(workspace / "out-cli", k)) == without_timing(load(out_dir, k))
+
+
+def test_user_mistakes_exit_2_with_one_line(workspace, capsys):
+    base = ["--model-dir", str(workspace / "model"), "--model-name", "tiny", "--data-dir", str(workspace / "data"),
+            "--out-dir", str(workspace / "out-err"), "--cache-dir", str(workspace / "cache-err")]
+    cases = [
+        (["--shots", "0", "--settings", "{not json"], "--settings is not valid JSON"),
+        (["--shots", "0", "--settings", '{"batch_size": "auto"}'], "batch_size must be a positive integer"),
+        (["--shots", "0", "--settings", '{"batchsize": 8}'], "unknown evaluation setting 'batchsize'"),
+        (["--shots", "9", "--settings", json.dumps(SETTINGS)], "has 5 shots in its pool, fewer than the 9 requested"),
+        (["--shots", "0", "--settings", json.dumps(SETTINGS | {"max_length": 3})], "leaves no room for 3 generated"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--shots", "0", "--settings", json.dumps(SETTINGS | {"device": "cuda"})], "torch has no CUDA"))
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        cases.append((["--shots", "0", "--settings", json.dumps(SETTINGS | {"backend": "vllm"})], "needs the vllm package"))
+    for extra, message in cases:
+        assert ev.main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+    missing = ["--model-dir", str(workspace / "model"), "--model-name", "tiny", "--data-dir", str(workspace / "none"),
+               "--shots", "0", "--out-dir", str(workspace / "o"), "--cache-dir", str(workspace / "c")]
+    assert ev.main(missing) == 2
+    assert "not a prepared dataset" in capsys.readouterr().err
+
+
+def test_vllm_rope_plan():
+    plain = {"max_position_embeddings": 4096, "rope_theta": 10000.0}
+    # Plain RoPE: the cache is lengthened to the window, nothing is refused.
+    assert ev.vllm_rope_plan(plain, None, 131072) == ({"max_position_embeddings": 131072}, None)
+    yarn = {"factor": 2.0, "original_max_position_embeddings": 4096}
+    yarn_checkpoint = plain | {"max_position_embeddings": 8192, "rope_scaling": {"type": "yarn", **yarn}}
+    assert ev.vllm_rope_plan(yarn_checkpoint, None, 131072) == ({}, 8192)  # YaRN: the cache ends at n_ctx
+    overrides, limit = ev.vllm_rope_plan(plain, {"rope_type": "yarn", **yarn, "factor": 4.0}, 131072)
+    rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 4096}
+    assert overrides == {"rope_parameters": rope}
+    assert limit == 16384
+    overrides, limit = ev.vllm_rope_plan(plain, {"type": "linear", "factor": 2.0}, 32768)
+    rope = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
+    assert overrides == {"rope_parameters": rope, "max_position_embeddings": 32768}
+    assert limit is None
+
+
+def test_hf_backend_applies_rope_scaling(workspace):
+    rope = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32}
+    settings = ev.Settings.from_mapping(SETTINGS | {"rope_scaling": rope})
+    built = ev.build_backend(workspace / "model", settings, MAX_NEW_TOKENS)
+    parameters = built.lm.model.config.rope_parameters
+    assert {key: parameters[key] for key in rope} == rope
+    assert built.lm.max_length == MAX_LENGTH
+
+
+def test_model_fingerprint_is_content_based(workspace, tmp_path, monkeypatch):
+    copy = tmp_path / "copy"
+    shutil.copytree(workspace / "model", copy)
+    assert ev.model_fingerprint(copy) == ev.model_fingerprint(workspace / "model")
+    weights = next(copy.glob("*.safetensors"))
+    monkeypatch.setattr(ev, "SMALL_FILE_BYTES", 1024)  # exercise the sampled hashing of large files
+    monkeypatch.setattr(ev, "HASH_WINDOW_BYTES", 256)
+    sampled = ev.model_fingerprint(copy)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # the last window is always hashed
+    weights.write_bytes(bytes(data))
+    assert ev.model_fingerprint(copy) != sampled
+    with pytest.raises(UserError, match="no config.json"):
+        ev.model_fingerprint(tmp_path)
