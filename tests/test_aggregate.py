@@ -124,3 +124,25 @@ def test_command_line(results, capsys):
     assert main(bad) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot read model info file") and "Traceback" not in err
+
+
+def test_per_config_datasets_merge_into_one_dataset():
+    """deepmind-math's configs count as one dataset in a task mean (hand-worked)."""
+    import pandas as pd
+
+    from ctxscale.aggregate import DATASET_COLUMNS, merge_subsets, task_rows
+
+    rows = [
+        # model, task, dataset, n_shots, n_pmt, n_ctx, compute, score, n_instances, n_refused
+        ("m", "arithmetic", "deepmind-math.algebra__linear_1d", 1, 100.0, 4096, 1e22, 0.2, 10, 0),
+        ("m", "arithmetic", "deepmind-math.numbers__gcd", 1, 140.0, 4096, 1e22, 0.6, 12, 1),
+        ("m", "arithmetic", "gsm", 1, 300.0, 4096, 1e22, 0.1, 20, 0),
+    ]
+    frame = pd.DataFrame(rows, columns=DATASET_COLUMNS)
+    merged = merge_subsets(frame)
+    assert list(merged.dataset) == ["deepmind-math", "gsm"]
+    dm = merged.iloc[0]
+    assert dm.score == pytest.approx(0.4) and dm.n_pmt == pytest.approx(120.0)
+    assert dm.n_instances == 22 and dm.n_refused == 1
+    task = task_rows(merged)
+    assert task.score.iloc[0] == pytest.approx((0.4 + 0.1) / 2)  # not (0.2 + 0.6 + 0.1) / 3

@@ -140,6 +140,23 @@ def dataset_rows(result_files: list[Path], model_info: dict[str, dict]) -> pd.Da
     return frame.sort_values(SORT_COLUMNS, kind="stable").reset_index(drop=True)
 
 
+def merge_subsets(frame: pd.DataFrame) -> pd.DataFrame:
+    """Average the configs of a dataset evaluated per config (``deepmind-math.<config>``) into one row per
+    (model, dataset, n_shots), so it weighs as one dataset in a task mean (config/README.md, decision 9):
+    score and n_pmt are unweighted means over configs, instance counts are summed."""
+    parent = frame["dataset"].str.split(".", n=1).str[0]
+    if (parent == frame["dataset"]).all():
+        return frame
+    keys = ["model", "task", "dataset", "n_shots", "n_ctx", "compute"]
+    merged = (
+        frame.assign(dataset=parent)
+        .groupby(keys, sort=False, as_index=False)
+        .agg(n_pmt=("n_pmt", "mean"), score=("score", "mean"), n_instances=("n_instances", "sum"),
+             n_refused=("n_refused", "sum"))
+    )
+    return merged[DATASET_COLUMNS].sort_values(SORT_COLUMNS, kind="stable").reset_index(drop=True)
+
+
 def task_rows(frame: pd.DataFrame) -> pd.DataFrame:
     cells = task_cells(frame[OBSERVATION_COLUMNS])
     return cells[OBSERVATION_COLUMNS].sort_values(SORT_COLUMNS, kind="stable").reset_index(drop=True)
@@ -172,7 +189,7 @@ def aggregate(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Build and write both tables; returns (per-dataset, per-task)."""
     files = find_result_files(eval_paths)
-    per_dataset = dataset_rows(files, read_model_info(model_info_paths))
+    per_dataset = merge_subsets(dataset_rows(files, read_model_info(model_info_paths)))
     per_task = task_rows(per_dataset)
     write_csv(per_dataset, out_datasets)
     write_csv(per_task, out_tasks)

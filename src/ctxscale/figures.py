@@ -301,6 +301,24 @@ def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _grid_figure(rows: int, cols: int, panel: tuple, margins: tuple, gaps: tuple, **subplot_kw):
+    """A figure of equal panels laid out in inches without a layout engine.
+
+    Constrained layout costs seconds per dozen axes; the small multiples have dozens, so their margins
+    (``left, right, top, bottom``) and gaps (``between columns, between rows``) are fixed in inches.
+    """
+    style()
+    left, right, top, bottom = margins
+    wgap, hgap = gaps
+    width = left + right + cols * panel[0] + (cols - 1) * wgap
+    height = top + bottom + rows * panel[1] + (rows - 1) * hgap
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw={
+        "left": left / width, "right": 1 - right / width, "top": 1 - top / height, "bottom": bottom / height,
+        "wspace": wgap / panel[0], "hspace": hgap / panel[1]}, **subplot_kw)
+    return fig, axes
+
+
 def _train_models(fit) -> set:
     data = fit.record.get("data") or {}
     if data.get("train_models"):
@@ -601,8 +619,8 @@ def per_model(inputs: FigureInputs, settings: FigureSettings | None = None) -> F
     settings = settings or FigureSettings()
     tasks = _require_tasks(inputs, "in-distribution", settings, "per_model")
     models = inputs.models()
-    fig = _new_figure(min(PAPER_WIDTH_IN, 2.2 * len(tasks) + 0.7), 1.45 * len(models) + 0.7)
-    axes = fig.subplots(len(models), len(tasks), squeeze=False, sharex=True, sharey="col")
+    fig, axes = _grid_figure(len(models), len(tasks), panel=(1.85, 0.95), margins=(0.85, 0.1, 0.45, 0.85),
+                             gaps=(0.35, 0.5), sharex=True, sharey="col")
     colours = sns.color_palette("colorblind")
     for col, task in enumerate(tasks):
         fit = inputs.fit("in-distribution", task)
@@ -639,8 +657,8 @@ def per_model(inputs: FigureInputs, settings: FigureSettings | None = None) -> F
                               label="observed (model held out of the fit)"))
     handles += [Line2D([], [], color=colours[0], label="in-distribution fit"),
                 Line2D([], [], color="0.35", linestyle=":", label=r"$n_\mathrm{ctx}$")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=2)
-    fig.supylabel(P_LABEL, fontsize=8.5)
+    fig.legend(handles=handles, loc="lower center", ncol=2)
+    fig.supylabel(P_LABEL, fontsize=8.5, x=0.01)
     return fig
 
 
