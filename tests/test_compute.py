@@ -117,6 +117,9 @@ def test_table1_groups_and_tiny_models(tmp_path):
     assert tiny_a["N"] == 50_000 and tiny_a["D"] == 1_020_000 and tiny_a["C"] == pytest.approx(6 * 50_000 * 1_020_000)
     assert pd.isna(tiny_b["N"]) and np.isnan(tiny_b["C"])
     assert "off" in table1(config, tmp_path, include_disabled=True)["model"].tolist()
+    (tmp_path / "tiny-b.json").write_text(json.dumps({"non_embedding_params": 1}))
+    with pytest.raises(UserError, match="tiny-b.json is unreadable or incomplete"):
+        table1(config, tmp_path)
 
 
 def test_table1_cli(tmp_path, capsys):

@@ -38,6 +38,7 @@ DEMO_CONFIG = REPO / "config" / "demo.yaml"
 FLAKY_MODULE = "ctxscale.evaluate"
 FLAKY_RULE = "evaluate"
 SLURM_RUN_TIMEOUT_S = 420
+TARGETS: list[str] = []  # the workflow's default target (everything)
 
 
 def _environment(*first_on_path: Path, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -217,7 +218,7 @@ def test_miniature_through_slurm_matches_local_run_and_survives_a_failed_job(
 
     start = time.monotonic()
     local_dir = tmp_path / "local"
-    local = _snakemake(local_dir, config, "--workflow-profile", "none", "--cores", "2", env=_environment())
+    local = _snakemake(local_dir, config, "--workflow-profile", "none", "--cores", "2", *TARGETS, env=_environment())
     assert local.returncode == 0, _tail(local)
     local_s = time.monotonic() - start
 
@@ -234,7 +235,7 @@ def test_miniature_through_slurm_matches_local_run_and_survives_a_failed_job(
     marker = tmp_path / "evaluate-failed-once"
     env = _environment(_python_shim(tmp_path / "shim", marker), base=slurm_cluster.env)
 
-    plan = _snakemake(slurm_dir, config, "-n", *site_args, env=env, timeout=120)
+    plan = _snakemake(slurm_dir, config, "-n", *site_args, *TARGETS, env=env, timeout=120)
     assert plan.returncode == 0, _tail(plan)
     planned, _ = _jobs_in_log(plan.stdout + plan.stderr)
     assert sum(planned.values()) == _job_total(plan.stdout + plan.stderr)
@@ -245,7 +246,7 @@ def test_miniature_through_slurm_matches_local_run_and_survives_a_failed_job(
     assert planned_cluster and planned_local
 
     start = time.monotonic()
-    run = _snakemake(slurm_dir, config, *site_args, env=env, timeout=SLURM_RUN_TIMEOUT_S)
+    run = _snakemake(slurm_dir, config, *site_args, *TARGETS, env=env, timeout=SLURM_RUN_TIMEOUT_S)
     slurm_s = time.monotonic() - start
     output = run.stdout + run.stderr
     (tmp_path / "slurm-run.log").write_text(output)

@@ -148,9 +148,12 @@ def table1(config: dict, models_dir="results/models", include_disabled: bool = F
         if spec.get("source") == "tiny" or n_params is None or tokens is None:
             info_path = Path(models_dir) / f"{name}.json"
             if info_path.exists():
-                info = json.loads(info_path.read_text())
-                n_params = info["non_embedding_params"]
-                tokens = float(info["pretrain_tokens"]) + float(info["extension_tokens"])
+                try:
+                    info = json.loads(info_path.read_text())
+                    n_params = int(info["non_embedding_params"])
+                    tokens = float(info["pretrain_tokens"]) + float(info["extension_tokens"])
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    raise UserError(f"model-info file {info_path} is unreadable or incomplete ({exc})") from None
             else:
                 n_params, tokens = None, None
         compute = float(training_compute(n_params, tokens)) if n_params is not None else math.nan

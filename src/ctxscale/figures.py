@@ -60,7 +60,7 @@ from matplotlib.colors import BoundaryNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
 
 from ctxscale.errors import UserError  # noqa: E402
 from ctxscale.tables import (format_flops, format_tokens, load_fits, load_model_info,  # noqa: E402
@@ -267,14 +267,14 @@ def _mark_n_ctx(ax, n_ctx: float, label: bool = True, colour="0.35") -> None:
                     xytext=(3, -3), textcoords="offset points", ha="left", va="top", fontsize=7, color=colour)
 
 
-def _log_axis(ax, which: str = "x") -> None:
+def _log_axis(ax, which: str = "x", minor: bool = True) -> None:
     """Log scale with readable ticks: decades as powers of ten, plus 2 and 5 when the axis spans few decades."""
     axis = ax.xaxis if which == "x" else ax.yaxis
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
     low, high = sorted(ax.get_xlim() if which == "x" else ax.get_ylim())
     decades = math.log10(high / low) if low > 0 else 10.0
     axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 2.2 else (1.0, 2.0, 5.0)))
-    axis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10) * 1.0))
+    axis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10) * 1.0) if minor else NullLocator())
     axis.set_major_formatter(FuncFormatter(_plain_tick_label if decades <= 2.2 else _power_tick_label))
     axis.set_minor_formatter(NullFormatter())
 
@@ -313,6 +313,7 @@ def _grid_figure(rows: int, cols: int, panel: tuple, margins: tuple, gaps: tuple
     width = left + right + cols * panel[0] + (cols - 1) * wgap
     height = top + bottom + rows * panel[1] + (rows - 1) * hgap
     fig = Figure(figsize=(width, height))
+    fig.ctxscale_fixed_layout = True  # save_figure skips the (costly) tight bounding box
     axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw={
         "left": left / width, "right": 1 - right / width, "top": 1 - top / height, "bottom": bottom / height,
         "wspace": wgap / panel[0], "hspace": hgap / panel[1]}, **subplot_kw)
@@ -620,7 +621,7 @@ def per_model(inputs: FigureInputs, settings: FigureSettings | None = None) -> F
     tasks = _require_tasks(inputs, "in-distribution", settings, "per_model")
     models = inputs.models()
     fig, axes = _grid_figure(len(models), len(tasks), panel=(1.85, 0.95), margins=(0.85, 0.1, 0.45, 0.85),
-                             gaps=(0.35, 0.5), sharex=True, sharey="col")
+                             gaps=(0.35, 0.5))  # limits set per column below: shared axes cost O(panels^2)
     colours = sns.color_palette("colorblind")
     for col, task in enumerate(tasks):
         fit = inputs.fit("in-distribution", task)
@@ -647,9 +648,10 @@ def per_model(inputs: FigureInputs, settings: FigureSettings | None = None) -> F
             if row == len(models) - 1:
                 ax.set_xlabel(N_PMT_LABEL)
             ax.tick_params(labelsize=6.5, labelbottom=True)  # every row readable without scrolling down
-        _p_limits(axes[0][col], task_cells["score"].to_numpy(), *curves)
         for row in range(len(models)):
-            _log_axis(axes[row][col], "x")
+            axes[row][col].set_xlim(grid[0], grid[-1])
+            _p_limits(axes[row][col], task_cells["score"].to_numpy(), *curves)
+            _log_axis(axes[row][col], "x", minor=False)  # minor ticks on dozens of panels cost seconds
     any_held_out = any(set(models["model"]) - _train_models(inputs.fit("in-distribution", t)) for t in tasks)
     handles = [Line2D([], [], color="black", marker="o", linestyle="", label="observed (model in the fit)")]
     if any_held_out:
@@ -678,7 +680,8 @@ def save_figure(fig: Figure, out_dir, name: str, formats=("png", "pdf")) -> list
     for fmt in formats:
         path = out_dir / f"{name}.{fmt}"
         tmp = out_dir / f".{name}.tmp.{fmt}"
-        fig.savefig(tmp, format=fmt, metadata=metadata[fmt])
+        bbox = None if getattr(fig, "ctxscale_fixed_layout", False) else "tight"
+        fig.savefig(tmp, format=fmt, metadata=metadata[fmt], bbox_inches=bbox)
         tmp.replace(path)
         paths.append(path)
     return paths

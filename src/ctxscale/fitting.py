@@ -55,9 +55,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.optimize import differential_evolution, least_squares, minimize
+from scipy.special import expit
 
 from ctxscale.errors import UserError
-from ctxscale.law import FITTED_WIDTH_LOG10_BOUNDS, LawSpec, paper_from_identifiable
+from ctxscale.law import FITTED_WIDTH_LOG10_BOUNDS, LawSpec, context_penalty, paper_from_identifiable
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +167,6 @@ class WorkingForm:
         x_n = np.log(data.n_pmt) - self.log10_n_ref * math.log(10)
         fixed_penalty = None
         if spec.uses_penalty and not spec.fits_penalty_width:
-            from ctxscale.law import context_penalty
-
             fixed_penalty = context_penalty(data.n_pmt, data.n_ctx, spec.penalty, spec.penalty_width)
         overflow = (data.n_pmt - data.n_ctx) / data.n_ctx
 
@@ -180,8 +179,6 @@ class WorkingForm:
             if fixed_penalty is not None:
                 p = p * fixed_penalty
             elif spec.fits_penalty_width:
-                from scipy.special import expit
-
                 p = p * expit(-overflow / 10.0 ** cols[4])
             return p
 
@@ -260,11 +257,12 @@ class LawFit:
         return self.spec.predict(self.identifiable, compute, n_pmt, n_ctx)
 
     def diagnostics(self) -> dict:
-        return {"best_seed": self.agreement.get("best_seed"), "loss": self.loss, "seeds_agree": self.agreement.get("seeds_agree"),
-                "loss_spread": self.agreement.get("loss_spread"), "param_spread": self.agreement.get("param_spread"),
-                "at_bounds": self.agreement.get("at_bounds"), "reference": {"log10_C_ref": self.working.log10_c_ref,
-                                                                         "log10_n_ref": self.working.log10_n_ref},
-                "working_bounds": dict(zip(self.working.names, map(list, self.working.bounds))),
+        """Convergence record for the fit JSON: agreement across seeds, bounds hit, every seed's run."""
+        agreement = {k: self.agreement.get(k) for k in ("best_seed", "seeds_agree", "loss_agree", "params_agree",
+                                                        "loss_spread", "param_spread", "at_bounds")}
+        return {**agreement, "loss": self.loss,
+                "reference": {"log10_C_ref": self.working.log10_c_ref, "log10_n_ref": self.working.log10_n_ref},
+                "working_bounds": {name: list(b) for name, b in zip(self.working.names, self.working.bounds)},
                 "de_settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in DE_SETTINGS.items()},
                 "local_tolerance": LOCAL_TOLERANCE, "seed_runs": self.seed_runs}
 

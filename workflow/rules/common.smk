@@ -175,8 +175,11 @@ def fit_arguments(wildcards):
         f"--objective {fit['objective']}",
         f"--penalty {fit['penalty']}",
         f"--seeds {fit['seeds']}",
-        f"--models {','.join(ctxconfig.fit_models(config, experiment))}",
     ]
+    models = ctxconfig.fit_models(config, experiment)
+    if experiment == "held-out-compute":
+        models = models + ctxconfig.holdout_models(config)
+    args.append(f"--models {','.join(models)}")
     if experiment == "in-distribution":
         args.append(f"--bootstrap {fit['bootstrap']}")
     if experiment == "held-out-context":
