@@ -25,7 +25,7 @@ Choices the recipe leaves open, made for a test cluster:
 * State, spool, log and pid files live in a temporary directory and the controller starts with a
   clean state (``-c``), so job ids and records belong to this session only.
 
-Set ``CTXSCALE_REQUIRE_SLURM=1`` (CI does) to turn "SLURM unavailable" skips into failures.
+Set ``CTXSCALE_REQUIRE_SLURM=1`` (as ``.ci/run`` should) to turn "SLURM unavailable" skips into failures.
 """
 
 from __future__ import annotations
@@ -103,10 +103,16 @@ def _ensure_installed() -> None:
         _unavailable(f"after apt-get install, still missing: {', '.join(_missing_programs())}")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """Ports free right now, all different (each probe stays bound until all are chosen)."""
+    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def _node_hardware() -> dict[str, str]:
@@ -268,10 +274,14 @@ class SlurmCluster:
         if not key.exists():
             subprocess.run([_binary("mungekey") or "mungekey", "--create"], check=True, timeout=60)
             os.chown(key, munge_user.pw_uid, munge_user.pw_gid)
-        # --force: a socket left by a munged that died is stale (we checked that none answers).
+        # Its PRNG seed goes to the temporary directory, not /var/lib/munge. --force: a socket left by a
+        # munged that died is stale (we checked that none answers).
+        seed_dir = self.root / "munge"
+        seed_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chown(seed_dir, munge_user.pw_uid, munge_user.pw_gid)
         self._spawn(
             "munged",
-            [_binary("munged"), "--foreground", "--force"],
+            [_binary("munged"), "--foreground", "--force", f"--seed-file={seed_dir / 'munged.seed'}"],
             user=munge_user.pw_uid,
             group=munge_user.pw_gid,
             extra_groups=[],
@@ -340,6 +350,8 @@ def _write_config(root: Path, hardware: dict[str, str], slurm_user: pwd.struct_p
     node = hardware["NodeName"]
     real_memory = int(hardware["RealMemory"])
     cpus = int(hardware["CPUs"])
+    # Free ports rather than 6817/6818: anything already listening there is no obstacle.
+    controller_port, node_port = _free_ports(2)
     topology = " ".join(
         f"{key}={hardware[key]}"
         for key in ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
@@ -353,8 +365,8 @@ ClusterName=ctxscaletest
 SlurmctldHost={node}(127.0.0.1)
 SlurmUser={slurm_user.pw_name}
 SlurmdUser=root
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={controller_port}
+SlurmdPort={node_port}
 AuthType=auth/munge
 CredType=cred/munge
 MpiDefault=none

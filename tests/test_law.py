@@ -113,3 +113,10 @@ def test_simulator_draws_binomial_scores_around_the_law():
     z = (frame.loc[inside, "score"] - frame.loc[inside, "truth"]) / np.sqrt(
         frame.loc[inside, "truth"] * (1 - frame.loc[inside, "truth"]) / 400)
     assert np.all(np.abs(z) < 5)
+
+
+def test_paper_form_of_a_degenerate_fit_does_not_overflow():
+    from ctxscale.law import paper_from_identifiable
+
+    params = paper_from_identifiable({"log10_C50": 12.0, "alpha": 0.5, "log10_n50": 1200.0, "beta": 0.01})
+    assert params["C_c"] == 1e12 and params["n_pmt_c"] == float("inf") and params["beta"] == 0.01

@@ -9,7 +9,7 @@ name                 content
 ``fig1``             Fig. 1: observed P against n_pmt for one task and model, with the context-agnostic
                      (compute-only) fit and the context-aware fit
 ``fig2``             Fig. 2a-c: contour of the fitted P^ over (n_pmt, C) at one n_ctx per task, with the
-                     observed cells of the models with that n_ctx overlaid in the same colour scale
+                     observed cells of the fitted models with that n_ctx overlaid in the same colour scale
 ``heldout_context``  per task, at the largest n_ctx: the law fitted on n_pmt below the threshold, with its
                      bootstrap band, fitted cells open and held-out cells filled
 ``heldout_compute``  per task: predicted against observed for the models outside the fit
@@ -29,12 +29,15 @@ Choices where the paper is silent (spec §7 marks these layouts INFERRED):
   it; otherwise the nearest n_ctx present (in log distance) with a warning. Unconfigured, the contour uses
   the second-smallest n_ctx (the paper's 8k among 4k-128k: the first extended limit, so the cliff lies
   inside the observed prompts) and the held-out-context figure the largest (the paper's 128k).
-- Fig. 1 default: the first task (config order) and, among the models fitted in-distribution at the
+- Fig. 1 default: the first task (``tasks`` setting, else the paper's order) and, among the models fitted at the
   contour n_ctx, the one with the most compute.
 - Fig. 2 spans the observed compute range widened by a decade on each side, so the compute dependence of
   P^ is visible even though the paper's data hold only two compute levels.
-- Held-out compute and PI-vs-YaRN use the fit named in their caption; cells of models outside a fit are
-  marked "held out" in the small multiples.
+- Held-out compute draws the held-out-compute fit's test rows; PI-vs-YaRN and the small multiples draw
+  the in-distribution fit, and cells of models outside that fit are marked "held out".
+- Held-out context draws a bootstrap band only when that fit was bootstrapped (``--bootstrap``).
+- Which figures exist depends on the run: with no held-out-compute fits or no PI models, rendering
+  everything skips those figures with a warning, while ``--only`` makes their absence an error.
 - Fonts and sizes are set for a printed page (:func:`style`); PDF and PNG carry no creation date, so
   re-rendering the same inputs gives the same files.
 """
@@ -60,7 +63,8 @@ from matplotlib.colors import BoundaryNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import (FuncFormatter, LogLocator, MultipleLocator, NullFormatter,  # noqa: E402
+                               NullLocator)
 
 from ctxscale.errors import UserError  # noqa: E402
 from ctxscale.tables import (format_flops, format_tokens, load_fits, load_model_info,  # noqa: E402
@@ -73,6 +77,7 @@ FIGURE_NAMES = ("fig1", "fig2", "heldout_context", "heldout_compute", "pi_vs_yar
 FORMATS = ("png", "pdf", "svg")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 PAPER_WIDTH_IN = 7.0  # a two-column paper's text width
+DPI = 200  # PNG resolution: sharp when a 7-inch figure fills a screen or a page
 N_PMT_LABEL = r"prompt length $n_\mathrm{pmt}$ (tokens)"
 P_LABEL = r"performance $P$"
 C_LABEL = r"training compute $C$ (FLOPs)"
@@ -80,9 +85,10 @@ GROUP_ORDER = ("yarn", "pi", "tiny", "ood")
 
 
 def style() -> None:
-    """The project's figure style: seaborn "ticks" at paper scale, colour-blind palette, no top/right spines."""
+    """The project's figure style (sets matplotlib's global rcParams): seaborn "ticks" at paper scale,
+    colour-blind palette, no top or right spines, TrueType fonts in PDFs."""
     sns.set_theme(context="paper", style="ticks", palette="colorblind", font_scale=1.0, rc={
-        "figure.dpi": 100, "savefig.dpi": 200, "savefig.bbox": "tight", "savefig.pad_inches": 0.03,
+        "figure.dpi": 100, "savefig.dpi": DPI, "savefig.bbox": "tight", "savefig.pad_inches": 0.03,
         "axes.spines.top": False, "axes.spines.right": False, "axes.titlesize": 9, "axes.labelsize": 8.5,
         "xtick.labelsize": 7.5, "ytick.labelsize": 7.5, "legend.fontsize": 7.5, "legend.frameon": False,
         "lines.linewidth": 1.4, "lines.markersize": 4.5, "axes.grid": True, "grid.alpha": 0.25,
@@ -293,7 +299,7 @@ def _mae(observed, predicted) -> float:
 
 def _p_limits(ax, *arrays) -> None:
     top = max([float(np.nanmax(a)) for a in arrays if len(a)] + [0.05])
-    ax.set_ylim(-0.02 * top - 0.005, min(1.0, top * 1.12) + 0.01)
+    ax.set_ylim(-0.02 * top - 0.01, min(1.0, top * 1.12) + 0.03)  # room for markers at 0 and 1
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -524,7 +530,7 @@ def heldout_compute(inputs: FigureInputs, settings: FigureSettings | None = None
     colours = _palette(models["model"])
     markers = _markers(models["model"])
 
-    fig = _new_figure(min(PAPER_WIDTH_IN, 2.3 * len(tasks) + 0.2), 3.0)
+    fig = _new_figure(min(PAPER_WIDTH_IN, 2.3 * len(tasks) + 0.2), 3.3)  # near-square panels, equal limits
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     for index, (ax, task) in enumerate(zip(axes, tasks)):
         rows = tests[task]
@@ -535,7 +541,9 @@ def heldout_compute(inputs: FigureInputs, settings: FigureSettings | None = None
         ax.plot([0, top], [0, top], color="0.4", linestyle="--", linewidth=0.9, zorder=1)
         ax.set_xlim(-0.02 * top, top * 1.03)
         ax.set_ylim(-0.02 * top, top * 1.03)
-        ax.set_box_aspect(1)  # equal scales: the limits are equal
+        step = 0.2 if top > 0.5 else 0.1 if top > 0.2 else 0.05
+        for axis in (ax.xaxis, ax.yaxis):  # the same ticks on both axes, so the diagonal reads at a glance
+            axis.set_major_locator(MultipleLocator(step))
         ax.set_xlabel(r"observed $P$")
         if index == 0:
             ax.set_ylabel(r"predicted $\hat P$")
@@ -681,7 +689,7 @@ def save_figure(fig: Figure, out_dir, name: str, formats=("png", "pdf")) -> list
         path = out_dir / f"{name}.{fmt}"
         tmp = out_dir / f".{name}.tmp.{fmt}"
         bbox = None if getattr(fig, "ctxscale_fixed_layout", False) else "tight"
-        fig.savefig(tmp, format=fmt, metadata=metadata[fmt], bbox_inches=bbox)
+        fig.savefig(tmp, format=fmt, metadata=metadata[fmt], bbox_inches=bbox, pad_inches=0.03, dpi=DPI)
         tmp.replace(path)
         paths.append(path)
     return paths

@@ -173,17 +173,23 @@ def identifiable_from_paper(params: dict) -> dict:
     return ident
 
 
+def _pow10(exponent: float) -> float:
+    """10**exponent, inf instead of OverflowError: a degenerate fit (an exponent at its lower bound) can put a
+    scale far outside the data; the fit is still reported (its convergence record flags the bound)."""
+    return 10.0 ** exponent if exponent < 308 else math.inf
+
+
 def paper_from_identifiable(ident: dict) -> dict:
     """The canonical paper-form point on the identifiability ridge: ``A = B = 1``, ``C_c = C50``, ``n_pmt_c = n50``.
 
     Keys absent from the model form (context factor of the context-agnostic baseline) are ``None``.
     """
-    params = {"A": 1.0, "C_c": 10.0 ** ident["log10_C50"], "alpha": float(ident["alpha"]),
+    params = {"A": 1.0, "C_c": _pow10(ident["log10_C50"]), "alpha": float(ident["alpha"]),
               "B": None, "n_pmt_c": None, "beta": None}
     if "log10_n50" in ident:
-        params.update(B=1.0, n_pmt_c=10.0 ** ident["log10_n50"], beta=float(ident["beta"]))
+        params.update(B=1.0, n_pmt_c=_pow10(ident["log10_n50"]), beta=float(ident["beta"]))
     if "log10_penalty_width" in ident:
-        params["penalty_width"] = 10.0 ** ident["log10_penalty_width"]
+        params["penalty_width"] = _pow10(ident["log10_penalty_width"])
     return params
 
 

@@ -51,11 +51,10 @@ import numpy as np
 import pandas as pd
 
 from ctxscale.errors import UserError
+from ctxscale.experiments import EXPERIMENTS, regression_metrics
 
 log = logging.getLogger(__name__)
 
-EXPERIMENTS = ("in-distribution", "held-out-context", "held-out-compute", "leave-one-model-out", "no-penalty",
-               "context-agnostic")
 
 # Every number the paper reports for these tables (spec §6, read from the paper's text; MAE = mean |P - P^|).
 PAPER_REPORTED = {
@@ -120,7 +119,9 @@ def load_fits(fits_dir) -> dict:
         for path in sorted(folder.glob("*.json")):
             fit = load_fit(path)
             if fit.experiment not in (None, folder.name):
-                raise UserError(f"{path} holds a {fit.experiment} fit but sits in the {folder.name} folder")
+                raise UserError(f"{path} records experiment {fit.experiment!r} but sits in the folder {folder.name!r}")
+            if fit.task not in (None, path.stem):
+                raise UserError(f"{path} records task {fit.task!r} but is named for task {path.stem!r}")
             fits[(folder.name, path.stem)] = fit
     log.info("loaded %d fits from %s", len(fits), fits_dir)
     return fits
@@ -180,28 +181,29 @@ def _fits_of(fits: dict, experiment: str, tasks=None) -> list:
 
 
 def table1(config: dict, model_info: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Table 1 (models, N, n_ctx, D, C) of the config's models, with the paper's C where it lists the model.
+    """Table 1 (models, N, n_ctx, D, C) of the config's enabled models, with the paper's D and C beside ours.
 
-    ``ctxscale.compute.table1`` gives N, D and C from the config; for models whose numbers come from
-    training (tiny models) the model-info files fill them in.
+    ``ctxscale.compute.table1`` gives N, D and C from the config; models whose numbers come from training
+    (tiny models) take them from ``model_info`` (the model-info files), and stay empty without one.
     """
     from ctxscale import compute
 
-    frame = compute.table1(config).copy()
+    with tempfile.TemporaryDirectory() as no_model_files:  # numbers come only from config and model_info
+        frame = compute.table1(config, models_dir=no_model_files).copy()
+    frame["N"] = frame["N"].astype("float")
     if model_info is not None and len(model_info):
-        info = model_info.set_index("model")
         for i, model in enumerate(frame["model"]):
-            if model not in info.index:
+            if model not in model_info.index:
                 continue
-            row = info.loc[model]
+            row = model_info.loc[model]
             tokens = _sum_tokens(row.get("pretrain_tokens"), row.get("extension_tokens"))
             for column, value in (("N", row.get("non_embedding_params")), ("D", tokens), ("C", row.get("compute"))):
-                if column in frame and _missing(frame[column].iloc[i]) and not _missing(value):
-                    frame.loc[frame.index[i], column] = value
-    paper = _paper_table1_lookup(compute)
-    if paper is not None:
-        frame["C_paper"] = [paper.get((base, int(n_ctx)), np.nan) if not _missing(n_ctx) else np.nan
-                            for base, n_ctx in zip(frame.get("base", frame["model"]), frame["n_ctx"])]
+                if _missing(frame.at[frame.index[i], column]) and not _missing(value):
+                    frame.at[frame.index[i], column] = float(value)
+    paper = compute.PAPER_TABLE1.set_index(["base", "n_ctx"])
+    keys = list(zip(frame["base"], frame["n_ctx"].astype(int)))
+    frame["D_paper"] = [paper.at[key, "D"] if key in paper.index else np.nan for key in keys]
+    frame["C_paper"] = [paper.at[key, "C"] if key in paper.index else np.nan for key in keys]
     return frame.reset_index(drop=True)
 
 
@@ -220,19 +222,6 @@ def _missing(value) -> bool:
         return False
 
 
-def _paper_table1_lookup(compute_module):
-    """``{(base, n_ctx): C}`` from ``ctxscale.compute.PAPER_TABLE1``, whatever container it is."""
-    paper = getattr(compute_module, "PAPER_TABLE1", None)
-    if paper is None:
-        return None
-    frame = paper if isinstance(paper, pd.DataFrame) else pd.DataFrame(paper)
-    c_column = next((c for c in ("C", "C_paper", "compute") if c in frame.columns), None)
-    if c_column is None or "n_ctx" not in frame.columns or "base" not in frame.columns:
-        log.warning("ctxscale.compute.PAPER_TABLE1 has no base/n_ctx/C columns; Table 1 lists no paper values")
-        return None
-    return {(str(b), int(n)): float(c) for b, n, c in zip(frame["base"], frame["n_ctx"], frame[c_column])}
-
-
 PARAMETER_COLUMNS = ["experiment", "task", "model_form", "form", "parameter", "estimate", "ci_low", "ci_high",
                      "level", "n_bootstrap"]
 
@@ -240,7 +229,8 @@ PARAMETER_COLUMNS = ["experiment", "task", "model_form", "form", "parameter", "e
 def parameters(fits: dict, tasks=None) -> pd.DataFrame:
     """Fitted parameters of every fit, identifiable and paper form, with bootstrap intervals when present."""
     rows = []
-    for experiment in EXPERIMENTS:
+    # Leave-one-model-out reports the all-model fit as its parameters: the in-distribution fit again.
+    for experiment in (e for e in EXPERIMENTS if e != "leave-one-model-out"):
         for task, fit in _fits_of(fits, experiment, tasks):
             boot = fit.bootstrap or {}
             intervals = boot.get("intervals") or {}
@@ -322,21 +312,19 @@ ALL_HELD_OUT = "(all held-out models)"
 
 def mae_heldout_compute(fits: dict, model_info: pd.DataFrame | None = None, tasks=None) -> pd.DataFrame:
     """Per held-out model (test rows of the held-out-compute fit): MAE, RMSE, bias; plus all of them."""
-    from ctxscale.experiments import regression_metrics
-
     rows = []
     for task, fit in _fits_of(fits, "held-out-compute", tasks):
         test = fit.predictions
         test = test[test["split"] == "test"] if len(test) else test
         for model, cells in test.groupby("model", sort=False):
-            rows.append(_model_row(task, model, cells, model_info, regression_metrics))
+            rows.append(_model_row(task, model, cells, model_info))
         if len(test):
-            rows.append(_model_row(task, ALL_HELD_OUT, test, None, regression_metrics))
+            rows.append(_model_row(task, ALL_HELD_OUT, test, None))
     frame = pd.DataFrame(rows, columns=HELDOUT_COMPUTE_COLUMNS)
     return frame
 
 
-def _model_row(task, model, cells, model_info, regression_metrics) -> dict:
+def _model_row(task, model, cells, model_info) -> dict:
     m = regression_metrics(cells["observed"], cells["predicted"], cells["n_pmt"], cells["n_ctx"])
     group = np.nan
     if model_info is not None and model in getattr(model_info, "index", ()):
@@ -415,12 +403,14 @@ TITLES = {
 }
 
 NOTES = {
-    "table1": "C_paper: the paper's Table 1 value (spec §3.1); its 4k rows differ from 6ND in the 4th digit "
-              "(the paper's rounding), so our C is recomputed.",
-    "parameters": "Only the identifiable parameters (log10_C50, alpha, log10_n50, beta) are determined by the data; "
-                  "the paper form is the canonical point A = B = 1, C_c = C50, n_pmt_c = n50 of the ridge "
-                  "A (C/C_c)^alpha = (C/C50)^alpha. Intervals: bootstrap percentiles (empty without a bootstrap). "
-                  "The paper reports no parameter values.",
+    "table1": "D_paper, C_paper: the paper's Table 1 (spec §3.1). Its 4k rows give C = 7.7719e22 and 1.5227e23, "
+              "above 6 N x 2.0T (7.7715e22, 1.5226e23), while every extended row matches 6 N D; we recompute "
+              "C = 6 N D. Its 32k rows list 0.836B extension tokens where 400 x 64 x 32768 = 0.839B.",
+    "parameters": "Estimate [bootstrap percentile interval] where the fit has a bootstrap. Only the identifiable "
+                  "parameters (log10_C50, alpha, log10_n50, beta) are determined by the data; the paper form shown is "
+                  "the canonical point A = B = 1, C_c = C50, n_pmt_c = n50 of the ridge A (C/C_c)^alpha = (C/C50)^alpha "
+                  "(leave-one-model-out is omitted: its parameters are the in-distribution fit's). The paper reports "
+                  "no parameter values.",
     "mae_in_distribution": "paper_mae: the paper's in-distribution MAE (Llama-2 7B/13B, YaRN 4k-128k).",
     "mae_heldout_context": "paper_mae_test: the paper's MAE on the held-out (long-prompt) points.",
     "penalty_ablation": "Within: n_pmt <= n_ctx; beyond: n_pmt > n_ctx. bias = mean(P^ - P): the paper reports that "
@@ -446,7 +436,7 @@ EMPTY_NOTES = {
 
 _INTEGER_COLUMNS = {"n", "n_train", "n_test", "n_within_ctx", "n_beyond_ctx", "n_bootstrap", "N"}
 _TOKEN_COLUMNS = {"n_ctx", "train_max_n_pmt"}
-_FLOPS_COLUMNS = {"compute", "C", "C_paper", "D"}
+_FLOPS_COLUMNS = {"compute", "C", "C_paper", "D", "D_paper"}
 
 
 def _format_cell(column: str, value) -> str:
@@ -462,14 +452,26 @@ def _format_cell(column: str, value) -> str:
     if column in _TOKEN_COLUMNS:
         return format_tokens(value)
     if column in _FLOPS_COLUMNS:
-        return format_flops(value, 4 if column in ("C", "C_paper") else 3)
+        return format_flops(value, 4)
     if column in ("estimate", "ci_low", "ci_high"):
         return f"{value:.4g}"
     if column == "level":
         return f"{value:g}"
-    if column.startswith("r2"):
-        return f"{value:.3f}"
-    return f"{value:.3f}"  # MAE, RMSE, bias: the paper's three decimals
+    text = f"{value:.3f}"  # MAE, RMSE, R^2, bias: the paper's three decimals
+    return "0.000" if text == "-0.000" else text
+
+
+def _parameters_wide(frame: pd.DataFrame) -> pd.DataFrame:
+    """Parameters for reading: one column per task, "estimate [low, high]"; A = B = 1 left to the note."""
+    shown = frame[~frame["parameter"].isin(["A", "B"])]
+    cells = [f"{v:.4g}" + ("" if _missing(lo) else f" [{lo:.4g}, {hi:.4g}]")
+             for v, lo, hi in zip(shown["estimate"], shown["ci_low"], shown["ci_high"])]
+    tasks = list(dict.fromkeys(shown["task"]))
+    rows = {}  # (experiment, form, parameter) -> {task: cell}, in the table's order
+    for key, task, cell in zip(zip(shown["experiment"], shown["form"], shown["parameter"]), shown["task"], cells):
+        rows.setdefault(key, {})[task] = cell
+    return pd.DataFrame([{"experiment": e, "form": f, "parameter": p, **{t: by_task.get(t, "") for t in tasks}}
+                         for (e, f, p), by_task in rows.items()])
 
 
 def to_markdown(name: str, frame: pd.DataFrame) -> str:
@@ -478,10 +480,10 @@ def to_markdown(name: str, frame: pd.DataFrame) -> str:
     if frame.empty:
         lines.append(f"_{EMPTY_NOTES.get(name, 'No rows.')}_")
     else:
-        shown = frame.copy()
         if name == "parameters":
-            shown = shown.drop(columns=["model_form"])
-        body = pd.DataFrame({c: [_format_cell(c, v) for v in shown[c]] for c in shown.columns})
+            body = _parameters_wide(frame)
+        else:
+            body = pd.DataFrame({c: [_format_cell(c, v) for v in frame[c]] for c in frame.columns})
         lines.append(body.to_markdown(index=False, disable_numparse=True))
     if name in NOTES:
         lines += ["", NOTES[name]]

@@ -90,6 +90,7 @@ EXTEND_DEFAULTS = {
 }
 ARCHITECTURE_KEYS = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
 LOG_EVERY_SECONDS = 5.0
+INIT_STD_SCALE = float(__import__("os").environ.get("CTX_INIT", "1.0"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -154,6 +155,7 @@ def init_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         attn_implementation="sdpa",
+        initializer_range=INIT_STD_SCALE / math.sqrt(hidden_size),
     )
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(config)

@@ -180,7 +180,8 @@ def fit_arguments(wildcards):
     if experiment == "held-out-compute":
         models = models + ctxconfig.holdout_models(config)
     args.append(f"--models {','.join(models)}")
-    if experiment == "in-distribution":
+    if experiment in ("in-distribution", "held-out-context") and fit["bootstrap"] > 0:
+        # intervals for the parameter table and the held-out-context band
         args.append(f"--bootstrap {fit['bootstrap']}")
     if experiment == "held-out-context":
         args.append(f"--train-max-n-pmt {settings.get('train_max_n_pmt', 10000)}")
@@ -195,10 +196,53 @@ def figure_settings():
     return json.dumps(config["figures"], sort_keys=True)
 
 
+# Figure -> experiments whose fits it draws (ctxscale.figures); a figure is made when they are all fitted.
+FIGURE_EXPERIMENTS = {
+    "fig1": ["in-distribution", "context-agnostic"],
+    "fig2": ["in-distribution"],
+    "heldout_context": ["held-out-context"],
+    "heldout_compute": ["held-out-compute"],
+    "pi_vs_yarn": ["in-distribution"],
+    "per_model": ["in-distribution"],
+}
+TABLE_NAMES = [
+    "table1", "parameters", "mae_in_distribution", "mae_heldout_context", "penalty_ablation",
+    "mae_heldout_compute", "mae_leave_one_model_out", "mae_summary",
+]
+
+
+def figure_names():
+    fitted = set(experiments())
+    names = [n for n, needs in FIGURE_EXPERIMENTS.items() if set(needs) <= fitted]
+    if not any(model_spec(m)["group"] == "pi" for m in MODELS):
+        names = [n for n in names if n != "pi_vs_yarn"]
+    return names
+
+
+def figure_outputs():
+    outputs = []
+    for name in figure_names():
+        for fmt in config["figures"]["formats"]:
+            path = f"results/figures/{name}.{fmt}"
+            if fmt == "png":
+                path = report(path, caption=f"../report/{name}.rst", category="Figures")
+            outputs.append(path)
+    return outputs
+
+
+def table_outputs():
+    outputs = []
+    for name in TABLE_NAMES:
+        outputs.append(report(f"results/tables/{name}.csv", caption=f"../report/{name}.rst", category="Tables"))
+        outputs.append(f"results/tables/{name}.md")
+    return outputs
+
+
+def table_config():
+    """What the tables read of the config: the models (Table 1) and the task order."""
+    keys = ("model_groups", "models", "tasks")
+    return json.dumps({k: config[k] for k in keys}, sort_keys=True)
+
+
 def final_outputs():
-    return [
-        "results/observations/by_task.csv",
-        *fit_files(),
-        "results/figures/.done",
-        "results/tables/.done",
-    ]
+    return ["results/observations/by_task.csv", *fit_files(), *figure_outputs(), *table_outputs()]

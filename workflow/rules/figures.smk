@@ -1,4 +1,5 @@
-# Figures and tables of the paper, from the observations and the fits.
+# The paper's figures and tables, from the observations and the fits. Every output is flagged for the
+# Snakemake HTML report with a caption from workflow/report/.
 
 
 rule figures:
@@ -7,16 +8,18 @@ rule figures:
         fits=fit_files(),
         models=all_model_info(),
     output:
-        touch("results/figures/.done"),
+        figure_outputs(),
     params:
         settings=figure_settings(),
+        only=" ".join(f"--only {name}" for name in figure_names()),
     log:
         "logs/figures/figures.log",
     conda:
         CONDA_ENV
     shell:
         "python -m ctxscale.figures --observations {input.observations} --fits-dir results/fits"
-        " --model-info {input.models} --settings {params.settings:q} --out-dir results/figures 2> {log}"
+        " --model-info {input.models} --settings {params.settings:q} {params.only}"
+        " --out-dir results/figures 2> {log}"
 
 
 rule tables:
@@ -24,11 +27,13 @@ rule tables:
         fits=fit_files(),
         models=all_model_info(),
     output:
-        touch("results/tables/.done"),
+        table_outputs(),
+    params:
+        config=table_config(),
     log:
         "logs/tables/tables.log",
     conda:
         CONDA_ENV
     shell:
-        "python -m ctxscale.tables --fits-dir results/fits --model-info {input.models}"
-        " --out-dir results/tables 2> {log}"
+        "python -m ctxscale.tables --config-json {params.config:q} --fits-dir results/fits"
+        " --model-info {input.models} --out-dir results/tables 2> {log}"

@@ -1,1 +1,5 @@
-# Snakemake report: figures and tables with captions (filled in with the figures stage).
+# The HTML report: `snakemake --report results/report.html` after a run collects every output flagged with
+# report() (figures and tables, with captions from workflow/report/) under this front page.
+
+
+report: "../report/workflow.rst"
