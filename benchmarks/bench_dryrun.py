@@ -40,7 +40,7 @@ def main() -> int:
             start = time.perf_counter()
             result = subprocess.run(
                 [sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--directory", workdir,
-                 "--configfile", str(config_file), "--workflow-profile", "none", "--cores", "2", "--quiet"],
+                 "--configfile", str(config_file), "--workflow-profile", "none", "--cores", "2"],
                 capture_output=True, text=True, cwd=REPO,
             )
             times.append(time.perf_counter() - start)

@@ -1,43 +1,57 @@
 """The miniature's generated datasets: one in-context-learning task per paper category, in the prepared format.
 
-``python -m ctxscale.synthetic --dataset NAME --spec JSON --tokenizer DIR --out DIR``
+``python -m ctxscale.synthetic --dataset NAME --spec JSON [--tokenizer DIR] --out DIR``
 
 writes ``shots.jsonl``, ``test.jsonl`` and ``manifest.json`` (docs/architecture.md) through
 :func:`ctxscale.datasets.write_prepared`, so the demo data takes the same lm-eval task path as the real
-datasets. The spec is a JSON object::
+datasets. The spec is a JSON object (unknown keys are refused)::
 
-    {"kind": "recall" | "arithmetic" | "cipher",   # the generator (below)
-     "task": "common-sense" | "arithmetic" | "translation",  # optional; must match the kind's category
-     "seed": 31337,                  # with the dataset name, fixes the secret mapping, shot pool and test set
-     "max_eval_samples": 48,         # test instances
-     "max_length_per_example": 64,   # the paper's length filter, in tokens of the given tokenizer
-     "shot_pool": 128,               # optional: shot-pool size (must cover the largest shot count)
-     "n_symbols": 8,                 # optional: keys / source words the dataset's mapping covers
-     "sentence_words": 6}            # optional, cipher only: words per sentence
+    {"kind": "recall" | "arithmetic" | "cipher",            # the generator (below)
+     "task": "common-sense" | "arithmetic" | "translation",  # optional; must be the kind's category
+     "seed": 31337,                 # with the dataset name, fixes the secret mapping, shot pool and test set
+     "max_eval_samples": 48,        # test instances
+     "max_length_per_example": 64,  # the paper's length filter, in tokens of --tokenizer (needs it)
+     "shot_pool": 128,              # optional: shot-pool size (must cover the largest shot count)
+     "n_symbols": 8,                # optional: keys (recall) or source words (cipher) of the mapping
+     "sentence_words": 5,           # optional, cipher: words per sentence (>= 4, so BLEU-4 has a 4-gram)
+     "answer_bias": 0.75}           # optional, recall: share of keys whose answer is the dataset's letter
 
-Each dataset draws one secret mapping from ``(seed, dataset name)``; only the in-context demonstrations
-reveal it, so a model can do better than chance only by reading the shots, and performance rises with
-the number of shots as they cover more of the mapping. Shot pool and test set are drawn independently
-from that mapping (a test input may appear among the shots: that is the point of in-context recall).
+Each dataset draws one secret mapping from ``(seed, dataset name)``. Only the demonstrations reveal it:
+without shots a model can only guess, and with them it can read the secret off the context. Shot pool
+and test set are drawn independently from the mapping (rows repeat; that is intended).
 
-The three kinds, with the paper's prompt shape (prefix + input + suffix + reference, separator ``"\\n\\n"``,
-stop strings ``"\\n\\n"`` plus the prefix as the official code adds it):
+The three kinds, all with the paper's prompt shape (prefix + input + suffix + reference, separator
+``"\n\n"``, stop strings ``"\n\n"`` plus the prefix, as the official code adds it):
 
-- ``recall`` (category ``common-sense``, metric ``mc_match``): ``Q: k\\nA: C``. The keys are
-  ``n_symbols`` lowercase letters, the answers letters A-E, as in the paper's multiple-choice sets.
-- ``arithmetic`` (category ``arithmetic``, metric ``math_equiv``): ``Q: 7\\nA: 23``, the answer being
-  ``a·x + b`` for a secret rule (a in 1..4, b in 0..19) and x a digit. The rule must be inferred from the
-  demonstrations (or, for a weak model, the answers recalled from them).
-- ``cipher`` (category ``translation``, metric ``bleu_4``): ``S: q d q m k a\\nE: R W R J H X``, a
-  word-for-word symbol substitution from ``n_symbols`` source words (lowercase letters) into distinct
-  target words (uppercase letters); ``sentence_words`` (default 6) words so that 4-gram precision counts.
+- ``recall`` (category ``common-sense``, metric ``mc_match``): ``Q: k\nA: D``, a table from
+  ``n_symbols`` lowercase keys to answer letters A-E in which a share ``answer_bias`` of the keys has the
+  dataset's secret letter and the rest a random other letter. Like the answer-letter imbalance of real
+  multiple-choice sets, the demonstrations reveal the common answer; a model that also recalls keys
+  does better still.
+- ``arithmetic`` (category ``arithmetic``, metric ``math_equiv``): ``Q: 47\nA: 3547``: add a secret
+  multiple of 100 (1000..9900) to a two-digit number. The rule must be inferred from the demonstrations.
+- ``cipher`` (category ``translation``, metric ``bleu_4``): ``S: qd xp ga lt ek\nE: QF XF GF LF EF``:
+  each two-letter source word becomes its first letter capitalised plus the dataset's secret ending
+  letter, word for word, ``sentence_words`` words a sentence.
 
-Where the paper is silent, the choices are: one-character symbols (the tiny models use a character
-tokenizer, see :mod:`ctxscale.tiny`, so prompts stay short and generation cheap while 63 shots still run
-far past a 128-token context); mappings are split by a stable hash into an *evaluation* half and a
-*training* half (:func:`mapping_purpose`), so the tiny models' training data (:func:`training_text`,
-fresh mappings per sequence) can never contain a dataset's mapping.
+Where the paper is silent, the choices and why:
+
+- The tasks are built so that models of a few hundred thousand parameters trained for a CPU-minute
+  learn in-context: measured on the tiny models (benchmarks/bench_tiny.py), 2-layer 64-wide Llamas do not
+  form content-based recall (induction) within thousands of CPU steps, so tasks that need it (a random
+  key→value table, a random symbol cipher) stay at chance for every model; the secrets above are read off
+  the context by copying what all demonstrations share (the answer letter, the leading digits, the
+  ending), combined with what the query itself shows (the digits to keep, the words' first letters).
+  Every secret except recall's letter has at least 26 values, so a model's fixed zero-shot guess is
+  rarely right by luck; recall's has 5, so its zero-shot score is a draw around 0.2.
+- One-character symbols: the tiny models use a character tokenizer (:mod:`ctxscale.tiny`), so prompts
+  stay short and generation cheap, while 63 shots still run far past a 128-token context.
+- Mappings are split by a stable hash into an *evaluation* half and a *training* half
+  (:func:`mapping_purpose`): datasets draw from the first, the tiny models' training data
+  (:func:`training_episode`, a fresh mapping per sequence) from the second, so no model is ever trained on
+  a dataset's own mapping.
 """
+
 
 from __future__ import annotations
 
@@ -60,15 +74,18 @@ log = logging.getLogger("ctxscale.synthetic")
 
 SEPARATOR = "\n\n"
 ANSWER_LETTERS = "ABCDE"
-SOURCE_WORDS = string.ascii_lowercase
-TARGET_WORDS = string.ascii_uppercase
-ARITHMETIC_SLOPES = (1, 2, 3, 4)
-ARITHMETIC_OFFSETS = tuple(range(20))
-ARITHMETIC_INPUTS = tuple(range(10))
+KEY_LETTERS = string.ascii_lowercase
 DEFAULT_SHOT_POOL = 128
 DEFAULT_SYMBOLS = 8
-DEFAULT_SENTENCE_WORDS = 6
-# Training mappings vary their size around the datasets' so the models learn recall in general.
+DEFAULT_SENTENCE_WORDS = 5
+DEFAULT_ANSWER_BIAS = 0.75
+ARITHMETIC_OFFSETS = tuple(100 * c for c in range(10, 100))  # a secret multiple of 100, four digits
+ARITHMETIC_INPUTS = tuple(range(10, 100))
+SPEC_KEYS = frozenset({
+    "kind", "task", "seed", "max_eval_samples", "max_length_per_example", "shot_pool",
+    "n_symbols", "sentence_words", "answer_bias",
+})  # fmt: skip
+# Training mappings vary their size around the datasets' so the models learn the formats in general.
 TRAINING_SYMBOLS = (4, 12)
 
 
@@ -90,10 +107,14 @@ class Kind:
 
 
 def _draw_recall_mapping(rng: np.random.Generator, options: dict) -> dict:
-    n_keys = options["n_symbols"]
-    keys = rng.choice(len(SOURCE_WORDS), size=n_keys, replace=False)
-    values = rng.integers(0, len(ANSWER_LETTERS), size=n_keys)
-    return {"table": {SOURCE_WORDS[k]: ANSWER_LETTERS[v] for k, v in zip(keys.tolist(), values.tolist())}}
+    keys = rng.choice(len(KEY_LETTERS), size=options["n_symbols"], replace=False).tolist()
+    bias = ANSWER_LETTERS[int(rng.integers(len(ANSWER_LETTERS)))]
+    others = [letter for letter in ANSWER_LETTERS if letter != bias]
+    table = {}
+    for key in keys:
+        biased = rng.random() < options["answer_bias"]
+        table[KEY_LETTERS[key]] = bias if biased else others[int(rng.integers(len(others)))]
+    return {"table": table, "bias": bias}
 
 
 def _draw_recall_example(mapping: dict, rng: np.random.Generator) -> tuple[str, str]:
@@ -103,31 +124,32 @@ def _draw_recall_example(mapping: dict, rng: np.random.Generator) -> tuple[str, 
 
 
 def _draw_arithmetic_mapping(rng: np.random.Generator, options: dict) -> dict:
-    return {
-        "a": int(ARITHMETIC_SLOPES[int(rng.integers(len(ARITHMETIC_SLOPES)))]),
-        "b": int(ARITHMETIC_OFFSETS[int(rng.integers(len(ARITHMETIC_OFFSETS)))]),
-    }
+    return {"offset": int(ARITHMETIC_OFFSETS[int(rng.integers(len(ARITHMETIC_OFFSETS)))])}
 
 
 def _draw_arithmetic_example(mapping: dict, rng: np.random.Generator) -> tuple[str, str]:
     x = int(ARITHMETIC_INPUTS[int(rng.integers(len(ARITHMETIC_INPUTS)))])
-    return str(x), str(mapping["a"] * x + mapping["b"])
+    return str(x), str(x + mapping["offset"])
 
 
 def _draw_cipher_mapping(rng: np.random.Generator, options: dict) -> dict:
-    n_words = options["n_symbols"]
-    sources = rng.choice(len(SOURCE_WORDS), size=n_words, replace=False)
-    targets = rng.choice(len(TARGET_WORDS), size=n_words, replace=False)
-    return {
-        "cipher": {SOURCE_WORDS[s]: TARGET_WORDS[t] for s, t in zip(sources.tolist(), targets.tolist())},
-        "sentence_words": options["sentence_words"],
-    }
+    words = set()
+    while len(words) < options["n_symbols"]:
+        first, second = rng.integers(len(KEY_LETTERS), size=2).tolist()
+        words.add(KEY_LETTERS[first] + KEY_LETTERS[second])
+    ending = string.ascii_uppercase[int(rng.integers(26))]
+    return {"vocabulary": sorted(words), "ending": ending, "sentence_words": options["sentence_words"]}
+
+
+def translate_word(word: str, ending: str) -> str:
+    """The cipher's rule: the word's first letter capitalised, then the dataset's secret ending."""
+    return word[0].upper() + ending
 
 
 def _draw_cipher_example(mapping: dict, rng: np.random.Generator) -> tuple[str, str]:
-    vocabulary = sorted(mapping["cipher"])
+    vocabulary = mapping["vocabulary"]
     words = [vocabulary[i] for i in rng.integers(len(vocabulary), size=mapping["sentence_words"]).tolist()]
-    return " ".join(words), " ".join(mapping["cipher"][w] for w in words)
+    return " ".join(words), " ".join(translate_word(w, mapping["ending"]) for w in words)
 
 
 KINDS: dict[str, Kind] = {
@@ -151,8 +173,8 @@ KINDS: dict[str, Kind] = {
             metric="math_equiv",
             draw_mapping=_draw_arithmetic_mapping,
             draw_example=_draw_arithmetic_example,
-            # " 55" plus one more token, so a truncated longer number cannot pass for a right one
-            max_new_tokens=lambda options: 1 + len(str(max(ARITHMETIC_SLOPES) * 9 + max(ARITHMETIC_OFFSETS))) + 1,
+            # " 3547" plus one token, so that a longer (wrong) number is never cut to a right one
+            max_new_tokens=lambda options: 1 + len(str(max(ARITHMETIC_OFFSETS) + max(ARITHMETIC_INPUTS))) + 1,
         ),
         Kind(
             name="cipher",
@@ -162,8 +184,8 @@ KINDS: dict[str, Kind] = {
             metric="bleu_4",
             draw_mapping=_draw_cipher_mapping,
             draw_example=_draw_cipher_example,
-            # " W W W W W W" (2 characters a word) plus one, so an over-long output is seen and penalised
-            max_new_tokens=lambda options: 2 * options["sentence_words"] + 1,
+            # " KZ MZ PZ RZ SZ" (3 characters a word) plus one, so an over-long output is seen and penalised
+            max_new_tokens=lambda options: 3 * options["sentence_words"] + 1,
         ),
     )
 }
@@ -198,13 +220,14 @@ def draw_mapping(kind: Kind, rng: np.random.Generator, options: dict, purpose: s
 def _options(kind: Kind, spec: dict) -> dict:
     n_symbols = int(spec.get("n_symbols", DEFAULT_SYMBOLS))
     sentence_words = int(spec.get("sentence_words", DEFAULT_SENTENCE_WORDS))
-    if kind.name != "arithmetic" and not 2 <= n_symbols <= len(TARGET_WORDS):
-        raise UserError(f"n_symbols must be between 2 and {len(TARGET_WORDS)}, got {n_symbols}")
-    if kind.name == "recall" and n_symbols > len(SOURCE_WORDS):
-        raise UserError(f"n_symbols must be at most {len(SOURCE_WORDS)} for recall")
-    if kind.name == "cipher" and sentence_words < 4:
+    answer_bias = float(spec.get("answer_bias", DEFAULT_ANSWER_BIAS))
+    if not 2 <= n_symbols <= len(KEY_LETTERS):
+        raise UserError(f"n_symbols must be between 2 and {len(KEY_LETTERS)}, got {n_symbols}")
+    if sentence_words < 4:
         raise UserError(f"sentence_words must be at least 4 so that BLEU-4 has a 4-gram, got {sentence_words}")
-    return {"n_symbols": n_symbols, "sentence_words": sentence_words}
+    if not 0 <= answer_bias <= 1:
+        raise UserError(f"answer_bias must be a probability, got {answer_bias}")
+    return {"n_symbols": n_symbols, "sentence_words": sentence_words, "answer_bias": answer_bias}
 
 
 def dataset_rng(seed: int, dataset: str) -> np.random.Generator:
@@ -235,6 +258,10 @@ def generate(dataset: str, spec: dict, tokenizer=None) -> SyntheticDataset:
         raise UserError(
             f"dataset {dataset}: kind {kind.name} belongs to task {kind.category}, not {spec['task']!r}"
         )
+    unknown = sorted(set(spec) - SPEC_KEYS)
+    if unknown:
+        known = ", ".join(sorted(SPEC_KEYS))
+        raise UserError(f"unknown key {unknown[0]!r} in the synthetic spec of {dataset} (known: {known})")
     options = _options(kind, spec)
     seed = int(spec.get("seed", 31337))
     n_test = int(spec.get("max_eval_samples", 48))
@@ -266,7 +293,10 @@ def generate(dataset: str, spec: dict, tokenizer=None) -> SyntheticDataset:
         )
 
     shots = [{"input": i, "reference": r} for i, r in draw_rows(shot_rng, pool_size)]
-    test = [{"id": f"{dataset}-{n:04d}", "input": i, "reference": r} for n, (i, r) in enumerate(draw_rows(test_rng, n_test))]
+    test = [
+        {"id": f"{dataset}-{n:04d}", "input": i, "reference": r}
+        for n, (i, r) in enumerate(draw_rows(test_rng, n_test))
+    ]
     stop = [SEPARATOR] + ([kind.prefix] if kind.prefix else [])
     manifest = {
         "dataset": dataset,
@@ -289,29 +319,34 @@ def generate(dataset: str, spec: dict, tokenizer=None) -> SyntheticDataset:
     return SyntheticDataset(dataset, kind, mapping, shots, test, manifest)
 
 
-def training_text(kind: Kind, rng: np.random.Generator, min_chars: int, options: dict | None = None) -> str:
-    """One training sequence: shots of a fresh *training-half* mapping until at least ``min_chars`` long.
+def training_episode(kind: Kind, rng: np.random.Generator, min_chars: int) -> tuple[str, dict]:
+    """One training text and its mapping: shots of a fresh *training-half* mapping, at least ``min_chars`` long.
 
-    The mapping size varies (``TRAINING_SYMBOLS``) so the model learns in-context recall in general rather
-    than one size; sentence length stays the datasets' (the prompt format is fixed).
+    The mapping size varies over ``TRAINING_SYMBOLS`` so the models learn the task in general rather than
+    one size; the prompt format and sentence length are the datasets' defaults.
     """
-    options = dict(options or {})
-    options.setdefault("sentence_words", DEFAULT_SENTENCE_WORDS)
-    options["n_symbols"] = int(rng.integers(TRAINING_SYMBOLS[0], TRAINING_SYMBOLS[1] + 1))
+    options = {
+        "sentence_words": DEFAULT_SENTENCE_WORDS,
+        "answer_bias": DEFAULT_ANSWER_BIAS,
+        "n_symbols": int(rng.integers(TRAINING_SYMBOLS[0], TRAINING_SYMBOLS[1] + 1)),
+    }
     mapping = draw_mapping(kind, rng, options, "training")
     pieces, length = [], 0
     while length < min_chars:
         piece = kind.format_shot(*kind.draw_example(mapping, rng))
         pieces.append(piece)
         length += len(piece)
-    return "".join(pieces)
+    return "".join(pieces), mapping
 
 
-def write(dataset: SyntheticDataset, out_dir: Path, tokenizer_dir: str | None) -> None:
+def write(dataset: SyntheticDataset, out_dir: Path, tokenizer=None) -> Path:
+    """Write the prepared-data files (docs/architecture.md) through :func:`ctxscale.datasets.write_prepared`."""
     from ctxscale.datasets import write_prepared
 
-    manifest = dict(dataset.manifest)
-    write_prepared(out_dir, shots=dataset.shots, test=dataset.test, manifest=manifest, tokenizer=tokenizer_dir)
+    info = None
+    if tokenizer is not None:
+        info = {"name": tokenizer.name_or_path or None, "class": type(tokenizer).__name__, "vocab_size": len(tokenizer)}
+    return write_prepared(out_dir, shots=dataset.shots, test=dataset.test, manifest=dataset.manifest, tokenizer=info)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
 
             tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         dataset = generate(args.dataset, spec, tokenizer)
-        write(dataset, Path(args.out), args.tokenizer)
+        write(dataset, Path(args.out), tokenizer)
         log.info(
             "wrote %s (%s, %s): %d shots, %d test instances to %s",
             args.dataset, dataset.kind.name, dataset.kind.category, len(dataset.shots), len(dataset.test), args.out,
