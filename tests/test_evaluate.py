@@ -365,3 +365,19 @@ def test_model_fingerprint_is_content_based(workspace, tmp_path, monkeypatch):
     assert ev.model_fingerprint(copy) != sampled
     with pytest.raises(UserError, match="no config.json"):
         ev.model_fingerprint(tmp_path)
+
+
+def test_fingerprint_ignores_training_metadata(tmp_path):
+    """A bit-identical retrain (different wall time in ctxscale_training.json) keeps the evaluation cache."""
+    import json as _json
+
+    from ctxscale.evaluate import model_fingerprint
+
+    (tmp_path / "config.json").write_text(_json.dumps({"model_type": "llama"}))
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "ctxscale_training.json").write_text(_json.dumps({"seconds": 1.0}))
+    before = model_fingerprint(tmp_path)
+    (tmp_path / "ctxscale_training.json").write_text(_json.dumps({"seconds": 2.0}))
+    assert model_fingerprint(tmp_path) == before
+    (tmp_path / "model.safetensors").write_bytes(b"weightz")
+    assert model_fingerprint(tmp_path) != before

@@ -331,7 +331,10 @@ def test_miniature_through_slurm_matches_local_run_and_survives_a_failed_job(
 @pytest.mark.slurm
 def test_unedited_site_placeholders_stop_the_run_at_the_first_submission(slurm_cluster: SlurmCluster, tmp_path: Path):
     env = _environment(tmp_path / "cache", base=slurm_cluster.env)
-    run = _snakemake(tmp_path / "work", _reduced_config(tmp_path), "--profile", str(PROFILE), env=env, timeout=180)
+    run = _snakemake(
+        tmp_path / "work", _reduced_config(tmp_path), "--profile", str(PROFILE),
+        "--slurm-init-seconds-before-status-checks", "4", env=env, timeout=180,
+    )
     output = run.stdout + run.stderr
     assert run.returncode != 0
     assert "sbatch: error: invalid partition specified: <cpu-partition>" in output

@@ -222,8 +222,14 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Files in a checkpoint folder that describe how it was made rather than what it computes (training wall time
+# changes from run to run): left out of the fingerprint so an identical retrain still hits the cache.
+FINGERPRINT_IGNORED = {"ctxscale_training.json"}
+
+
 def model_fingerprint(model_dir: str | Path) -> str:
-    """Content fingerprint of a checkpoint folder (see module doc); hidden folders such as ``.cache`` are skipped."""
+    """Content fingerprint of a checkpoint folder (see module doc); hidden folders such as ``.cache`` and
+    :data:`FINGERPRINT_IGNORED` metadata are skipped."""
     root = Path(model_dir)
     if not (root / "config.json").is_file():
         raise UserError(f"model directory {root} has no config.json (not a Hugging Face checkpoint)")
@@ -231,6 +237,8 @@ def model_fingerprint(model_dir: str | Path) -> str:
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
         if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        if relative.as_posix() in FINGERPRINT_IGNORED:
             continue
         entries.append([relative.as_posix(), path.stat().st_size, _file_digest(path)])
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
