@@ -58,8 +58,12 @@ def demo_config() -> dict:
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
-    """Run the miniature from scratch, then write the HTML report."""
-    workdir = tmp_path_factory.mktemp("demo")
+    """Run the miniature from scratch, then write the HTML report.
+
+    CTXSCALE_DEMO_WORKDIR=DIR runs it in DIR instead (a finished run there is only brought up to date), for
+    iterating on these tests without retraining."""
+    reuse = os.environ.get("CTXSCALE_DEMO_WORKDIR")
+    workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("demo")
     start = time.monotonic()
     result = snakemake(workdir)
     elapsed = time.monotonic() - start

@@ -1,6 +1,7 @@
 # Helpers shared by the rules: config validation, the model/dataset/experiment sets, and the narrow
 # config views each rule receives as params (so an edit reruns only what it affects).
 import json
+import os
 import re
 import sys
 
@@ -219,13 +220,18 @@ def figure_names():
     return names
 
 
+def caption_file(name):
+    # absolute: report() resolves relative captions against whichever Snakefile calls this function
+    return os.path.join(workflow.basedir, "workflow", "report", f"{name}.rst")
+
+
 def figure_outputs():
     outputs = []
     for name in figure_names():
         for fmt in config["figures"]["formats"]:
             path = f"results/figures/{name}.{fmt}"
             if fmt == "png":
-                path = report(path, caption=f"../report/{name}.rst", category="Figures")
+                path = report(path, caption=caption_file(name), category="Figures")
             outputs.append(path)
     return outputs
 
@@ -233,7 +239,7 @@ def figure_outputs():
 def table_outputs():
     outputs = []
     for name in TABLE_NAMES:
-        outputs.append(report(f"results/tables/{name}.csv", caption=f"../report/{name}.rst", category="Tables"))
+        outputs.append(report(f"results/tables/{name}.csv", caption=caption_file(name), category="Tables"))
         outputs.append(f"results/tables/{name}.md")
     return outputs
 
