@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from workflow_util import job_counts
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
@@ -33,21 +33,6 @@ def snakemake(workdir: Path, *args: str, configfile: Path = DEMO_CONFIG, timeout
          "--configfile", str(configfile), "--workflow-profile", "none", "--cores", "2", *args],
         capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env,
     )
-
-
-def job_counts(output: str) -> dict[str, int]:
-    if "Job stats:" not in output:
-        return {}
-    counts = {}
-    for line in output.split("Job stats:", 1)[1].splitlines()[3:]:
-        match = re.match(r"^(\S+)\s+(\d+)$", line.strip())
-        if not match:
-            if counts:
-                break
-            continue
-        counts[match.group(1)] = int(match.group(2))
-    counts.pop("total", None)
-    return counts
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,13 @@ the effect of enabling a model group, config errors at start, lint, and the SLUR
 from __future__ import annotations
 
 import copy
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from workflow_util import job_counts
 
 from ctxscale import config as ctxconfig
 
@@ -28,21 +28,6 @@ def dry_run(tmp_path: Path, config: dict, *extra: str) -> tuple[int, str]:
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )
     return result.returncode, result.stdout + result.stderr
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Parse Snakemake's 'Job stats' table."""
-    table = output.split("Job stats:", 1)[1]
-    counts = {}
-    for line in table.splitlines()[3:]:
-        match = re.match(r"^(\S+)\s+(\d+)$", line.strip())
-        if not match:
-            if counts:
-                break
-            continue
-        counts[match.group(1)] = int(match.group(2))
-    counts.pop("total", None)
-    return counts
 
 
 def expected_counts(config: dict) -> dict[str, int]:

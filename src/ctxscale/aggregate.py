@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctxscale.errors import UserError
+from ctxscale.errors import UserError, cli_main, setup_logging
 from ctxscale.observations import OBSERVATION_COLUMNS, task_cells, validate_observations
 
 log = logging.getLogger("ctxscale.aggregate")
@@ -214,16 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
-    )
-    try:
-        aggregate(args.eval_files, args.model_info, args.out_datasets, args.out_tasks)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
+    setup_logging(args.log_level)
+    aggregate(args.eval_files, args.model_info, args.out_datasets, args.out_tasks)
     return 0
 
 

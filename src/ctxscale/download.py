@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ctxscale.errors import UserError
+from ctxscale.errors import UserError, cli_main, setup_logging
 
 log = logging.getLogger("ctxscale.download")
 
@@ -92,6 +92,7 @@ def download(repo_id: str, revision: str, out: Path, *, attempts: int = 4, backo
     return out
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ctxscale.download", description=__doc__.splitlines()[0])
     parser.add_argument("--repo-id", required=True, help="Hugging Face repository, ORG/NAME")
@@ -99,12 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="destination folder")
     parser.add_argument("--attempts", type=int, default=4, help="tries for transient network errors")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        download(args.repo_id, args.revision, args.out, attempts=args.attempts)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
+    setup_logging()
+    download(args.repo_id, args.revision, args.out, attempts=args.attempts)
     return 0
 
 

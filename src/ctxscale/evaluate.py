@@ -77,7 +77,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ctxscale.datasets import build_prompt
-from ctxscale.errors import UserError
+from ctxscale.errors import UserError, cli_main, setup_logging
 from ctxscale.tasks import TASK_FORMAT_VERSION, TaskData, load_task_data, write_task
 
 log = logging.getLogger("ctxscale.evaluate")
@@ -825,24 +825,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+    setup_logging(args.log_level)
+    evaluate(
+        model_dir=args.model_dir,
+        model_name=args.model_name,
+        data_dir=args.data_dir,
+        shots=args.shots,
+        out_dir=args.out_dir,
+        cache_dir=args.cache_dir,
+        settings=_parse_settings(args.settings),
     )
-    try:
-        evaluate(
-            model_dir=args.model_dir,
-            model_name=args.model_name,
-            data_dir=args.data_dir,
-            shots=args.shots,
-            out_dir=args.out_dir,
-            cache_dir=args.cache_dir,
-            settings=_parse_settings(args.settings),
-        )
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
     return 0
 
 
