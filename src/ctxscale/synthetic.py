@@ -68,7 +68,7 @@ from typing import Callable
 
 import numpy as np
 
-from ctxscale.errors import UserError
+from ctxscale.errors import UserError, cli_main, setup_logging
 
 log = logging.getLogger("ctxscale.synthetic")
 
@@ -349,6 +349,7 @@ def write(dataset: SyntheticDataset, out_dir: Path, tokenizer=None) -> Path:
     return write_prepared(out_dir, shots=dataset.shots, test=dataset.test, manifest=dataset.manifest, tokenizer=info)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ctxscale.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, help="dataset name (with the seed, fixes the mapping)")
@@ -356,28 +357,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", help="tokenizer directory, for the length filter and the manifest")
     parser.add_argument("--out", required=True, help="output directory (prepared-data format)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     try:
-        try:
-            spec = json.loads(args.spec)
-        except json.JSONDecodeError as error:
-            raise UserError(f"--spec is not valid JSON ({error.msg})") from None
-        tokenizer = None
-        if args.tokenizer:
-            if not Path(args.tokenizer).is_dir():
-                raise UserError(f"tokenizer directory {args.tokenizer} does not exist")
-            from transformers import AutoTokenizer
+        spec = json.loads(args.spec)
+    except json.JSONDecodeError as error:
+        raise UserError(f"--spec is not valid JSON ({error.msg})") from None
+    tokenizer = None
+    if args.tokenizer:
+        if not Path(args.tokenizer).is_dir():
+            raise UserError(f"tokenizer directory {args.tokenizer} does not exist")
+        from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        dataset = generate(args.dataset, spec, tokenizer)
-        write(dataset, Path(args.out), tokenizer)
-        log.info(
-            "wrote %s (%s, %s): %d shots, %d test instances to %s",
-            args.dataset, dataset.kind.name, dataset.kind.category, len(dataset.shots), len(dataset.test), args.out,
-        )
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    dataset = generate(args.dataset, spec, tokenizer)
+    write(dataset, Path(args.out), tokenizer)
+    log.info(
+        "wrote %s (%s, %s): %d shots, %d test instances to %s",
+        args.dataset, dataset.kind.name, dataset.kind.category, len(dataset.shots), len(dataset.test), args.out,
+    )
     return 0
 
 

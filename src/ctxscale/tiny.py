@@ -63,7 +63,7 @@ import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from ctxscale import synthetic
-from ctxscale.errors import UserError
+from ctxscale.errors import UserError, cli_main, setup_logging
 
 log = logging.getLogger("ctxscale.tiny")
 
@@ -441,6 +441,7 @@ def _load_tokenizer(directory: str | None):
     return transformers.AutoTokenizer.from_pretrained(directory)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ctxscale.tiny", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -457,25 +458,21 @@ def main(argv: list[str] | None = None) -> int:
     extend_cmd.add_argument("--threads", type=int, default=1)
     extend_cmd.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     transformers.logging.set_verbosity_error()
-    try:
-        if args.command == "tokenizer":
-            build_tokenizer().save_pretrained(args.out)
-            log.info("saved the character tokenizer to %s", args.out)
-            return 0
-        if args.command == "train":
-            model, tokenizer, info = train(_parse_spec(args.spec), _load_tokenizer(args.tokenizer), args.threads)
-        else:
-            if not Path(args.base).is_dir():
-                raise UserError(f"base checkpoint {args.base} does not exist")
-            model, tokenizer, info = extend(args.base, _parse_spec(args.spec), args.threads)
-        save_checkpoint(model, tokenizer, args.out, info)
-        log.info("saved %s (%d tokens in %.1f s, final loss %.4f)", args.out,
-                 info["pretrain_tokens"] + info["extension_tokens"], info["seconds"], info["losses"][-1])
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.command == "tokenizer":
+        build_tokenizer().save_pretrained(args.out)
+        log.info("saved the character tokenizer to %s", args.out)
+        return 0
+    if args.command == "train":
+        model, tokenizer, info = train(_parse_spec(args.spec), _load_tokenizer(args.tokenizer), args.threads)
+    else:
+        if not Path(args.base).is_dir():
+            raise UserError(f"base checkpoint {args.base} does not exist")
+        model, tokenizer, info = extend(args.base, _parse_spec(args.spec), args.threads)
+    save_checkpoint(model, tokenizer, args.out, info)
+    log.info("saved %s (%d tokens in %.1f s, final loss %.4f)", args.out,
+             info["pretrain_tokens"] + info["extension_tokens"], info["seconds"], info["losses"][-1])
     return 0
 
 
