@@ -24,7 +24,6 @@ Decisions where the paper is silent:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctxscale.errors import UserError, cli_main, setup_logging
+from ctxscale.errors import UserError, cli_main, read_json_object, setup_logging
 from ctxscale.observations import OBSERVATION_COLUMNS, task_cells, validate_observations
 
 log = logging.getLogger("ctxscale.aggregate")
@@ -60,22 +59,12 @@ def find_result_files(paths: list[str | Path]) -> list[Path]:
     return unique
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise UserError(f"cannot read {what} {path}: {error}") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{what} {path} is not a JSON object")
-    return value
-
-
 def read_model_info(paths: list[str | Path]) -> dict[str, dict]:
     """Model name → model info (``n_ctx``, ``compute``); the name is the file's ``model`` field or its stem."""
     infos: dict[str, dict] = {}
     for given in paths:
         path = Path(given)
-        info = _read_json(path, "model info file")
+        info = read_json_object(path, "model info file")
         name = info.get("model", path.stem)
         for field in ("n_ctx", "compute"):
             value = info.get(field)
@@ -88,7 +77,7 @@ def read_model_info(paths: list[str | Path]) -> dict[str, dict]:
 
 
 def read_result(path: Path) -> dict:
-    result = _read_json(path, "evaluation result")
+    result = read_json_object(path, "evaluation result")
     missing = [field for field in RESULT_FIELDS if field not in result]
     if missing:
         raise UserError(f"evaluation result {path} lacks {', '.join(missing)}")

@@ -9,10 +9,7 @@ lm-eval) load only for the steps that need them. To add a step, add one line to 
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
-
-from ctxscale.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "fit": ("ctxscale.experiments", "fit_main", "fit the law to an observations table (one task, one experiment)"),
@@ -25,23 +22,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 def register(name: str, module: str, function: str = "main", help: str = "") -> None:
     """Add (or replace) a subcommand."""
     COMMANDS[name] = (module, function, help)
-
-
-def setup_logging(verbosity: int = 0) -> None:
-    """Progress goes to stderr; -v for debug details, -q for warnings only."""
-    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    logging.getLogger().setLevel(level)
-
-
-def handle_user_errors(body) -> int:
-    """Run ``body()``; a :class:`UserError` becomes ``error: <message>`` on stderr and exit code 2."""
-    try:
-        return int(body() or 0)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return UserError.exit_code
 
 
 def _usage() -> str:

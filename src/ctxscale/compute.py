@@ -239,7 +239,7 @@ def model_info(model: str, spec: dict, checkpoint=None) -> dict:
 
 def model_info_main(argv=None) -> int:
     """``python -m ctxscale.compute model-info --model NAME --spec JSON [--checkpoint DIR] --out PATH``."""
-    from ctxscale.cli import handle_user_errors, setup_logging
+    from ctxscale.errors import handle_user_errors, parse_json_option, setup_logging
     from ctxscale.fitting import write_json_atomic
 
     parser = argparse.ArgumentParser(prog="ctxscale model-info", description="Write a model-info JSON (N, D, C).")
@@ -251,10 +251,7 @@ def model_info_main(argv=None) -> int:
     setup_logging()
 
     def body():
-        try:
-            spec = json.loads(args.spec)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"--spec is not valid JSON ({exc})") from None
+        spec = parse_json_option(args.spec, "--spec")
         info = model_info(args.model, spec, args.checkpoint)
         write_json_atomic(args.out, info)
         log.info("%s: N = %s, D = %.4g, C = %.4e", args.model, f"{info['non_embedding_params']:,}",
@@ -266,7 +263,7 @@ def model_info_main(argv=None) -> int:
 
 def table1_main(argv=None) -> int:
     """``ctxscale table1 CONFIG.yaml``: print Table 1 for the config's (enabled) models."""
-    from ctxscale.cli import handle_user_errors
+    from ctxscale.errors import handle_user_errors
 
     parser = argparse.ArgumentParser(prog="ctxscale table1", description="Print Table 1 (N, D, C = 6ND).")
     parser.add_argument("config", help="workflow config (YAML)")

@@ -77,7 +77,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ctxscale.datasets import build_prompt
-from ctxscale.errors import UserError, cli_main, setup_logging
+from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
 from ctxscale.tasks import TASK_FORMAT_VERSION, TaskData, load_task_data, write_task
 
 log = logging.getLogger("ctxscale.evaluate")
@@ -800,10 +800,7 @@ def _copy_from_cache(cache: ResultCache, key: str, out_dir: Path, n_shots: int) 
 
 
 def _parse_settings(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UserError(f"--settings is not valid JSON ({error.msg})") from None
+    value = parse_json_option(text, "--settings")
     if not isinstance(value, dict):
         raise UserError("--settings must be a JSON object")
     return value

@@ -388,7 +388,7 @@ def summary(record: dict) -> str:
 
 def fit_main(argv=None) -> int:
     """``ctxscale fit OBS.csv --task TASK [...] --out FIT.json`` (``python -m ctxscale.experiments`` too)."""
-    from ctxscale.cli import handle_user_errors, setup_logging
+    from ctxscale.errors import handle_user_errors, setup_logging, verbosity_level
 
     parser = argparse.ArgumentParser(prog="ctxscale fit", description="Fit the context-aware law to one task.")
     parser.add_argument("observations", help="observations table (CSV or Parquet)")
@@ -419,7 +419,7 @@ def fit_main(argv=None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     args = parser.parse_args(argv)
-    setup_logging(-1 if args.quiet else 1 if args.verbose else 0)
+    setup_logging(verbosity_level(-1 if args.quiet else 1 if args.verbose else 0))
 
     def body():
         if args.seeds < 1:

@@ -45,7 +45,6 @@ Choices where the paper is silent (spec §7 marks these layouts INFERRED):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -66,7 +65,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import (FuncFormatter, LogLocator, MultipleLocator, NullFormatter,  # noqa: E402
                                NullLocator)
 
-from ctxscale.errors import UserError  # noqa: E402
+from ctxscale.errors import UserError, parse_json_option  # noqa: E402
 from ctxscale.tables import (format_flops, format_tokens, load_fits, load_model_info,  # noqa: E402
                              ordered_tasks, task_title)
 
@@ -114,10 +113,7 @@ class FigureSettings:
     def from_json(cls, text: str | None) -> "FigureSettings":
         if not text:
             return cls()
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"--settings is not valid JSON ({exc.msg} at character {exc.pos})") from None
+        values = parse_json_option(text, "--settings")
         if not isinstance(values, dict):
             raise UserError("--settings must be a JSON object (the config's figures section)")
         return cls.from_dict(values)
@@ -721,7 +717,7 @@ def render(inputs: FigureInputs, out_dir, settings: FigureSettings | None = None
 
 
 def main(argv=None) -> int:
-    from ctxscale.cli import handle_user_errors, setup_logging
+    from ctxscale.errors import handle_user_errors, setup_logging, verbosity_level
 
     parser = argparse.ArgumentParser(prog="python -m ctxscale.figures",
                                      description="Render the paper's figures from the observations and the fits.")
@@ -735,7 +731,7 @@ def main(argv=None) -> int:
                         help=f"render only this figure (repeatable): {', '.join(FIGURE_NAMES)}")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     args = parser.parse_args(argv)
-    setup_logging(-1 if args.quiet else 0)
+    setup_logging(verbosity_level(-1 if args.quiet else 0))
 
     def body():
         settings = FigureSettings.from_json(args.settings)

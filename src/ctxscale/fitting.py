@@ -57,7 +57,7 @@ import pandas as pd
 from scipy.optimize import differential_evolution, least_squares, minimize
 from scipy.special import expit
 
-from ctxscale.errors import UserError
+from ctxscale.errors import UserError, read_json_object
 from ctxscale.law import FITTED_WIDTH_LOG10_BOUNDS, LawSpec, context_penalty, paper_from_identifiable
 
 log = logging.getLogger(__name__)
@@ -566,16 +566,7 @@ class FitResult:
 
 
 def load_fit(path) -> FitResult:
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"fit file {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"fit file {path} is not valid JSON ({exc})") from None
-    if not isinstance(record, dict):
-        raise UserError(f"fit file {path} does not hold a JSON object")
-    return FitResult(record, str(path))
+    return FitResult(read_json_object(path, "fit file"), str(path))
 
 
 def write_json_atomic(path, record: dict) -> None:
@@ -619,7 +610,7 @@ def _positive_floats(name, values):
 
 def predict_main(argv=None) -> int:
     """``ctxscale predict FIT.json --compute C --n-pmt N --n-ctx K``: print P-hat (and its interval)."""
-    from ctxscale.cli import handle_user_errors
+    from ctxscale.errors import handle_user_errors
 
     parser = argparse.ArgumentParser(prog="ctxscale predict", description="Predict task performance from a saved fit.")
     parser.add_argument("fit", help="fit JSON written by `ctxscale fit`")

@@ -68,7 +68,7 @@ from typing import Callable
 
 import numpy as np
 
-from ctxscale.errors import UserError, cli_main, setup_logging
+from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
 
 log = logging.getLogger("ctxscale.synthetic")
 
@@ -358,10 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory (prepared-data format)")
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        spec = json.loads(args.spec)
-    except json.JSONDecodeError as error:
-        raise UserError(f"--spec is not valid JSON ({error.msg})") from None
+    spec = parse_json_option(args.spec, "--spec")
     tokenizer = None
     if args.tokenizer:
         if not Path(args.tokenizer).is_dir():

@@ -40,7 +40,6 @@ This module also holds the loaders shared with :mod:`ctxscale.figures` (fits, mo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -50,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctxscale.errors import UserError
+from ctxscale.errors import UserError, parse_json_option, read_json_object
 from ctxscale.experiments import EXPERIMENTS, regression_metrics
 
 log = logging.getLogger(__name__)
@@ -131,14 +130,8 @@ def load_model_info(paths) -> pd.DataFrame:
     """Model-info files (``results/models/{model}.json``) as a table indexed by model name."""
     records = []
     for path in paths or ():
-        path = Path(path)
-        try:
-            record = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"model-info file {path} does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"model-info file {path} is not valid JSON ({exc})") from None
-        if not isinstance(record, dict) or "model" not in record:
+        record = read_json_object(path, "model-info file")
+        if "model" not in record:
             raise UserError(f"model-info file {path} has no 'model' field")
         records.append({column: record.get(column) for column in MODEL_INFO_COLUMNS})
     frame = pd.DataFrame(records, columns=MODEL_INFO_COLUMNS)
@@ -523,17 +516,14 @@ def _read_config(args) -> dict:
         from ctxscale.config import load_config
 
         return load_config(args.config)
-    try:
-        config = json.loads(args.config_json)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--config-json is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    config = parse_json_option(args.config_json, "--config-json")
     if not isinstance(config, dict) or not isinstance(config.get("models"), dict):
         raise UserError("--config-json must be a JSON object with a 'models' mapping (the workflow config)")
     return config
 
 
 def main(argv=None) -> int:
-    from ctxscale.cli import handle_user_errors, setup_logging
+    from ctxscale.errors import handle_user_errors, setup_logging, verbosity_level
 
     parser = argparse.ArgumentParser(prog="python -m ctxscale.tables",
                                      description="Write the paper's tables (CSV and Markdown) from the fits.")
@@ -546,7 +536,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", required=True, help="where the tables go (results/tables)")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     args = parser.parse_args(argv)
-    setup_logging(-1 if args.quiet else 0)
+    setup_logging(verbosity_level(-1 if args.quiet else 0))
 
     def body():
         config = _read_config(args)

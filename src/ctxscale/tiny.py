@@ -63,7 +63,7 @@ import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from ctxscale import synthetic
-from ctxscale.errors import UserError, cli_main, setup_logging
+from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
 
 log = logging.getLogger("ctxscale.tiny")
 
@@ -427,10 +427,7 @@ def extend(base_dir, spec: dict, threads: int = 1):
 
 
 def _parse_spec(text: str) -> dict:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UserError(f"--spec is not valid JSON ({error.msg})") from None
+    return parse_json_option(text, "--spec")
 
 
 def _load_tokenizer(directory: str | None):
