@@ -7,6 +7,7 @@ import sys
 
 from ctxscale import config as ctxconfig
 from ctxscale.errors import UserError
+from ctxscale.tables import TABLE_NAMES
 
 try:
     ctxconfig.validate_config(config)
@@ -206,10 +207,6 @@ FIGURE_EXPERIMENTS = {
     "pi_vs_yarn": ["in-distribution"],
     "per_model": ["in-distribution"],
 }
-TABLE_NAMES = [
-    "table1", "parameters", "mae_in_distribution", "mae_heldout_context", "penalty_ablation",
-    "mae_heldout_compute", "mae_leave_one_model_out", "mae_summary",
-]
 
 
 def figure_names():
