@@ -46,10 +46,6 @@ def tiny_models():
     return [m for m in MODELS if model_spec(m)["source"] == "tiny"]
 
 
-def families():
-    return sorted({model_spec(m)["family"] for m in MODELS})
-
-
 def model_pattern(models):
     """A wildcard constraint matching exactly these model names (none: matches nothing)."""
     names = [re.escape(m) for m in models]
