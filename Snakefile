@@ -5,7 +5,12 @@ from snakemake.utils import min_version
 min_version("9.18")
 
 
-configfile: "config/demo.yaml"
+# The miniature is the default only when no --configfile is given: Snakemake would otherwise merge a
+# command-line config over this one (the paper would inherit the tiny models). Several --configfile files
+# given on purpose are merged in order, the later ones winning.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/demo.yaml"
 
 
 include: "workflow/rules/common.smk"

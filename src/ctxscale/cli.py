@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("ctxscale.fitting", "predict_main", "predict performance from a saved fit"),
     "table1": ("ctxscale.compute", "table1_main", "print the paper's Table 1 (N, D, C) for a workflow config"),
     "model-info": ("ctxscale.compute", "model_info_main", "write results/models/{model}.json for one model"),
+    "plan": ("ctxscale.plan", "main", "print the GPU plan (max_model_len, tensor parallel size, GPUs) of every evaluate job"),
+    "pin-revisions": ("ctxscale.download", "pin_main", "resolve the config's model revisions (branches) to commits"),
 }
 
 

@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import bisect
 import dataclasses
 import json
 import logging
@@ -567,6 +568,39 @@ def _token_counts(tokenizer, texts: Sequence[str], what: str) -> list[int]:
     return counts
 
 
+def prompt_token_profile(
+    tokenizer, shots: Sequence[Mapping[str, str]], test: Sequence[Mapping[str, str]],
+    prefix: str, suffix: str, separator: str,
+) -> dict[str, Any]:
+    """Token counts that bound every prompt length, for the GPU plan (:mod:`ctxscale.plan`).
+
+    ``shot_block[k]``: tokens of the first k shots as one block (the block tokenized once, cut at each
+    shot's end through the offset mapping, so merges inside the block count as lm-eval sees them);
+    ``max_query``: tokens of the longest ``(prefix + input + suffix).rstrip()``; ``bos``: tokens the
+    tokenizer adds in front (what the backends add). A prompt of k shots then has at most
+    ``bos + shot_block[k] + max_query`` tokens, up to merges at the one block/query boundary.
+    """
+    block, ends = "", []
+    for shot in shots:
+        block += prefix + shot["input"] + suffix + shot["reference"] + separator
+        ends.append(len(block))
+    counts = [0]
+    if block:
+        if getattr(tokenizer, "is_fast", False):
+            offsets = tokenizer(block, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            starts = [start for start, _ in offsets]
+            # tokens that start before a shot's end: a token straddling the boundary counts (upper bound)
+            counts += [bisect.bisect_left(starts, end) for end in ends]
+        else:  # slow tokenizers have no offsets: sum of the shots tokenized apart
+            per_shot = _token_counts(tokenizer, [block[a:b] for a, b in zip([0, *ends], ends)], "shots")
+            for n in per_shot:
+                counts.append(counts[-1] + n)
+    queries = [(prefix + row["input"] + suffix).rstrip() for row in test]
+    max_query = max(_token_counts(tokenizer, queries, "queries"), default=0)
+    bos = len(tokenizer("", add_special_tokens=True)["input_ids"])
+    return {"shot_block": counts, "max_query": max_query, "bos": bos}
+
+
 def _construct_all(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split_role: str) -> list[tuple[str, str]]:
     examples = []
     for i, row in enumerate(rows):
@@ -783,6 +817,7 @@ def prepare_dataset(
             "test_subset": "numpy.random.default_rng(seed).shuffle(filtered test pool)[:max_eval_samples], the same for every shot count",
         },
         "versions": _versions(),
+        "prompt_tokens": prompt_token_profile(tokenizer, shots, test, spec.prefix, spec.suffix, spec.separator),
     }  # fmt: skip
     out = write_prepared(out_dir, shots, test, manifest)
     log.info("%s: wrote %d shots and %d test examples to %s", spec.name, len(shots), len(test), out)

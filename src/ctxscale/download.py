@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -90,6 +91,85 @@ def download(repo_id: str, revision: str, out: Path, *, attempts: int = 4, backo
     os.replace(partial, out)
     log.info("done: %s", out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- pinning
+
+COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+_MODEL_LINE = re.compile(r"^  (?P<name>[A-Za-z0-9_.-]+):\s*(#.*)?$")
+_REVISION_LINE = re.compile(r"^(?P<indent>    )revision:\s*(?P<value>[^\s#]+)(?P<rest>\s*(#.*)?)$")
+
+
+def resolve_revision(repo_id: str, revision: str) -> str:
+    """The commit sha that ``revision`` (a branch or tag) of ``repo_id`` points to now."""
+    from huggingface_hub import HfApi
+
+    try:
+        sha = HfApi(token=os.environ.get("HF_TOKEN") or None).model_info(repo_id, revision=revision).sha
+    except Exception as error:  # noqa: BLE001 - hub errors are explained, anything else re-raised
+        message = _explain(error, repo_id, revision)
+        if message is None:
+            raise UserError(f"cannot resolve {repo_id}@{revision}: {str(error).splitlines()[0]}") from None
+        raise UserError(message) from None
+    if not sha or not COMMIT_SHA.match(sha):
+        raise UserError(f"the hub returned no commit for {repo_id}@{revision}")
+    return sha
+
+
+def pin_revisions(config_path: Path, *, write: bool) -> list[tuple[str, str, str]]:
+    """Resolve every hub model's branch/tag revision to its commit; with ``write``, edit the file in place.
+
+    Only the ``revision:`` lines change (comments and layout are kept). Returns (model, old, new) per change.
+    """
+    from ctxscale.config import load_config
+
+    config = load_config(config_path)
+    lines = config_path.read_text().splitlines(keepends=True)
+    changes, model, in_models = [], None, False
+    for i, line in enumerate(lines):
+        if re.match(r"^\S", line):
+            in_models, model = line.startswith("models:"), None
+            continue
+        match = _MODEL_LINE.match(line.rstrip("\n"))
+        if in_models and match:
+            model = match.group("name")
+            continue
+        match = _REVISION_LINE.match(line.rstrip("\n"))
+        if not (in_models and model and match):
+            continue
+        spec = config["models"].get(model, {})
+        current = match.group("value")
+        if spec.get("source") != "hf" or COMMIT_SHA.match(current):
+            continue
+        sha = resolve_revision(spec["repo_id"], current)
+        lines[i] = f"{match.group('indent')}revision: {sha}{match.group('rest')}\n"
+        changes.append((model, current, sha))
+    if write and changes:
+        tmp = config_path.with_name(f".{config_path.name}.tmp")
+        tmp.write_text("".join(lines))
+        os.replace(tmp, config_path)
+    return changes
+
+
+@cli_main
+def pin_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ctxscale pin-revisions",
+        description="Resolve every `revision: <branch or tag>` of the hub models in a workflow config to the "
+        "commit it points to now, so a rerun months later loads the same weights. Prints the changes; "
+        "--write edits the file in place (only the revision lines).",
+    )
+    parser.add_argument("config", type=Path, help="workflow config, e.g. config/config.yaml")
+    parser.add_argument("--write", action="store_true", help="write the commits into the file")
+    args = parser.parse_args(argv)
+    changes = pin_revisions(args.config, write=args.write)
+    for model, old, new in changes:
+        print(f"{model}: {old} -> {new}")
+    if not changes:
+        print(f"{args.config}: every hub model is already pinned to a commit")
+    elif not args.write:
+        print(f"(not written; rerun with --write to pin {len(changes)} revision(s) in {args.config})")
+    return 0
 
 
 @cli_main

@@ -818,14 +818,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", required=True, help="folder for shots_{k}.json and shots_{k}.samples.jsonl.gz")
     parser.add_argument("--cache-dir", required=True, help="content-addressed result cache (outside the outputs)")
     parser.add_argument("--settings", default="{}", help="JSON object of evaluation settings (see module doc)")
+    parser.add_argument(
+        "--plan",
+        help="JSON object of GPU-plan inputs (ctxscale.plan.planning_settings): max_length and tensor parallel "
+        "size are then planned for this job, and a job that cannot fit fails before loading",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
+
+
+def planned_settings(args: argparse.Namespace, settings: dict) -> dict:
+    """``settings`` with the job's planned ``max_length`` and ``tensor_parallel_size`` (ctxscale.plan)."""
+    from ctxscale import plan
+
+    plan_settings = parse_json_option(args.plan, "--plan")
+    if not isinstance(plan_settings, dict):
+        raise UserError("--plan must be a JSON object")
+    job = plan.plan_from_files(
+        model=args.model_name, checkpoint_dir=args.model_dir, data_dir=args.data_dir, shots=args.shots,
+        settings=plan_settings,
+    )  # fmt: skip
+    log.info("plan: %s", job.summary())
+    return {**settings, **job.settings_update()}
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    settings = _parse_settings(args.settings)
+    if args.plan:
+        settings = planned_settings(args, settings)
     evaluate(
         model_dir=args.model_dir,
         model_name=args.model_name,
@@ -833,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
         shots=args.shots,
         out_dir=args.out_dir,
         cache_dir=args.cache_dir,
-        settings=_parse_settings(args.settings),
+        settings=settings,
     )
     return 0
 

@@ -341,12 +341,15 @@ def training_episode(kind: Kind, rng: np.random.Generator, min_chars: int) -> tu
 
 def write(dataset: SyntheticDataset, out_dir: Path, tokenizer=None) -> Path:
     """Write the prepared-data files (docs/architecture.md) through :func:`ctxscale.datasets.write_prepared`."""
-    from ctxscale.datasets import write_prepared
+    from ctxscale.datasets import prompt_token_profile, write_prepared
 
-    info = None
+    info, manifest = None, dataset.manifest
     if tokenizer is not None:
         info = {"name": tokenizer.name_or_path or None, "class": type(tokenizer).__name__, "vocab_size": len(tokenizer)}
-    return write_prepared(out_dir, shots=dataset.shots, test=dataset.test, manifest=dataset.manifest, tokenizer=info)
+        profile = prompt_token_profile(tokenizer, dataset.shots, dataset.test, manifest["prefix"], manifest["suffix"],
+                                       manifest["separator"])  # fmt: skip
+        manifest = {**manifest, "prompt_tokens": profile}
+    return write_prepared(out_dir, shots=dataset.shots, test=dataset.test, manifest=manifest, tokenizer=info)
 
 
 @cli_main

@@ -6,6 +6,7 @@ import re
 import sys
 
 from ctxscale import config as ctxconfig
+from ctxscale import plan as ctxplan
 from ctxscale.errors import UserError
 from ctxscale.tables import TABLE_NAMES
 
@@ -127,8 +128,25 @@ def evaluation_threads():
     return config["evaluation"]["threads"]
 
 
-def evaluation_gpus(wildcards):
-    return config["evaluation"]["gpus"]
+# The GPU-plan inputs, read by the evaluate step. Formatted into its shell command (not params) because they
+# size the job, not its results: Snakemake compares the command template of shell jobs, so editing them reruns nothing.
+EVALUATION_PLAN = json.dumps(ctxplan.planning_settings(config), sort_keys=True)
+
+
+def evaluation_gpus(wildcards, input):
+    """GPUs of one evaluate job: the config's number, or (auto) the job's plan from its inputs (ctxscale.plan)."""
+    requested = config["evaluation"]["gpus"]
+    if requested != "auto":
+        return requested
+    model_dir, manifest = input.checkpoint, os.path.join(prepared_data_dir(wildcards), "manifest.json")
+    for path, needed in ((model_dir, os.path.join(model_dir, "config.json")), (manifest, manifest)):
+        if not os.path.exists(needed):
+            # an input not made yet: Snakemake marks the resource <TBD> and asks again when the job is ready
+            raise FileNotFoundError(2, "not yet created", str(path))
+    return ctxplan.plan_from_files(
+        model=wildcards.model, checkpoint_dir=model_dir, data_dir=prepared_data_dir(wildcards),
+        shots=SHOTS, settings=ctxplan.planning_settings(config),
+    ).gpus
 
 
 def evaluation_mem_mb(wildcards, attempt):

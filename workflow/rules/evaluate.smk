@@ -1,4 +1,6 @@
 # The GPU stage: one job per (model, dataset) loads the model once and evaluates every shot count.
+# Its GPUs, max_model_len and tensor parallelism come from the job's plan (ctxscale.plan, `ctxscale plan`);
+# on one machine, ctxscale.gpus gives each running job its own devices.
 # Finished shot counts are cached outside the outputs (resources/eval-cache), so a killed job resumes.
 
 
@@ -26,6 +28,7 @@ rule evaluate:
     conda:
         CONDA_ENV
     shell:
-        "python -m ctxscale.evaluate --model-dir {input.checkpoint} --model-name {wildcards.model}"
+        "python -m ctxscale.gpus --count {resources.gpu} --lock-dir resources/gpu-locks --"
+        " python -m ctxscale.evaluate --model-dir {input.checkpoint} --model-name {wildcards.model}"
         " --data-dir {params.data_dir} --shots {params.shots} --out-dir results/eval/{wildcards.model}/{wildcards.dataset}"
-        " --cache-dir resources/eval-cache --settings {params.settings:q} 2> {log}"
+        " --cache-dir resources/eval-cache --settings {params.settings:q} --plan {EVALUATION_PLAN:q} 2> {log}"
