@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from huggingface_hub import errors as hf_errors
 
 from ctxscale import download as dl
@@ -73,3 +74,55 @@ def test_offline_cli_gives_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot download meta-llama/Llama-2-7b-hf")
     assert "Traceback" not in result.stderr
+
+
+def test_pin_revisions_resolves_branches_to_commits_and_keeps_the_file(monkeypatch, tmp_path, capsys):
+    """Every hub model's `revision: main` becomes the commit the (mocked) hub reports; nothing else changes."""
+    import types
+
+    import huggingface_hub
+
+    repo_config = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+    config = tmp_path / "config.yaml"
+    config.write_text(repo_config.read_text())
+    asked = []
+
+    def model_info(self, repo_id, revision=None, **kwargs):
+        asked.append((repo_id, revision))
+        return types.SimpleNamespace(sha=f"{abs(hash(repo_id)) % 16**40:040x}")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    assert dl.pin_main([str(config)]) == 0  # without --write: print only
+    assert config.read_text() == repo_config.read_text()
+    assert dl.pin_main([str(config), "--write"]) == 0
+    out = capsys.readouterr().out
+    original, pinned = repo_config.read_text().splitlines(), config.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(original, pinned, strict=True) if a != b]
+    # every model of the paper config (all groups, enabled or not) that comes from the hub
+    models = yaml.safe_load(repo_config.read_text())["models"]
+    hub = {name: spec for name, spec in models.items() if spec["source"] == "hf" and spec["revision"] == "main"}
+    assert len(changed) == len(hub) > 0
+    assert all(a.strip() == "revision: main" and b.strip().startswith("revision: ") for a, b in changed)
+    for name, spec in yaml.safe_load(config.read_text())["models"].items():
+        if name in hub:
+            assert spec["revision"] == f"{abs(hash(spec['repo_id'])) % 16**40:040x}"
+            assert f"{name}: main -> {spec['revision']}" in out
+    assert {revision for _, revision in asked} == {"main"}
+    asked.clear()
+    assert dl.pin_main([str(config), "--write"]) == 0  # already pinned: no hub call
+    assert asked == [] and "already pinned" in capsys.readouterr().out
+
+
+def test_pin_revisions_hub_errors_are_one_line(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    config = tmp_path / "config.yaml"
+    config.write_text((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+
+    def fail(self, repo_id, revision=None, **kwargs):
+        raise _http_error(hf_errors.RepositoryNotFoundError)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", fail)
+    with pytest.raises(UserError, match="WangResearchLab/Llama-2-7b-hf was not found"):
+        dl.pin_revisions(config, write=True)
+    assert "revision: main" in config.read_text()

@@ -204,3 +204,26 @@ def test_plan_command_table_and_errors(tmp_path):
     assert bad.stderr.startswith("error: llama2-13b-4k on gsm does not fit") and bad.stderr.count("\n") == 1
     unknown = subprocess.run([*command, "--set", "gpu_ram=20"], capture_output=True, text=True, cwd=tmp_path)
     assert unknown.returncode == 2 and "expected KEY=VALUE" in unknown.stderr
+
+
+def test_evaluate_step_fails_before_loading_when_the_plan_cannot_fit(tmp_path):
+    checkpoint = tmp_path / "llama2-70b"
+    checkpoint.mkdir()
+    shutil.copy(CONFIGS / "Llama-2-70b-hf.json", checkpoint / "config.json")  # no weights: nothing could load
+    data = tmp_path / "data"
+    data.mkdir()
+    profile = {"shot_block": [0, 100], "max_query": 50, "bos": 1}  # 1 + 100 + 50 + 8 margin + 400 generated = 559
+    (data / "manifest.json").write_text(json.dumps({"dataset": "gsm", "max_new_tokens": 400, "prompt_tokens": profile}))
+    settings = json.dumps({"backend": "vllm", "dtype": "bfloat16", "max_length": 131072, "tensor_parallel_size": "auto"})
+    result = subprocess.run(
+        [sys.executable, "-m", "ctxscale.evaluate", "--model-dir", str(checkpoint), "--model-name", "llama2-70b",
+         "--data-dir", str(data), "--shots", "0", "1", "--out-dir", str(tmp_path / "out"), "--cache-dir",
+         str(tmp_path / "cache"), "--settings", settings, "--plan", "--gpu-memory-mib", str(80 * 1024),
+         "--max-gpus-per-job", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: llama2-70b on gsm does not fit: max_model_len 559 needs 132.6 GiB per GPU at tensor parallel 1"
+    )
+    assert not (tmp_path / "out").exists()

@@ -4,29 +4,35 @@ the effect of enabling a model group, config errors at start, lint, and the SLUR
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
+import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from workflow_util import job_counts
+from workflow_util import clone, job_counts, snakemake_in, user_environment
 
 from ctxscale import config as ctxconfig
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# An empty SLURM config: every SLURM command fails at once, so the dry runs below prove they need no cluster.
+NO_CLUSTER = {"SLURM_CONF": "/dev/null"}
 
 
-def dry_run(tmp_path: Path, config: dict, *extra: str) -> tuple[int, str]:
-    """Dry-run the workflow on ``config`` in an empty working directory; return (exit code, output)."""
-    config_file = tmp_path / "config.yaml"
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    result = subprocess.run(
-        [*SNAKEMAKE, "-n", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--configfile", str(config_file), "--workflow-profile", "none", "--cores", "2", *extra],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )
+@pytest.fixture(scope="module")
+def clone_dir(tmp_path_factory) -> Path:
+    """A fresh clone's root, where the README's commands are typed."""
+    return clone(tmp_path_factory.mktemp("clone"))
+
+
+def dry_run(clone_dir: Path, config: dict | None, *args: str) -> tuple[int, str]:
+    """``snakemake -n ARGS`` in the clone's root; with ``config``, it is written to config/test.yaml and given
+    as ``--configfile config/test.yaml`` (as a user passes their own)."""
+    if config is not None:
+        (clone_dir / "config" / "test.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        args = ("--configfile", "config/test.yaml", *args)
+    result = snakemake_in(clone_dir, "-n", *args, env=user_environment(**NO_CLUSTER))
     return result.returncode, result.stdout + result.stderr
 
 
@@ -34,7 +40,7 @@ def expected_counts(config: dict) -> dict[str, int]:
     """What the DAG must hold, derived from the config independently of the rules' helper code."""
     groups = config["model_groups"]
     models = [m for m, s in config["models"].items() if groups[s["group"]]["enabled"]]
-    hf = [m for m in models if config["models"][m]["source"] == "hf"]
+    source = {m: config["models"][m]["source"] for m in models}
     families = {config["models"][m]["family"] for m in models}
     from ctxscale.datasets import DEEPMIND_MATH_CONFIGS
 
@@ -43,21 +49,26 @@ def expected_counts(config: dict) -> dict[str, int]:
         for name in names:
             datasets += len(DEEPMIND_MATH_CONFIGS) if name == "deepmind-math" else 1
     experiments = [e for e, s in config["experiments"].items() if s.get("enabled", True)]
-    heldout_groups = config["experiments"]["held-out-compute"].get("holdout_groups", [])
-    if not any(config["models"][m]["group"] in heldout_groups for m in models):
+    heldout = config["experiments"]["held-out-compute"]
+    if not any(config["models"][m]["group"] in heldout.get("holdout_groups", []) or m in heldout.get(
+            "holdout_models", []) for m in models):  # fmt: skip
         experiments.remove("held-out-compute")
-    tasks = len(config["tasks"])
-    return {
-        "download_model": len(hf),
-        "prepare_dataset": len(families) * datasets,
+    tiny = [m for m in models if source[m] == "tiny"]
+    counts = {
+        "download_model": sum(source[m] == "hf" for m in models),
+        "tiny_tokenizer": len({config["models"][m]["family"] for m in tiny}),
+        "train_tiny_model": sum("extends" not in config["models"][m] for m in tiny),
+        "extend_tiny_model": sum("extends" in config["models"][m] for m in tiny),
+        "prepare_dataset" if config["data"]["source"] == "hf" else "synthesize_dataset": len(families) * datasets,
         "evaluate": len(models) * datasets,
         "model_info": len(models),
         "aggregate": 1,
-        "fit": len(experiments) * tasks,
+        "fit": len(experiments) * len(config["tasks"]),
         "figures": 1,
         "tables": 1,
         "all": 1,
     }
+    return {rule: n for rule, n in counts.items() if n}
 
 
 @pytest.fixture(scope="module")
@@ -66,23 +77,97 @@ def paper_config() -> dict:
         return yaml.safe_load(handle)
 
 
-def test_paper_dag_job_counts(tmp_path, paper_config):
-    code, output = dry_run(tmp_path, paper_config)
+def _paper_checks(code: int, output: str, paper_config: dict) -> None:
     assert code == 0, output[-3000:]
     counts = job_counts(output)
-    expected = expected_counts(paper_config)
-    assert counts == expected
-    # 12 Llama-2 checkpoints x (3 + 56 + 8 + 5) datasets, as the paper's configs give
-    assert counts["evaluate"] == 12 * 72
+    assert counts == expected_counts(paper_config)
+    # 12 Llama-2 checkpoints x (3 + 56 + 8 + 5) datasets, as the paper's configs give; no miniature job
+    assert counts["evaluate"] == 12 * 72 and sum(counts.values()) == 979
+    assert not {"tiny_tokenizer", "train_tiny_model", "extend_tiny_model", "synthesize_dataset"} & set(counts)
+    assert "tiny-" not in output
 
 
-def test_enabling_ood_adds_only_its_jobs(tmp_path, paper_config):
-    (tmp_path / "a").mkdir()
-    base = job_counts(dry_run(tmp_path / "a", paper_config)[1])
+def test_readme_paper_command_dry_runs_exactly_the_paper(clone_dir, paper_config):
+    """The README's workstation command, typed in a clone's root, with -n."""
+    _paper_checks(*dry_run(clone_dir, None, "--configfile", "config/config.yaml", "--workflow-profile",
+                           "workflow/profiles/default", "--cores", "16", "--resources", "gpu=4"), paper_config)  # fmt: skip
+
+
+def test_readme_slurm_command_dry_runs_exactly_the_paper(clone_dir, paper_config):
+    code, output = dry_run(clone_dir, None, "--configfile", "config/config.yaml", "--profile", "workflow/profiles/slurm")
+    assert "Using profile workflow/profiles/slurm" in output
+    _paper_checks(code, output, paper_config)
+
+
+def test_miniature_is_the_default_with_no_flags(clone_dir):
+    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    ctxconfig.validate_config(demo)
+    code, output = dry_run(clone_dir, None, "--workflow-profile", "workflow/profiles/default")
+    assert code == 0, output[-3000:]
+    counts = job_counts(output)
+    assert counts == expected_counts(demo) and sum(counts.values()) == 71
+    assert "llama2" not in output
+
+
+def test_several_configfiles_merge_in_order(clone_dir, paper_config):
+    """Combining on purpose: later --configfile files override earlier ones (README)."""
+    (clone_dir / "config" / "ood-on.yaml").write_text("model_groups:\n  ood: {enabled: true}\n")
+    code, output = dry_run(clone_dir, None, "--configfile", "config/config.yaml", "config/ood-on.yaml")
+    assert code == 0, output[-3000:]
     config = copy.deepcopy(paper_config)
     config["model_groups"]["ood"]["enabled"] = True
-    (tmp_path / "b").mkdir()
-    code, output = dry_run(tmp_path / "b", config)
+    assert job_counts(output) == expected_counts(config)
+
+
+def _stand_in_inputs(root: Path) -> None:
+    """Two downloaded checkpoints (config.json only) and one prepared dataset with a token profile."""
+    configs = REPO / "tests" / "data" / "model-configs"
+    for model, source in (("llama2-7b-4k", "Llama-2-7b-hf"), ("llama2-13b-64k", "Llama-2-13b-hf")):
+        (root / "resources" / "models" / model).mkdir(parents=True, exist_ok=True)
+        shutil.copy(configs / f"{source}.json", root / "resources" / "models" / model / "config.json")
+    data = root / "resources" / "data" / "llama2" / "gsm"
+    data.mkdir(parents=True, exist_ok=True)
+    # 130 tokens a shot: the 511-shot prompt has 1 + 66,430 + 200 + 8 tokens; max_model_len 67,039 with 400 generated
+    profile = {"shot_block": [130 * k for k in range(1025)], "max_query": 200, "bos": 1}
+    shots = "".join(json.dumps({"input": f"q{i}", "reference": "a"}) + "\n" for i in range(1024))
+    (data / "shots.jsonl").write_text(shots)
+    (data / "test.jsonl").write_text(json.dumps({"id": "0", "input": "q", "reference": "a"}) + "\n")
+    (data / "manifest.json").write_text(json.dumps({"dataset": "gsm", "max_new_tokens": 400, "prompt_tokens": profile}))
+
+
+def _evaluate_resources(output: str) -> dict[str, str]:
+    """wildcards -> the resources line of each planned evaluate job."""
+    found = {}
+    for block in output.split("rule evaluate:")[1:]:
+        wildcards = re.search(r"wildcards: (.*)", block).group(1)
+        found[wildcards] = re.search(r"resources: (.*)", block).group(1)
+    return found
+
+
+def test_evaluate_jobs_request_exactly_their_planned_gpus(tmp_path, paper_config):
+    """With a job's inputs on disk the gpu resource is its plan's; without them Snakemake waits (<TBD>)."""
+    root = clone(tmp_path / "clone")
+    _stand_in_inputs(root)
+    code, output = dry_run(root, None, "--configfile", "config/config.yaml")
+    assert code == 0, output[-3000:]
+    resources = _evaluate_resources(output)
+    assert len(resources) == 864
+    # 13B at 67,039 tokens: 24.24 + 51.1 KV + 4 > 71.64 GiB on one 80 GB GPU; 7B: 12.55 + 32.7 + 4 fits one
+    assert "gpu=2" in resources["model=llama2-13b-64k, dataset=gsm"].split(", ")
+    assert "gpu=1" in resources["model=llama2-7b-4k, dataset=gsm"].split(", ")
+    assert "gpu=<TBD>" in resources["model=llama2-13b-128k, dataset=gsm"].split(", ")
+    larger = dict(paper_config)
+    larger["evaluation"] = {**paper_config["evaluation"], "gpu_memory_gib": 139.8}
+    code, output = dry_run(root, larger)
+    assert code == 0, output[-3000:]
+    assert "gpu=1" in _evaluate_resources(output)["model=llama2-13b-64k, dataset=gsm"].split(", ")
+
+
+def test_enabling_ood_adds_only_its_jobs(clone_dir, paper_config):
+    base = job_counts(dry_run(clone_dir, paper_config)[1])
+    config = copy.deepcopy(paper_config)
+    config["model_groups"]["ood"]["enabled"] = True
+    code, output = dry_run(clone_dir, config)
     assert code == 0, output[-3000:]
     counts = job_counts(output)
     assert counts == expected_counts(config)
@@ -107,10 +192,10 @@ def test_enabling_ood_adds_only_its_jobs(tmp_path, paper_config):
         (lambda c: c["fit"].__setitem__("objective", "huber"), "fit.objective"),
     ],
 )
-def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, paper_config, edit, message):
+def test_bad_config_fails_before_any_job_naming_the_key(clone_dir, paper_config, edit, message):
     config = copy.deepcopy(paper_config)
     edit(config)
-    code, output = dry_run(tmp_path, config)
+    code, output = dry_run(clone_dir, config)
     assert code != 0
     assert message in output
     assert "Traceback" not in output
@@ -127,8 +212,6 @@ def test_validate_config_fills_defaults(paper_config):
     }
 
 
-def test_lint_reports_no_errors():
-    result = subprocess.run(
-        [*SNAKEMAKE, "--lint", "--workflow-profile", "none"], capture_output=True, text=True, cwd=REPO, timeout=300
-    )
+def test_lint_reports_no_errors(clone_dir):
+    result = snakemake_in(clone_dir, "--lint")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -819,10 +819,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", required=True, help="content-addressed result cache (outside the outputs)")
     parser.add_argument("--settings", default="{}", help="JSON object of evaluation settings (see module doc)")
     parser.add_argument(
-        "--plan",
-        help="JSON object of GPU-plan inputs (ctxscale.plan.planning_settings): max_length and tensor parallel "
-        "size are then planned for this job, and a job that cannot fit fails before loading",
-    )
+        "--plan", action="store_true",
+        help="plan this job's max_length and tensor parallel size (ctxscale.plan); a job that cannot fit fails "
+        "before loading",
+    )  # fmt: skip
+    parser.add_argument("--gpu-memory-mib", type=int, default=81510, help="with --plan: one GPU's memory (MiB)")
+    parser.add_argument("--gpu-overhead-mib", type=int, default=4096, help="with --plan: per-GPU overhead (MiB)")
+    parser.add_argument("--max-gpus-per-job", type=int, default=8, help="with --plan: most GPUs for this job")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -831,9 +834,12 @@ def planned_settings(args: argparse.Namespace, settings: dict) -> dict:
     """``settings`` with the job's planned ``max_length`` and ``tensor_parallel_size`` (ctxscale.plan)."""
     from ctxscale import plan
 
-    plan_settings = parse_json_option(args.plan, "--plan")
-    if not isinstance(plan_settings, dict):
-        raise UserError("--plan must be a JSON object")
+    plan_settings = {
+        **{key: settings.get(key, DEFAULT_SETTINGS[key]) for key in plan.RESULT_KEYS},
+        "gpu_memory_gib": args.gpu_memory_mib / 1024,
+        "gpu_overhead_gib": args.gpu_overhead_mib / 1024,
+        "max_gpus_per_job": args.max_gpus_per_job,
+    }
     job = plan.plan_from_files(
         model=args.model_name, checkpoint_dir=args.model_dir, data_dir=args.data_dir, shots=args.shots,
         settings=plan_settings,

@@ -53,6 +53,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 BOUNDARY_MARGIN = 8
 # The config's evaluation keys the plan reads beyond the result-affecting settings.
 PLAN_KEYS = ("gpu_memory_gib", "gpu_overhead_gib", "max_gpus_per_job")
+# The evaluation settings (results-affecting, passed to the evaluate step anyway) the plan reads.
+RESULT_KEYS = ("backend", "device", "dtype", "max_length", "gpu_memory_utilization", "tensor_parallel_size")
 
 
 @dataclass(frozen=True)
@@ -271,9 +273,7 @@ def plan_from_files(
 
 def planning_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """What the plan reads of a validated config: the ``evaluation`` subtree (rules pass only this)."""
-    keys = ("backend", "device", "dtype", "max_length", "gpu_memory_utilization", "tensor_parallel_size", "gpus",
-            *PLAN_KEYS)  # fmt: skip
-    return {k: config["evaluation"][k] for k in keys}
+    return {k: config["evaluation"][k] for k in (*RESULT_KEYS, "gpus", *PLAN_KEYS)}
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -128,9 +128,17 @@ def evaluation_threads():
     return config["evaluation"]["threads"]
 
 
-# The GPU-plan inputs, read by the evaluate step. Formatted into its shell command (not params) because they
-# size the job, not its results: Snakemake compares the command template of shell jobs, so editing them reruns nothing.
-EVALUATION_PLAN = json.dumps(ctxplan.planning_settings(config), sort_keys=True)
+def evaluation_gpu_memory_mib():
+    # GPU-plan inputs are resources, not params: they size the job, so editing them reruns nothing.
+    return round(config["evaluation"]["gpu_memory_gib"] * 1024)
+
+
+def evaluation_gpu_overhead_mib():
+    return round(config["evaluation"]["gpu_overhead_gib"] * 1024)
+
+
+def evaluation_max_gpus_per_job():
+    return config["evaluation"]["max_gpus_per_job"]
 
 
 def evaluation_gpus(wildcards, input):

@@ -25,10 +25,14 @@ rule evaluate:
         gpu=evaluation_gpus,
         mem_mb=evaluation_mem_mb,
         runtime=evaluation_runtime,
+        gpu_memory_mib=evaluation_gpu_memory_mib(),
+        gpu_overhead_mib=evaluation_gpu_overhead_mib(),
+        max_gpus_per_job=evaluation_max_gpus_per_job(),
     conda:
         CONDA_ENV
     shell:
         "python -m ctxscale.gpus --count {resources.gpu} --lock-dir resources/gpu-locks --"
         " python -m ctxscale.evaluate --model-dir {input.checkpoint} --model-name {wildcards.model}"
         " --data-dir {params.data_dir} --shots {params.shots} --out-dir results/eval/{wildcards.model}/{wildcards.dataset}"
-        " --cache-dir resources/eval-cache --settings {params.settings:q} --plan {EVALUATION_PLAN:q} 2> {log}"
+        " --cache-dir resources/eval-cache --settings {params.settings:q} --plan --gpu-memory-mib {resources.gpu_memory_mib}"
+        " --gpu-overhead-mib {resources.gpu_overhead_mib} --max-gpus-per-job {resources.max_gpus_per_job} 2> {log}"
