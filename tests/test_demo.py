@@ -1,7 +1,8 @@
 """The miniature end to end: the README's main job (tiny models trained here, generated data, lm-eval, every fit,
 figures, tables, report) on the CPU, then what must hold of its outputs and of reruns after edits.
 
-The run happens once per test session, in a temporary working directory (the repository's results/ is untouched).
+The run happens once per test session, in a fresh clone's root (a copy of the checkout's files in a temporary
+folder), with the README's command; the repository's own results/ is untouched.
 """
 
 from __future__ import annotations
@@ -9,15 +10,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from workflow_util import job_counts
+from workflow_util import clone, job_counts, snakemake_in
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
@@ -25,14 +24,11 @@ DEMO_CONFIG = REPO / "config" / "demo.yaml"
 pytestmark = pytest.mark.slow
 
 
-def snakemake(workdir: Path, *args: str, configfile: Path = DEMO_CONFIG, timeout: int = 1500):
-    # Rules call `python -m ctxscale...`: make `python` the interpreter running the tests.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-         "--configfile", str(configfile), "--workflow-profile", "none", "--cores", "2", *args],
-        capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env,
-    )
+def snakemake(workdir: Path, *args: str, configfile: Path | None = None, timeout: int = 1500):
+    """``snakemake ARGS`` in a clone's root as the README types it: the miniature is the default config, the
+    local profile gives the cores; ``configfile`` (an edited miniature) is passed as a user would."""
+    extra = ("--configfile", str(configfile)) if configfile else ()
+    return snakemake_in(workdir, "--workflow-profile", "workflow/profiles/default", *extra, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +44,7 @@ def demo_run(tmp_path_factory) -> Path:
     CTXSCALE_DEMO_WORKDIR=DIR runs it in DIR instead (a finished run there is only brought up to date), for
     iterating on these tests without retraining."""
     reuse = os.environ.get("CTXSCALE_DEMO_WORKDIR")
-    workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("demo")
+    workdir = clone(Path(reuse) if reuse else tmp_path_factory.mktemp("demo"))
     start = time.monotonic()
     result = snakemake(workdir)
     elapsed = time.monotonic() - start
@@ -56,7 +52,7 @@ def demo_run(tmp_path_factory) -> Path:
     log.write_text(result.stdout + result.stderr)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     print(f"\nminiature: {elapsed:.0f} s on {os.cpu_count()} cores")
-    report = snakemake(workdir, "--report", "results/report.html")
+    report = snakemake_in(workdir, "--report", "results/report.html")
     assert report.returncode == 0, (report.stdout + report.stderr)[-4000:]
     return workdir
 
@@ -151,7 +147,7 @@ def test_adding_a_dataset_runs_only_its_jobs_and_downstream(demo_run, demo_confi
 def test_second_run_from_scratch_gives_byte_identical_observations(demo_run, tmp_path):
     """Determinism: retrain every tiny model, regenerate the data and re-evaluate in a fresh directory (a separate
     evaluation cache too); the observations tables must equal the first run's byte for byte."""
-    result = snakemake(tmp_path, "--until", "aggregate")
+    result = snakemake(clone(tmp_path), "--until", "aggregate")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     for name in ("observations.csv", "by_task.csv"):
         first = (demo_run / "results" / "observations" / name).read_bytes()

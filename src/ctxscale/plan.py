@@ -340,21 +340,19 @@ def _max_new_tokens(config: dict, dataset: str) -> int:
 
 
 def format_plan(plans: list[JobPlan], collapse: bool = True) -> str:
-    """A Markdown table; with ``collapse``, jobs whose plan is identical but for the dataset share a row."""
+    """A Markdown table; with ``collapse``, a model's jobs with the same plan share a row (longest prompt: max)."""
     import pandas as pd
 
     frame = pd.DataFrame([asdict(p) for p in plans])
-    columns = ["model", "longest_prompt", "max_new_tokens", "max_model_len", "tensor_parallel_size", "gpus",
-               "weights_gib", "kv_gib", "needed_gib", "available_gib", "sequences_in_kv", "prompt_source"]  # fmt: skip
-    if collapse:
-        keys = [c for c in columns if c != "model"]
-        frame = (
-            frame.groupby(["model", *keys], sort=False, dropna=False)["dataset"]
-            .agg(lambda names: f"{len(names)} datasets" if len(names) > 3 else ", ".join(names))
-            .reset_index()
-        )
-        columns = ["model", "dataset", *keys]
-    return frame[columns].to_markdown(index=False)
+    outcome = ["max_model_len", "tensor_parallel_size", "gpus", "weights_gib", "kv_gib", "needed_gib",
+               "available_gib", "sequences_in_kv", "prompt_source"]  # fmt: skip
+    if not collapse:
+        return frame[["model", "dataset", "longest_prompt", "max_new_tokens", *outcome]].to_markdown(index=False)
+    grouped = frame.groupby(["model", *outcome], sort=False, dropna=False).agg(
+        datasets=("dataset", lambda names: f"{len(names)} datasets" if len(names) > 3 else ", ".join(names)),
+        longest_prompt=("longest_prompt", "max"),
+    )
+    return grouped.reset_index()[["model", "datasets", "longest_prompt", *outcome]].to_markdown(index=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
