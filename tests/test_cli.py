@@ -177,3 +177,33 @@ def test_installed_entry_point_and_module_runs(observations, tmp_path):
     result = subprocess.run([sys.executable, "-m", "ctxscale.experiments", str(observations), "--task", "nope"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: unknown task 'nope'")
+
+
+def test_fit_and_predict_refuse_bad_options_before_work(tmp_path, observations, capsys):
+    code, out, err = run(["fit", observations, "--task", "mt", "--out", tmp_path], capsys)
+    assert code == 2 and out == ""  # refused before fitting
+    assert err.strip() == f"error: --out {tmp_path} is a directory; give the fit file's path, e.g. {tmp_path}/fit.json"
+    code, _, err = run(["fit", observations, "--task", "mt", "--level", "95"], capsys)
+    assert code == 2 and err.strip() == "error: --level must be between 0 and 1, got 95.0"
+    fit_path = tmp_path / "fit.json"
+    assert run(["fit", observations, "--task", "mt", "--seeds", "1", "--out", fit_path, "-q"], capsys)[0] == 0
+    query = ["--compute", "1e22", "--n-pmt", "100", "--n-ctx", "4096"]
+    code, _, err = run(["predict", fit_path, *query, "--level", "0.9"], capsys)
+    assert code == 2 and err.strip() == (
+        f"error: --level needs a fit with a bootstrap; {fit_path} has none (refit with --bootstrap N)"
+    )
+    record = json.loads(fit_path.read_text())
+    del record["identifiable_params"]["alpha"]
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(record))
+    code, _, err = run(["predict", broken, *query], capsys)
+    assert code == 2 and err.strip() == f"error: {broken} is not a complete ctxscale fit (KeyError: 'alpha')"
+
+
+def test_fit_help_lists_columns_and_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert "model, task, dataset, n_shots, n_pmt" in out and "n_instances" in out
+    for choice in ("held-out-context", "leave-one-model-out", "context-agnostic", "relative", "binomial"):
+        assert f"  {choice}" in out or f"{choice} =" in out or f"| {choice}" in out

@@ -390,7 +390,23 @@ def fit_main(argv=None) -> int:
     """``ctxscale fit OBS.csv --task TASK [...] --out FIT.json`` (``python -m ctxscale.experiments`` too)."""
     from ctxscale.errors import handle_user_errors, setup_logging, verbosity_level
 
-    parser = argparse.ArgumentParser(prog="ctxscale fit", description="Fit the context-aware law to one task.")
+    parser = argparse.ArgumentParser(
+        prog="ctxscale fit", description="Fit the context-aware law to one task.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""observations table: one row per cell with the columns
+  model, task, dataset, n_shots, n_pmt (mean prompt tokens, BOS included), n_ctx (context limit, tokens),
+  compute (training FLOPs, 6ND), score (mean metric in [0, 1]), n_instances
+experiments:
+  in-distribution      fit on every cell, report train error
+  held-out-context     train on n_pmt < --train-max-n-pmt, test on the longer prompts
+  held-out-compute     train on all but --holdout-models (or on --train-models), test on the others
+  leave-one-model-out  one fit per model left out, tested on it
+  no-penalty           the law without the sigmoid penalty (ablation)
+  context-agnostic     compute term only (baseline)
+penalties: paper = sigma(n_pmt - n_ctx) in raw tokens; relative = width as a fraction of n_ctx
+  (--penalty-width); fitted = the width is a fitted parameter
+objectives: mse | mae | robust (soft-L1, --robust-scale) | binomial (likelihood of n_instances)""",
+    )  # fmt: skip
     parser.add_argument("observations", help="observations table (CSV or Parquet)")
     parser.add_argument("--task", required=True, help="task to fit (one law per task)")
     parser.add_argument("--experiment", default="in-distribution", choices=EXPERIMENTS)
@@ -424,6 +440,10 @@ def fit_main(argv=None) -> int:
     def body():
         if args.seeds < 1:
             raise UserError("--seeds must be at least 1")
+        if not 0 < args.level < 1:
+            raise UserError(f"--level must be between 0 and 1, got {args.level}")
+        if args.out and Path(args.out).is_dir():  # checked before the fit, not after minutes of work
+            raise UserError(f"--out {args.out} is a directory; give the fit file's path, e.g. {args.out}/fit.json")
         settings = FitSettings(penalty=args.penalty, penalty_width=args.penalty_width, objective=args.objective,
                                seeds=tuple(range(args.seeds)), bootstrap=args.bootstrap or 0,
                                bootstrap_seed=args.bootstrap_seed, bootstrap_unit=args.bootstrap_unit,

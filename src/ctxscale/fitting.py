@@ -617,11 +617,17 @@ def predict_main(argv=None) -> int:
     parser.add_argument("--compute", type=float, nargs="+", required=True, help="training compute in FLOPs")
     parser.add_argument("--n-pmt", type=float, nargs="+", required=True, help="prompt length in tokens")
     parser.add_argument("--n-ctx", type=float, nargs="+", required=True, help="context limit in tokens")
-    parser.add_argument("--level", type=float, default=0.95, help="interval level when the fit has a bootstrap (0.95)")
+    parser.add_argument("--level", type=float, help="interval level, for a fit made with --bootstrap (default 0.95)")
     args = parser.parse_args(argv)
 
     def body():
         fit = load_fit(args.fit)
+        has_bootstrap = bool(fit.bootstrap and fit.bootstrap.get("replicates"))
+        if args.level is not None and not has_bootstrap:
+            raise UserError(f"--level needs a fit with a bootstrap; {args.fit} has none (refit with --bootstrap N)")
+        level = 0.95 if args.level is None else args.level
+        if not 0 < level < 1:
+            raise UserError(f"--level must be between 0 and 1, got {level}")
         compute = _positive_floats("compute", args.compute)
         n_pmt = _positive_floats("n-pmt", args.n_pmt)
         n_ctx = _positive_floats("n-ctx", args.n_ctx)
@@ -629,12 +635,16 @@ def predict_main(argv=None) -> int:
             compute, n_pmt, n_ctx = np.broadcast_arrays(compute, n_pmt, n_ctx)
         except ValueError:
             raise UserError("--compute, --n-pmt and --n-ctx need the same number of values (or one each)") from None
-        predicted = np.atleast_1d(fit.predict(compute, n_pmt, n_ctx))
-        header = ["compute", "n_pmt", "n_ctx", "predicted"]
-        columns = [compute, n_pmt, n_ctx, predicted]
-        if fit.bootstrap and fit.bootstrap.get("replicates"):
-            lo, hi = fit.predict_interval(compute, n_pmt, n_ctx, args.level)
-            header += [f"lo{args.level:g}", f"hi{args.level:g}"]
+        try:
+            predicted = np.atleast_1d(fit.predict(compute, n_pmt, n_ctx))
+            header = ["compute", "n_pmt", "n_ctx", "predicted"]
+            columns = [compute, n_pmt, n_ctx, predicted]
+            if has_bootstrap:
+                lo, hi = fit.predict_interval(compute, n_pmt, n_ctx, level)
+        except (KeyError, TypeError, IndexError) as error:
+            raise UserError(f"{args.fit} is not a complete ctxscale fit ({type(error).__name__}: {error})") from None
+        if has_bootstrap:
+            header += [f"lo{level:g}", f"hi{level:g}"]
             columns += [np.atleast_1d(lo), np.atleast_1d(hi)]
         print("\t".join(header))
         for row in zip(*columns):

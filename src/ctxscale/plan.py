@@ -178,11 +178,12 @@ class JobPlan:
         return {"max_length": self.max_model_len, "tensor_parallel_size": self.tensor_parallel_size}
 
     def summary(self) -> str:
-        return (
-            f"{self.model} on {self.dataset}: longest prompt {self.longest_prompt} ({self.prompt_source}), "
-            f"max_model_len {self.max_model_len}, tensor parallel {self.tensor_parallel_size}, {self.gpus} GPU(s), "
-            f"{self.needed_gib:.1f} of {self.available_gib:.1f} GiB per GPU"
-        )
+        head = (f"{self.model} on {self.dataset}: longest prompt {self.longest_prompt} ({self.prompt_source}), "
+                f"max_model_len {self.max_model_len}")  # fmt: skip
+        if self.available_gib == 0:
+            return f"{head}, {self.gpus} GPU(s) requested, memory not planned (not on a GPU)"
+        return (f"{head}, tensor parallel {self.tensor_parallel_size}, {self.gpus} GPU(s), "
+                f"{self.needed_gib:.1f} of {self.available_gib:.1f} GiB per GPU")  # fmt: skip
 
 
 def plan_job(
