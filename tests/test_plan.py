@@ -227,3 +227,23 @@ def test_evaluate_step_fails_before_loading_when_the_plan_cannot_fit(tmp_path):
         "error: llama2-70b on gsm does not fit: max_model_len 559 needs 132.6 GiB per GPU at tensor parallel 1"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_tiny_model_checkpoint_plans_from_its_saved_files(tmp_path):
+    """The miniature's own models: a saved tiny Llama (float32 on disk) planned on the CPU and on a GPU."""
+    from ctxscale.tiny import build_tokenizer, init_model, save_checkpoint
+
+    tokenizer = build_tokenizer()
+    save_checkpoint(init_model(tokenizer, hidden_size=64, num_layers=2, num_heads=2), tokenizer, tmp_path / "tiny")
+    tiny = plan.read_architecture(tmp_path / "tiny")
+    assert (tiny.layers, tiny.kv_heads, tiny.head_dim, tiny.checkpoint_dtype) == (2, 2, 32, "float32")
+    assert tiny.kv_bytes_per_token(4) == 2 * 2 * 2 * 32 * 4
+    disk = plan.checkpoint_weight_bytes(tmp_path / "tiny")
+    assert abs(disk - 4 * tiny.params) < 64 * 1024  # float32 weights + the safetensors header
+    common = dict(model="tiny", dataset="d", arch=tiny, weight_bytes=disk, longest_prompt=900,
+                  prompt_source="test", max_new_tokens=6)  # fmt: skip
+    cpu = plan.plan_job(settings={**PAPER_GPU, "backend": "hf", "device": "cpu", "max_length": 4096}, **common)
+    assert (cpu.gpus, cpu.max_model_len) == (0, 906)
+    gpu = plan.plan_job(settings={**PAPER_GPU, "dtype": "auto"}, **common)
+    assert (gpu.gpus, gpu.tensor_parallel_size) == (1, 1)
+    assert gpu.kv_gib == pytest.approx(906 * 1024 / GIB, abs=0.01) and gpu.weights_gib == pytest.approx(disk / GIB, abs=0.01)

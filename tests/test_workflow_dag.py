@@ -182,6 +182,20 @@ def test_enabling_ood_adds_only_its_jobs(clone_dir, paper_config):
     assert counts["model_info"] - base["model_info"] == len(ood)
 
 
+def test_enabling_pi_adds_only_its_jobs(clone_dir, paper_config):
+    base = job_counts(dry_run(clone_dir, paper_config)[1])
+    config = copy.deepcopy(paper_config)
+    config["model_groups"]["pi"]["enabled"] = True
+    code, output = dry_run(clone_dir, config)
+    assert code == 0, output[-3000:]
+    counts = job_counts(output)
+    assert counts == expected_counts(config)
+    pi = [m for m, s in config["models"].items() if s["group"] == "pi"]
+    assert counts["download_model"] - base["download_model"] == len(pi) > 0
+    assert counts["evaluate"] - base["evaluate"] == len(pi) * 72  # same llama2 family: no new data preparation
+    assert counts["prepare_dataset"] == base["prepare_dataset"] and counts["fit"] == base["fit"]
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
