@@ -154,3 +154,17 @@ def test_second_run_from_scratch_gives_byte_identical_observations(demo_run, tmp
         second = (tmp_path / "results" / "observations" / name).read_bytes()
         assert first == second, name
     assert not (tmp_path / "results" / "fits").exists()
+
+
+def test_outputs_and_cache_are_readable_as_the_umask_allows(demo_run):
+    """On a shared cluster the group reads the results: every file gets 0666 & ~umask (0644 under 022)."""
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    readable = 0o444 & ~umask
+    files = [p for root in ("results", "resources/eval-cache", "resources/data") for p in (demo_run / root).rglob("*")
+             if p.is_file()]  # fmt: skip
+    assert len(files) > 100
+    unreadable = [str(p) for p in files if stat.S_IMODE(p.stat().st_mode) & readable != readable]
+    assert unreadable == []

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from ctxscale.errors import UserError, cli_main, read_json_object, setup_logging
+from ctxscale.files import atomic_write
 from ctxscale.observations import OBSERVATION_COLUMNS, task_cells, validate_observations
 
 log = logging.getLogger("ctxscale.aggregate")
@@ -163,14 +162,7 @@ def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     formatted = frame.astype(object).map(_format_value)
     text = formatted.to_csv(index=False, lineterminator="\n")
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text)
 
 
 def aggregate(

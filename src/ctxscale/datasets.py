@@ -89,7 +89,6 @@ import random
 import re
 import string
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -97,6 +96,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ctxscale.errors import UserError
+from ctxscale.files import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -435,20 +435,6 @@ class PreparedData:
         return build_prompt(m["prefix"], m["suffix"], m["separator"], self.shots[:n_shots], query_input)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    # Temp file in the same directory + rename, so readers never see a half-written file.
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def _jsonl(rows: Iterable[Mapping[str, Any]]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
@@ -493,9 +479,9 @@ def write_prepared(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # an old manifest must not vouch for new data
-    _atomic_write_text(out / SHOTS_FILE, _jsonl(shots))
-    _atomic_write_text(out / TEST_FILE, _jsonl(test))
-    _atomic_write_text(out / MANIFEST_FILE, json.dumps(dict(manifest), indent=2, ensure_ascii=False) + "\n")
+    atomic_write(out / SHOTS_FILE, _jsonl(shots))
+    atomic_write(out / TEST_FILE, _jsonl(test))
+    atomic_write(out / MANIFEST_FILE, json.dumps(dict(manifest), indent=2, ensure_ascii=False) + "\n")
     return out
 
 

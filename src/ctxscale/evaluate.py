@@ -60,7 +60,6 @@ Settings (``--settings`` JSON: the config's ``evaluation`` subtree plus ``revisi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import hashlib
 import importlib.metadata
@@ -78,6 +77,7 @@ from typing import Any, Iterable
 
 from ctxscale.datasets import build_prompt
 from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
+from ctxscale.files import atomic_write
 from ctxscale.tasks import TASK_FORMAT_VERSION, TaskData, load_task_data, write_task
 
 log = logging.getLogger("ctxscale.evaluate")
@@ -305,22 +305,6 @@ def cache_key(
 # ---------------------------------------------------------------------------------------------- files
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and ``os.replace``, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-
-
 def result_json_bytes(result: dict) -> bytes:
     return (json.dumps(result, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
@@ -356,8 +340,8 @@ class ResultCache:
 
     def store(self, key: str, result_bytes: bytes, samples_bytes: bytes) -> None:
         entry = self._entry(key)
-        atomic_write_bytes(entry / "samples.jsonl.gz", samples_bytes)
-        atomic_write_bytes(entry / "result.json", result_bytes)
+        atomic_write(entry / "samples.jsonl.gz", samples_bytes)
+        atomic_write(entry / "result.json", result_bytes)
 
 
 # ---------------------------------------------------------------------------------------------- backends
@@ -792,8 +776,8 @@ def _copy_from_cache(cache: ResultCache, key: str, out_dir: Path, n_shots: int) 
         raise RuntimeError(f"cache entry {key} vanished")
     result_source, samples_source = found
     result_path, samples_path = result_paths(out_dir, n_shots)
-    atomic_write_bytes(samples_path, samples_source.read_bytes())
-    atomic_write_bytes(result_path, result_source.read_bytes())
+    atomic_write(samples_path, samples_source.read_bytes())
+    atomic_write(result_path, result_source.read_bytes())
 
 
 # ---------------------------------------------------------------------------------------------- CLI

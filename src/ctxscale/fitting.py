@@ -45,12 +45,9 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -58,7 +55,13 @@ from scipy.optimize import differential_evolution, least_squares, minimize
 from scipy.special import expit
 
 from ctxscale.errors import UserError, read_json_object
-from ctxscale.law import FITTED_WIDTH_LOG10_BOUNDS, LawSpec, context_penalty, paper_from_identifiable
+from ctxscale.files import atomic_write
+from ctxscale.law import (
+    FITTED_WIDTH_LOG10_BOUNDS,
+    LawSpec,
+    context_penalty,
+    paper_from_identifiable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -570,21 +573,8 @@ def load_fit(path) -> FitResult:
 
 
 def write_json_atomic(path, record: dict) -> None:
-    """Write JSON so that readers (and Snakemake) never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle, indent=1, allow_nan=False)
-            handle.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON so that readers (and Snakemake) never see a half-written file (NaN refused: not JSON)."""
+    atomic_write(path, json.dumps(record, indent=1, allow_nan=False) + "\n")
 
 
 def library_versions() -> dict:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -51,6 +50,7 @@ import pandas as pd
 
 from ctxscale.errors import UserError, parse_json_option, read_json_object
 from ctxscale.experiments import EXPERIMENTS, regression_metrics
+from ctxscale.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -483,26 +483,14 @@ def to_markdown(name: str, frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_tables(tables: dict, out_dir) -> list:
     """Write each table as ``{name}.csv`` (full precision) and ``{name}.md``; returns the paths."""
     out_dir = Path(out_dir)
     written = []
     for name, frame in tables.items():
         csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
-        _write_atomic(csv_path, frame.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
-        _write_atomic(md_path, to_markdown(name, frame))
+        atomic_write(csv_path, frame.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+        atomic_write(md_path, to_markdown(name, frame))
         written += [csv_path, md_path]
         log.info("wrote %s (%d rows)", csv_path, len(frame))
     return written
