@@ -2,7 +2,7 @@
 
 No test touches the network: preparation runs on rows generated here in each dataset's real
 Hugging Face row layout, and the constructors also run on the real example rows in
-``shared/reference/dataset-rows`` (read from there, skipped where absent).
+``shared/reference/dataset-rows``, committed under ``tests/data/dataset-rows``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from ctxscale.datasets import (
 from ctxscale.errors import UserError
 from ctxscale.metrics import METRICS
 
-DATASET_ROWS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dataset-rows"
+DATASET_ROWS = Path(__file__).resolve().parent / "data" / "dataset-rows"  # from shared/reference (tests/data/README.md)
 SEED = 31337
 
 
@@ -120,8 +120,6 @@ def test_deepmind_math_configs_and_names():
 
 def test_deepmind_math_configs_match_the_reference_list():
     path = DATASET_ROWS / "deepmind__math_dataset.json"
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
     assert list(DEEPMIND_MATH_CONFIGS) == json.loads(path.read_text())["configs"]
 
 
@@ -143,10 +141,7 @@ def test_expand_dataset_names():
 
 
 def _reference_rows(file_name: str) -> dict:
-    path = DATASET_ROWS / file_name
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads((DATASET_ROWS / file_name).read_text(encoding="utf-8"))
 
 
 # dataset -> (reference file, {row index: (input, reference)}) with the outputs worked out by hand

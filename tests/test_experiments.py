@@ -1,4 +1,4 @@
-"""The six experiments, their selection code and metrics; real-data fits (skipped when the data are absent)."""
+"""The six experiments, their selection code and metrics; real-data fits (Pythia and RULER, tests/data/external)."""
 
 import json
 import math
@@ -16,7 +16,7 @@ from ctxscale.fitting import FitResult
 from ctxscale.law import PAPER_CONTEXT_LIMITS, simulate_observations
 from ctxscale.observations import validate_observations
 
-EXTERNAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "external"
+EXTERNAL = Path(__file__).resolve().parent / "data" / "external"  # subsets of shared/data/external (tests/data/README.md)
 TRUTH = {"log10_C50": 22.3, "alpha": 0.35, "log10_n50": 2.6, "beta": 0.55}
 PAPER_MODELS = {f"llama2-{size}-{k // 1024}k": (c, k) for size, c in (("7b", 7.77e22), ("13b", 1.52e23))
                 for k in PAPER_CONTEXT_LIMITS}
@@ -195,10 +195,7 @@ def test_real_pythia_compute_term():
     context-agnostic (compute-only) form; n_pmt and n_instances are placeholders that the compute-only
     MSE fit never reads. Each checkpoint is its own "model" (one compute value each).
     """
-    path = EXTERNAL / "pythia_0shot_5shot.csv"
-    if not path.exists():
-        pytest.skip(f"{path} not available")
-    raw = pd.read_csv(path)
+    raw = pd.read_csv(EXTERNAL / "pythia_0shot_lambada_arc_easy.csv")
     raw = raw[(raw["compute_flops"] > 0) & (raw["n_shots"] == 0)]
     results = {}
     for task in ("lambada_openai", "arc_easy"):
@@ -227,10 +224,7 @@ def test_real_ruler_context_penalty():
     budget includes the answer, so the prompt is strictly shorter, while the raw-token penalty is exactly
     0.5 at n_pmt = n_ctx - the table's rounding, not the model, would decide those rows.
     """
-    path = EXTERNAL / "ruler_readme.csv"
-    if not path.exists():
-        pytest.skip(f"{path} not available")
-    raw = pd.read_csv(path)
+    raw = pd.read_csv(EXTERNAL / "ruler_readme.csv")
     raw = raw[raw["params_as_listed"].notna() & (raw["prompt_tokens"] != raw["context_limit_tokens"])]
     active_params = raw["params_as_listed"].str.extract(r"^([\d.]+)B", expand=False).astype(float) * 1e9
     observations = pd.DataFrame({
