@@ -117,15 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         ideal = prefill_accounting(load_task_data(data_dir), tokenizer, shots, args.questions)[
             "prefill_with_prefix_reuse"]
-        runs = [run_backend(name, model_dir, data_dir, shots, work, args) for name in args.backends]
-    print(f"{len(shots)} shot counts x {args.questions} questions; ideal prefill {ideal:,} tokens")
-    reuse = {}
-    for run in runs:
-        avoidable = run["submitted"] - ideal
-        reuse[run["backend"]] = (run["submitted"] - run["prefilled"]) / avoidable if avoidable else 1.0
-        print(f"{run['backend']}: submitted {run['submitted']:,} tokens, prefilled {run['prefilled']:,}, "
-              f"refused {run['refused']}; load {run['load_seconds']:.1f} s, evaluate {run['evaluate_seconds']:.1f} s; "
-              f"mean score {run['mean_score']:.3f}")
+        print(f"{len(shots)} shot counts x {args.questions} questions; ideal prefill {ideal:,} tokens", flush=True)
+        runs, reuse = [], {}
+        for name in args.backends:
+            run = run_backend(name, model_dir, data_dir, shots, work, args)
+            avoidable = run["submitted"] - ideal
+            reuse[name] = (run["submitted"] - run["prefilled"]) / avoidable if avoidable else 1.0
+            print(f"{name}: submitted {run['submitted']:,} tokens, prefilled {run['prefilled']:,}, refused "
+                  f"{run['refused']}; load {run['load_seconds']:.1f} s, evaluate {run['evaluate_seconds']:.1f} s; "
+                  f"mean score {run['mean_score']:.3f}", flush=True)
+            runs.append(run)
     if len(runs) == 2:
         a, b = runs[0]["predictions"], runs[1]["predictions"]
         print(f"identical predictions: {sum(a[key] == b.get(key) for key in a)} of {len(a)}")
