@@ -102,6 +102,14 @@ def compare_backends(engines, tmp_path, model_dir, data_dir, shots, n_test):
         assert meta["backend"] == "vllm" and meta["versions"]["vllm"] == "0.32.0"
         assert meta["batch_size"] == "whole shot count"
         assert meta["backend_details"]["engine_options"] == {"enforce_eager": True, "block_size": 32}
+        cache = meta["prefix_cache"]  # vLLM's own counters: every prompt token is looked up once
+        assert cache["queried_tokens"] == sum(i["prompt_tokens"] for i in a["instances"])
+        assert cache["prefilled_tokens"] == cache["queried_tokens"] - cache["cached_tokens"]
+        assert b["metadata"]["prefix_cache"] is None
+    # the longest shot block is shared by every prompt: all but the first prompt find its full blocks cached
+    longest = on_vllm[shots[-1]]
+    block = min(i["prompt_tokens"] for i in longest["instances"]) - 40  # below every question's own tokens
+    assert longest["metadata"]["prefix_cache"]["cached_tokens"] >= (n_test - 1) * (block // 32) * 32
     return vllm_backend, on_vllm
 
 
