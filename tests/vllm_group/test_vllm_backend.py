@@ -1,8 +1,7 @@
 """The vLLM backend through the project's own evaluate(), against the hf backend on the same prompts.
 
-Runs only in the vLLM environment (``python tests/vllm_group/run.py``): nothing here imports vllm at module
-level,
-so the main suite can collect and deselect it. One engine per model (module-scoped), eager mode, small KV.
+Runs only in the vLLM environment (``python tests/vllm_group/run.py``); nothing here imports vllm at module
+level. One engine start per model (stopped when its test ends), eager mode, a 1 GiB KV cache.
 """
 
 import importlib.util
