@@ -61,7 +61,8 @@ def build_checkpoint(out_dir: Path, rope: str):
     from ctxscale.tiny import build_tokenizer, init_model, save_checkpoint
 
     tokenizer = build_tokenizer()
-    scaling = {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": N_CTX} if rope == "yarn" else None
+    yarn = {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": N_CTX}
+    scaling = yarn if rope == "yarn" else None
     with torch.device("cuda"):  # initialising 6.7 B parameters on the CPU would take minutes
         model = init_model(tokenizer, n_ctx=N_CTX * (8 if scaling else 1), seed=0, rope_scaling=scaling, **LLAMA2_7B)
     model = model.to(torch.bfloat16)
