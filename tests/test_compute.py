@@ -159,7 +159,7 @@ def test_model_info_for_hf_models(tmp_path, caplog):
     assert counted["non_embedding_params"] == 12688184320
     with pytest.raises(UserError, match="no non_embedding_params"):
         model_info("x", {**HF_SPEC, "non_embedding_params": None})
-    with pytest.raises(UserError, match="source must be 'hf' or 'tiny'"):
+    with pytest.raises(UserError, match="source must be 'hf', 'tiny' or 'local'"):
         model_info("x", {**HF_SPEC, "source": "s3"})
 
 

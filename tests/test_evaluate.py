@@ -327,19 +327,22 @@ def test_user_mistakes_exit_2_with_one_line(workspace, capsys):
 
 def test_vllm_rope_plan():
     plain = {"max_position_embeddings": 4096, "rope_theta": 10000.0}
-    # Plain RoPE: the cache is lengthened to the window, nothing is refused.
-    assert ev.vllm_rope_plan(plain, None, 131072) == ({"max_position_embeddings": 131072}, None)
+    # Plain RoPE: the table is lengthened to the window through hf_overrides, nothing is refused.
+    assert ev.vllm_rope_plan(plain, None, 131072) == ev.VllmRopePlan({"max_position_embeddings": 131072}, None, None)
     yarn = {"factor": 2.0, "original_max_position_embeddings": 4096}
     yarn_checkpoint = plain | {"max_position_embeddings": 8192, "rope_scaling": {"type": "yarn", **yarn}}
-    assert ev.vllm_rope_plan(yarn_checkpoint, None, 131072) == ({}, 8192)  # YaRN: the cache ends at n_ctx
-    overrides, limit = ev.vllm_rope_plan(plain, {"rope_type": "yarn", **yarn, "factor": 4.0}, 131072)
+    # YaRN: the table ends at original * factor = 8192; ctxscale.vllm_rope lengthens it to the window.
+    assert ev.vllm_rope_plan(yarn_checkpoint, None, 131072) == ev.VllmRopePlan({}, None, 131072)
+    assert ev.vllm_rope_plan(yarn_checkpoint, None, 8192) == ev.VllmRopePlan({}, None, None)  # long enough
+    plan = ev.vllm_rope_plan(plain, {"rope_type": "yarn", **yarn, "factor": 4.0}, 131072)
     rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 4096}
-    assert overrides == {"rope_parameters": rope}
-    assert limit == 16384
-    overrides, limit = ev.vllm_rope_plan(plain, {"type": "linear", "factor": 2.0}, 32768)
+    assert plan == ev.VllmRopePlan({"rope_parameters": rope}, None, 131072)
+    plan = ev.vllm_rope_plan(plain, {"type": "linear", "factor": 2.0}, 32768)
     rope = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
-    assert overrides == {"rope_parameters": rope, "max_position_embeddings": 32768}
-    assert limit is None
+    assert plan == ev.VllmRopePlan({"rope_parameters": rope, "max_position_embeddings": 32768}, None, None)
+    # Other scalings (llama3, dynamic, ...) are not extended: prompts past the table are refused.
+    plan = ev.vllm_rope_plan(plain, {"rope_type": "llama3", "factor": 8.0}, 32768)
+    assert plan.position_limit == 4096 and plan.yarn_table_positions is None
 
 
 def test_hf_backend_applies_rope_scaling(workspace):

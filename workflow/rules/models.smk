@@ -1,9 +1,10 @@
-# Checkpoints: downloaded from the Hugging Face hub (source: hf) or trained by the workflow (source: tiny),
-# then one model-info file each (N, D, C, n_ctx).
+# Checkpoints: downloaded from the Hugging Face hub (source: hf), trained by the workflow (source: tiny) or
+# copied/converted from a folder or GGUF file on disk (source: local), then one model-info file each (N, D, C, n_ctx).
 
 
 localrules:
     download_model,
+    local_model,
     model_info,
 
 
@@ -23,6 +24,21 @@ rule download_model:
     shell:
         "python -m ctxscale.download --repo-id {params.repo_id} --revision {params.revision}"
         " --out {output} 2> {log}"
+
+
+rule local_model:
+    output:
+        directory("resources/models/{model}"),
+    params:
+        path=local_model_path,
+    log:
+        "logs/local_model/{model}.log",
+    wildcard_constraints:
+        model=model_pattern(local_models()),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m ctxscale.local_model --path {params.path:q} --out {output} 2> {log}"
 
 
 rule tiny_tokenizer:
