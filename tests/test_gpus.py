@@ -44,6 +44,18 @@ def test_more_gpus_than_the_machine_has_is_a_one_line_error(tmp_path):
     ]
 
 
+def test_a_machine_without_gpus_runs_the_command_unreserved(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("CTXSCALE_GPU_DEVICES", "CUDA_VISIBLE_DEVICES")}
+    env["PATH"] = str(tmp_path)  # no nvidia-smi on PATH
+    result = subprocess.run(
+        [sys.executable, "-m", "ctxscale.gpus", "--count", "1", "--lock-dir", str(tmp_path / "locks"), "--",
+         sys.executable, "-c", "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))"],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    assert result.stdout.strip() == "unset"
+    assert "requested but this machine has none" in result.stderr
+
+
 def test_slurm_and_zero_gpus_leave_the_devices_alone(tmp_path):
     env = {**os.environ, "CTXSCALE_GPU_DEVICES": "0,1", "CUDA_VISIBLE_DEVICES": "7"}
     show = [sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"]

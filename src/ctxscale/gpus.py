@@ -13,8 +13,9 @@ another program holds some, the job waits for them and says so.
 
 The devices: ``CTXSCALE_GPU_DEVICES`` (a comma-separated list; also how the tests fake a machine),
 else the ``CUDA_VISIBLE_DEVICES`` Snakemake was started with, else one per GPU that ``nvidia-smi -L``
-lists. Under SLURM (``SLURM_JOB_ID`` set) the scheduler already gives each job its own devices, and
-with ``--count 0`` nothing is reserved: the command runs unchanged.
+lists. Under SLURM (``SLURM_JOB_ID`` set) the scheduler already gives each job its own devices; with
+``--count 0``, or on a machine with no GPU at all (a CPU evaluation that still requests one), nothing is
+reserved: the command runs unchanged.
 """
 
 from __future__ import annotations
@@ -96,8 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("no command given (python -m ctxscale.gpus --count N --lock-dir DIR -- COMMAND ...)")
     if args.count < 0:
         raise UserError(f"--count must be >= 0, got {args.count}")
-    if args.count > 0 and not os.environ.get("SLURM_JOB_ID"):
-        devices, fds = reserve(args.count, args.lock_dir, available_devices())
+    devices = available_devices() if args.count > 0 and not os.environ.get("SLURM_JOB_ID") else []
+    if args.count > 0 and not os.environ.get("SLURM_JOB_ID") and not devices:
+        # A machine without GPUs (a CPU evaluation that still asks for a GPU, e.g. to land on a GPU
+        # partition elsewhere): nothing to share, so nothing to reserve.
+        print(f"ctxscale.gpus: {args.count} GPU(s) requested but this machine has none; running without a "
+              "reservation", file=sys.stderr)  # fmt: skip
+    elif devices:
+        devices, fds = reserve(args.count, args.lock_dir, devices)
         for fd in fds:
             os.set_inheritable(fd, True)  # the command inherits the locks and holds them until it ends
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
