@@ -163,14 +163,20 @@ def test_evaluate_jobs_request_exactly_their_planned_gpus(tmp_path, paper_config
     assert "gpu=1" in _evaluate_resources(output)["model=llama2-13b-64k, dataset=gsm"].split(", ")
 
 
-def test_enabling_ood_adds_only_its_jobs(clone_dir, paper_config):
+def _enable_group(clone_dir: Path, paper_config: dict, group: str) -> tuple[dict, dict, dict]:
+    """Dry-run the paper with and without ``group`` enabled: (counts before, config, counts after)."""
     base = job_counts(dry_run(clone_dir, paper_config)[1])
     config = copy.deepcopy(paper_config)
-    config["model_groups"]["ood"]["enabled"] = True
+    config["model_groups"][group]["enabled"] = True
     code, output = dry_run(clone_dir, config)
     assert code == 0, output[-3000:]
     counts = job_counts(output)
     assert counts == expected_counts(config)
+    return base, config, counts
+
+
+def test_enabling_ood_adds_only_its_jobs(clone_dir, paper_config):
+    base, config, counts = _enable_group(clone_dir, paper_config, "ood")
     ood = [m for m, s in config["models"].items() if s["group"] == "ood"]
     new_families = {config["models"][m]["family"] for m in ood} - {"llama2"}
     datasets = counts["evaluate"] // (12 + len(ood))
@@ -183,13 +189,7 @@ def test_enabling_ood_adds_only_its_jobs(clone_dir, paper_config):
 
 
 def test_enabling_pi_adds_only_its_jobs(clone_dir, paper_config):
-    base = job_counts(dry_run(clone_dir, paper_config)[1])
-    config = copy.deepcopy(paper_config)
-    config["model_groups"]["pi"]["enabled"] = True
-    code, output = dry_run(clone_dir, config)
-    assert code == 0, output[-3000:]
-    counts = job_counts(output)
-    assert counts == expected_counts(config)
+    base, config, counts = _enable_group(clone_dir, paper_config, "pi")
     pi = [m for m, s in config["models"].items() if s["group"] == "pi"]
     assert counts["download_model"] - base["download_model"] == len(pi) > 0
     assert counts["evaluate"] - base["evaluate"] == len(pi) * 72  # same llama2 family: no new data preparation
