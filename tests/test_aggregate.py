@@ -123,7 +123,7 @@ def test_command_line(results, capsys):
            "--out-datasets", str(root / "x.csv"), "--out-tasks", str(root / "y.csv")]
     assert main(bad) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot read model info file") and "Traceback" not in err
+    assert err.startswith("error: cannot read model-info file") and "Traceback" not in err
 
 
 def test_per_config_datasets_merge_into_one_dataset():

@@ -108,7 +108,8 @@ def test_table1_groups_and_tiny_models(tmp_path):
                                  "non_embedding_params": 10, "pretrain_tokens": 1.0e3},
                          "tiny-a": {"group": "tiny", "source": "tiny", "base": "tiny", "n_ctx": 256},
                          "tiny-b": {"group": "tiny", "source": "tiny", "base": "tiny", "n_ctx": 512}}}
-    (tmp_path / "tiny-a.json").write_text(json.dumps({"non_embedding_params": 50_000, "pretrain_tokens": 1_000_000,
+    (tmp_path / "tiny-a.json").write_text(json.dumps({"model": "tiny-a", "n_ctx": 256, "compute": 3.06e11,
+                                                      "non_embedding_params": 50_000, "pretrain_tokens": 1_000_000,
                                                       "extension_tokens": 20_000}))
     frame = table1(config, tmp_path)
     assert frame["model"].tolist() == ["big", "tiny-a", "tiny-b"]
@@ -117,8 +118,12 @@ def test_table1_groups_and_tiny_models(tmp_path):
     assert tiny_a["N"] == 50_000 and tiny_a["D"] == 1_020_000 and tiny_a["C"] == pytest.approx(6 * 50_000 * 1_020_000)
     assert pd.isna(tiny_b["N"]) and np.isnan(tiny_b["C"])
     assert "off" in table1(config, tmp_path, include_disabled=True)["model"].tolist()
-    (tmp_path / "tiny-b.json").write_text(json.dumps({"non_embedding_params": 1}))
+    (tmp_path / "tiny-b.json").write_text(json.dumps({"model": "tiny-b", "n_ctx": 512, "compute": 1.0,
+                                                      "non_embedding_params": 1}))
     with pytest.raises(UserError, match="tiny-b.json is unreadable or incomplete"):
+        table1(config, tmp_path)
+    (tmp_path / "tiny-b.json").write_text(json.dumps({"model": "tiny-b", "non_embedding_params": 1}))
+    with pytest.raises(UserError, match="tiny-b.json: n_ctx must be a positive number"):  # the one reader's check
         table1(config, tmp_path)
 
 

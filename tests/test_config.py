@@ -84,3 +84,34 @@ def test_load_config_reports_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("models: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         ctxconfig.load_config(bad)
+
+
+def test_schema_defaults_are_the_one_source_of_the_librarys_defaults():
+    from ctxscale import datasets, evaluate
+
+    schema = ctxconfig.load_schema()
+    evaluation = ctxconfig.schema_defaults("evaluation")
+    assert evaluation == {k: v["default"] for k, v in schema["properties"]["evaluation"]["properties"].items()}
+    assert evaluation["max_length"] == 131072 and evaluation["tensor_parallel_size"] == "auto"
+    # evaluation records carry the schema's settings (minus job sizing) and the model fields
+    sizing = set(ctxconfig.EVALUATION_RESOURCE_KEYS)
+    assert evaluate.DEFAULT_SETTINGS == {**{k: v for k, v in evaluation.items() if k not in sizing},
+                                         "revision": "main", "n_ctx": None, "rope_scaling": None}
+    data = ctxconfig.schema_defaults("data")
+    assert (datasets.DEFAULT_SEED, datasets.DEFAULT_MAX_LENGTH_PER_EXAMPLE, datasets.DEFAULT_MAX_EVAL_SAMPLES) == (
+        data["seed"], data["max_length_per_example"], data["max_eval_samples"]) == (31337, 256, 250)
+    assert ctxconfig.schema_defaults("model") == {"revision": "main"}
+    # the evaluate step's GPU-plan options default to the config's values, in MiB
+    parser = evaluate.build_parser()
+    assert parser.get_default("gpu_memory_mib") == round(evaluation["gpu_memory_gib"] * 1024) == 81510
+    assert parser.get_default("max_gpus_per_job") == evaluation["max_gpus_per_job"]
+
+
+def test_a_validated_config_carries_every_default(demo):
+    config = copy.deepcopy(demo)
+    for model in config["models"].values():
+        model.pop("revision", None)
+    ctxconfig.validate_config(config)
+    assert {m["revision"] for m in config["models"].values()} == {"main"}
+    assert config["data"]["deepmind_math_configs"] == "all" and config["fit"]["groups"] == ["yarn"]
+    assert ctxconfig.evaluation_settings(config, "tiny-s-128")["revision"] == "main"

@@ -144,16 +144,35 @@ def test_adding_a_dataset_runs_only_its_jobs_and_downstream(demo_run, demo_confi
     assert "train_tiny_model" not in counts and "model_info" not in counts
 
 
-def test_second_run_from_scratch_gives_byte_identical_observations(demo_run, tmp_path):
-    """Determinism: retrain every tiny model, regenerate the data and re-evaluate in a fresh directory (a separate
-    evaluation cache too); the observations tables must equal the first run's byte for byte."""
-    result = snakemake(clone(tmp_path), "--until", "aggregate")
+def _smallest_family(config: dict) -> list[str]:
+    """The lowest-compute base model (fewest hidden units x steps) and the models extended from it."""
+    models = config["models"]
+    bases = [m for m, spec in models.items() if "extends" not in spec]
+    base = min(bases, key=lambda m: (models[m]["tiny"]["hidden_size"] * models[m]["tiny"]["steps"], m))
+    return [base, *(m for m, spec in models.items() if spec.get("extends") == base)]
+
+
+def test_second_run_from_scratch_gives_byte_identical_results(demo_run, demo_config, tmp_path):
+    """Determinism: in a fresh directory (its own evaluation cache too), train one model family again (a base
+    model and its YaRN extensions), regenerate every dataset and evaluate that family at every shot count. The
+    weights must equal the first run's byte for byte, and so must every evaluation record but its run metadata
+    (paths, seconds). One family, not all: the other families take the same code path, and the SLURM test
+    (tests/test_slurm.py) compares a whole from-scratch run with another in full."""
+    family = _smallest_family(demo_config)
+    datasets = [d for names in demo_config["tasks"].values() for d in names]
+    targets = [f"results/eval/{m}/{d}/shots_{k}.json" for m in family for d in datasets for k in demo_config["shots"]]
+    result = snakemake(clone(tmp_path), *targets)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    for name in ("observations.csv", "by_task.csv"):
-        first = (demo_run / "results" / "observations" / name).read_bytes()
-        second = (tmp_path / "results" / "observations" / name).read_bytes()
-        assert first == second, name
-    assert not (tmp_path / "results" / "fits").exists()
+    assert not (tmp_path / "results" / "observations").exists()  # only what the targets need was run
+    for target in targets:
+        first, second = (json.loads((root / target).read_text()) for root in (demo_run, tmp_path))
+        first.pop("metadata"), second.pop("metadata")
+        assert first == second, target
+    for model in family:
+        weights = sorted((demo_run / "resources" / "models" / model).glob("*.safetensors"))
+        assert weights, model
+        for path in weights:
+            assert (tmp_path / path.relative_to(demo_run)).read_bytes() == path.read_bytes(), path
 
 
 def test_outputs_and_cache_are_readable_as_the_umask_allows(demo_run):

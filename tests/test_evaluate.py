@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -314,13 +315,17 @@ def test_user_mistakes_exit_2_with_one_line(workspace, capsys):
     try:
         import vllm  # noqa: F401
     except ImportError:
-        cases.append((["--shots", "0", "--settings", json.dumps(SETTINGS | {"backend": "vllm"})], "needs the vllm package"))
+        cases.append((["--shots", "0", "--settings", json.dumps(SETTINGS | {"backend": "vllm", "tensor_parallel_size": 1})],
+                      "needs the vllm package"))
+    vllm_unplanned = SETTINGS | {"backend": "vllm", "tensor_parallel_size": "auto"}
+    cases.append((["--shots", "0", "--settings", json.dumps(vllm_unplanned)], "tensor_parallel_size auto is chosen by"))
     for extra, message in cases:
         assert ev.main(base + extra) == 2, extra
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and "Traceback" not in err, err
     missing = ["--model-dir", str(workspace / "model"), "--model-name", "tiny", "--data-dir", str(workspace / "none"),
-               "--shots", "0", "--out-dir", str(workspace / "o"), "--cache-dir", str(workspace / "c")]
+               "--shots", "0", "--out-dir", str(workspace / "o"), "--cache-dir", str(workspace / "c"),
+               "--settings", json.dumps(SETTINGS)]
     assert ev.main(missing) == 2
     assert "not a prepared dataset" in capsys.readouterr().err
 
@@ -384,3 +389,19 @@ def test_fingerprint_ignores_training_metadata(tmp_path):
     assert model_fingerprint(tmp_path) == before
     (tmp_path / "model.safetensors").write_bytes(b"weightz")
     assert model_fingerprint(tmp_path) != before
+
+
+@pytest.mark.parametrize("module", ev.RESULT_AFFECTING_MODULES)
+def test_cache_key_covers_the_code_that_decides_results(module, tmp_path, monkeypatch):
+    """An edit to any module that decides prompts, generations or scores (this step's own code included) is a
+    new cache key; the same code is the same key."""
+    import importlib
+
+    assert {"ctxscale.evaluate", "ctxscale.tasks", "ctxscale.metrics"} <= set(ev.RESULT_AFFECTING_MODULES)
+    before = ev._code_fingerprint()
+    assert ev._code_fingerprint() == before
+    loaded = importlib.import_module(module)
+    edited = tmp_path / Path(loaded.__file__).name
+    edited.write_bytes(Path(loaded.__file__).read_bytes() + b"\n# an edit\n")
+    monkeypatch.setattr(loaded, "__file__", str(edited))
+    assert ev._code_fingerprint() != before

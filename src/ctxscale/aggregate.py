@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ctxscale.compute import read_model_info
 from ctxscale.errors import UserError, cli_main, read_json_object, setup_logging
 from ctxscale.files import atomic_write
 from ctxscale.observations import OBSERVATION_COLUMNS, task_cells, validate_observations
@@ -56,23 +57,6 @@ def find_result_files(paths: list[str | Path]) -> list[Path]:
     if not unique:
         raise UserError(f"no shots_*.json result files found in {', '.join(map(str, paths))}")
     return unique
-
-
-def read_model_info(paths: list[str | Path]) -> dict[str, dict]:
-    """Model name → model info (``n_ctx``, ``compute``); the name is the file's ``model`` field or its stem."""
-    infos: dict[str, dict] = {}
-    for given in paths:
-        path = Path(given)
-        info = read_json_object(path, "model info file")
-        name = info.get("model", path.stem)
-        for field in ("n_ctx", "compute"):
-            value = info.get(field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise UserError(f"model info file {path}: {field} must be a positive number, got {value!r}")
-        if name in infos:
-            raise UserError(f"model {name} has two model info files")
-        infos[name] = info
-    return infos
 
 
 def read_result(path: Path) -> dict:

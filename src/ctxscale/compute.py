@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctxscale.errors import UserError
+from ctxscale.errors import UserError, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,26 @@ def _group_enabled(config: dict, group: str | None) -> bool:
     return True if entry is None else bool(entry.get("enabled", True))
 
 
+def read_model_info(paths) -> dict[str, dict]:
+    """Model-info files (``results/models/{model}.json``, written by :func:`model_info_main`) by model name
+    (the file's ``model`` field, else its stem), each with a positive ``n_ctx`` and ``compute``: the one
+    reader of these files (aggregation, tables, figures). Unreadable, incomplete or doubled files are user
+    errors that name the file."""
+    infos: dict[str, dict] = {}
+    for given in paths or ():
+        path = Path(given)
+        info = read_json_object(path, "model-info file")
+        name = info.get("model", path.stem)
+        for field in ("n_ctx", "compute"):
+            value = info.get(field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise UserError(f"model-info file {path}: {field} must be a positive number, got {value!r}")
+        if name in infos:
+            raise UserError(f"model {name!r} has more than one model-info file")
+        infos[name] = {**info, "model": name}
+    return infos
+
+
 def table1(config: dict, models_dir="results/models", include_disabled: bool = False) -> pd.DataFrame:
     """Table 1 (model, base, n_ctx, N, D, C) for the models of a workflow config.
 
@@ -148,11 +168,11 @@ def table1(config: dict, models_dir="results/models", include_disabled: bool = F
         if spec.get("source") == "tiny" or n_params is None or tokens is None:
             info_path = Path(models_dir) / f"{name}.json"
             if info_path.exists():
+                info = read_model_info([info_path])[name]
                 try:
-                    info = json.loads(info_path.read_text())
                     n_params = int(info["non_embedding_params"])
                     tokens = float(info["pretrain_tokens"]) + float(info["extension_tokens"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                except (KeyError, TypeError, ValueError) as exc:
                     raise UserError(f"model-info file {info_path} is unreadable or incomplete ({exc})") from None
             else:
                 n_params, tokens = None, None

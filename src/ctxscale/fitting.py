@@ -56,6 +56,7 @@ from scipy.special import expit
 
 from ctxscale.errors import UserError, read_json_object
 from ctxscale.files import atomic_write
+from ctxscale.provenance import package_versions
 from ctxscale.law import (
     FITTED_WIDTH_LOG10_BOUNDS,
     LawSpec,
@@ -578,14 +579,8 @@ def write_json_atomic(path, record: dict) -> None:
 
 
 def library_versions() -> dict:
-    import platform
-
-    import scipy
-
-    import ctxscale
-
-    return {"ctxscale": ctxscale.__version__, "python": platform.python_version(), "numpy": np.__version__,
-            "scipy": scipy.__version__, "pandas": pd.__version__}
+    """What a fit record names of its environment."""
+    return package_versions(("ctxscale", "python", "numpy", "scipy", "pandas"))
 
 
 # ------------------------------------------------------------------------------------------------ CLI

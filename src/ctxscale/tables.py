@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ctxscale.compute import read_model_info
 from ctxscale.errors import UserError, parse_json_option, read_json_object
 from ctxscale.experiments import EXPERIMENTS, regression_metrics
 from ctxscale.files import atomic_write
@@ -127,18 +128,10 @@ def load_fits(fits_dir) -> dict:
 
 
 def load_model_info(paths) -> pd.DataFrame:
-    """Model-info files (``results/models/{model}.json``) as a table indexed by model name."""
-    records = []
-    for path in paths or ():
-        record = read_json_object(path, "model-info file")
-        if "model" not in record:
-            raise UserError(f"model-info file {path} has no 'model' field")
-        records.append({column: record.get(column) for column in MODEL_INFO_COLUMNS})
-    frame = pd.DataFrame(records, columns=MODEL_INFO_COLUMNS)
-    duplicated = frame["model"].duplicated()
-    if duplicated.any():
-        raise UserError(f"model {frame.loc[duplicated, 'model'].iloc[0]!r} has more than one model-info file")
-    return frame.set_index("model", drop=False)
+    """Model-info files (``results/models/{model}.json``, read by :func:`ctxscale.compute.read_model_info`) as a
+    table indexed by model name."""
+    records = [{column: info.get(column) for column in MODEL_INFO_COLUMNS} for info in read_model_info(paths).values()]
+    return pd.DataFrame(records, columns=MODEL_INFO_COLUMNS).set_index("model", drop=False)
 
 
 def ordered_tasks(tasks, preferred=None) -> list:

@@ -63,6 +63,7 @@ import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from ctxscale import synthetic
+from ctxscale.datasets import load_tokenizer
 from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
 
 log = logging.getLogger("ctxscale.tiny")
@@ -380,7 +381,7 @@ def extend(base_dir, spec: dict, threads: int = 1):
         raise UserError(f"{base_dir} is already an extended model; extend a base model")
     rope_scaling = _check_rope_scaling(spec["rope_scaling"], base_info["n_ctx"], spec["n_ctx"])
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(base_dir)
+    tokenizer = _load_tokenizer(base_dir)
     base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     model = init_model(
         tokenizer,
@@ -431,11 +432,8 @@ def _parse_spec(text: str) -> dict:
 
 
 def _load_tokenizer(directory: str | None):
-    if directory is None:
-        return build_tokenizer()
-    if not Path(directory).is_dir():
-        raise UserError(f"tokenizer directory {directory} does not exist")
-    return transformers.AutoTokenizer.from_pretrained(directory)
+    """The saved tokenizer in ``directory``, or (none given) the character tokenizer built afresh."""
+    return build_tokenizer() if directory is None else load_tokenizer(directory)
 
 
 @cli_main

