@@ -229,3 +229,17 @@ def test_validate_config_fills_defaults(paper_config):
 def test_lint_reports_no_errors(clone_dir):
     result = snakemake_in(clone_dir, "--lint")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_job_records_go_under_logs_and_figures_follow_the_task_order(clone_dir, paper_config):
+    """Benchmark files go beside the job logs (benchmarks/ holds only scripts); the figures get the config's task
+    order (a reordered ``tasks`` mapping reorders the panels)."""
+    config = copy.deepcopy(paper_config)
+    config["tasks"] = dict(reversed(list(config["tasks"].items())))
+    code, output = dry_run(clone_dir, config, "--printshellcmds")
+    assert code == 0, output[-3000:]
+    benchmarks = re.findall(r"^\s*benchmark: (\S+)$", output, flags=re.MULTILINE)
+    assert len(benchmarks) == job_counts(output)["evaluate"] + job_counts(output)["fit"]
+    assert all(path.startswith("logs/benchmarks/") for path in benchmarks), benchmarks[:3]
+    settings = re.search(r"python -m ctxscale\.figures .*--settings '([^']+)'", output).group(1)
+    assert json.loads(settings)["tasks"] == list(config["tasks"]) == ["translation", "common-sense", "arithmetic"]

@@ -12,13 +12,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # Never copied into a clone: what a fresh clone does not have.
-NOT_IN_A_CLONE = {".git", ".venv", ".snakemake", "results", "resources", "logs", "benchmarks", "__pycache__",
+NOT_IN_A_CLONE = {".git", ".venv", ".snakemake", "results", "resources", "logs", "__pycache__",
                   ".pytest_cache"}  # fmt: skip
 
 
 def clone(destination: Path) -> Path:
     """Copy the checkout's files into ``destination`` as a clone would have them (git's tracked and untracked
-    files that are not ignored; results/, resources/, benchmarks/ keep only their committed files).
+    files that are not ignored; results/ and resources/ keep only their committed files).
     Returns ``destination``; copying again over an earlier clone keeps its outputs."""
     destination.mkdir(parents=True, exist_ok=True)
     listing = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True)

@@ -19,7 +19,7 @@ rule evaluate:
     log:
         "logs/evaluate/{model}/{dataset}.log",
     benchmark:
-        "benchmarks/evaluate/{model}/{dataset}.tsv"
+        "logs/benchmarks/evaluate/{model}/{dataset}.tsv"
     threads: evaluation_threads()
     resources:
         gpu=evaluation_gpus,

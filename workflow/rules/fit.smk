@@ -12,7 +12,7 @@ rule fit:
     log:
         "logs/fit/{experiment}/{task}.log",
     benchmark:
-        "benchmarks/fit/{experiment}/{task}.tsv"
+        "logs/benchmarks/fit/{experiment}/{task}.tsv"
     conda:
         CONDA_ENV
     shell:

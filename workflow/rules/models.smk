@@ -62,7 +62,7 @@ rule train_tiny_model:
     log:
         "logs/train_tiny_model/{model}.log",
     benchmark:
-        "benchmarks/train_tiny_model/{model}.tsv"
+        "logs/benchmarks/train_tiny_model/{model}.tsv"
     threads: 1
     wildcard_constraints:
         model=model_pattern(m for m in tiny_models() if "extends" not in model_spec(m)),
@@ -83,7 +83,7 @@ rule extend_tiny_model:
     log:
         "logs/extend_tiny_model/{model}.log",
     benchmark:
-        "benchmarks/extend_tiny_model/{model}.tsv"
+        "logs/benchmarks/extend_tiny_model/{model}.tsv"
     threads: 1
     wildcard_constraints:
         model=model_pattern(m for m in tiny_models() if "extends" in model_spec(m)),
