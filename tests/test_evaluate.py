@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from letter_task import letter_manifest
 
 from ctxscale import evaluate as ev
 from ctxscale.aggregate import aggregate
@@ -23,20 +24,7 @@ from ctxscale.tiny import build_tokenizer, init_model, save_checkpoint
 N_CTX = 64  # the model's own limit; longer prompts are evaluated (penalty region)
 MAX_NEW_TOKENS = 3
 SHOTS = [0, 1, 3, 5]
-MANIFEST = {
-    "dataset": "toy-qa",
-    "task": "common-sense",
-    "prefix": "Question: ",
-    "suffix": "\nAnswer: ",
-    "separator": "\n\n",
-    "stop": ["\n\n", "Question: "],
-    "metric": "mc_match",
-    "max_new_tokens": MAX_NEW_TOKENS,
-    "counts": {"shots": 5, "test": 4},
-    "seeds": {"shots": 31337},
-    "source": {"kind": "test fixture"},
-    "tokenizer": "ctxscale.tiny",
-}
+MANIFEST = letter_manifest("toy-qa", max_new_tokens=MAX_NEW_TOKENS, shots_seed=31337)
 POOL = [{"input": f"Pick the letter {letter}: A B C D?", "reference": letter} for letter in "ABCDA"]
 TEST_ROWS = [
     {"id": "t0", "input": "Pick the letter B: A B C D?", "reference": "B"},

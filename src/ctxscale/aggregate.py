@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from ctxscale.compute import read_model_info
-from ctxscale.errors import UserError, cli_main, read_json_object, setup_logging
+from ctxscale.errors import UserError, cli_main, parse_step_args, read_json_object, step_parser
 from ctxscale.files import atomic_write
 from ctxscale.observations import OBSERVATION_COLUMNS, task_cells, validate_observations
 
@@ -168,21 +168,17 @@ def aggregate(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ctxscale.aggregate", description="Per-shot evaluation results → observations tables."
-    )
+    parser = step_parser("python -m ctxscale.aggregate", "Per-shot evaluation results → observations tables.")
     parser.add_argument("--eval-files", required=True, nargs="+", help="shots_{k}.json files or folders holding them")
     parser.add_argument("--model-info", required=True, nargs="+", help="results/models/{model}.json files")
     parser.add_argument("--out-datasets", required=True, help="per (model, dataset, n_shots) table (CSV)")
     parser.add_argument("--out-tasks", required=True, help="per (model, task, n_shots) table (CSV)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse_step_args(build_parser(), argv)
     aggregate(args.eval_files, args.model_info, args.out_datasets, args.out_tasks)
     return 0
 

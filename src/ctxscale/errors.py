@@ -7,6 +7,7 @@ traceback; library callers can catch it like any exception.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import logging
@@ -49,6 +50,24 @@ def setup_logging(level: str | int = logging.INFO) -> None:
     """Progress and diagnostics go to stderr (the workflow's job logs)."""
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(level)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def step_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The argument parser of one workflow step's command line (``python -m ctxscale.<step>``), with
+    ``--log-level``; read it with :func:`parse_step_args`."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="stderr detail (INFO)")
+    return parser
+
+
+def parse_step_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse a step's arguments and send its log to stderr at the chosen level."""
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    return args
 
 
 def parse_json_option(text: str, option: str):

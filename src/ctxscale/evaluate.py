@@ -83,7 +83,7 @@ from typing import Any, Iterable
 
 from ctxscale import vllm_rope
 from ctxscale.datasets import build_prompt
-from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
+from ctxscale.errors import UserError, cli_main, parse_json_option, parse_step_args, step_parser
 from ctxscale.files import atomic_write
 from ctxscale.provenance import package_versions
 from ctxscale.tasks import TASK_FORMAT_VERSION, TaskData, load_task_data, write_task
@@ -916,9 +916,9 @@ def _parse_settings(text: str) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     from ctxscale.config import schema_defaults
 
-    parser = argparse.ArgumentParser(
-        prog="python -m ctxscale.evaluate",
-        description="Evaluate one model on one prepared dataset at every shot count (lm-eval, never truncating).",
+    parser = step_parser(
+        "python -m ctxscale.evaluate",
+        "Evaluate one model on one prepared dataset at every shot count (lm-eval, never truncating).",
     )
     parser.add_argument("--model-dir", required=True, help="Hugging Face checkpoint folder")
     parser.add_argument("--model-name", required=True, help="model name recorded in the results")
@@ -939,7 +939,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --plan: per-GPU overhead (MiB; default: the config's gpu_overhead_gib)")
     parser.add_argument("--max-gpus-per-job", type=int, default=sizing["max_gpus_per_job"],
                         help="with --plan: most GPUs for this job (default: the config's max_gpus_per_job)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
@@ -963,8 +962,7 @@ def planned_settings(args: argparse.Namespace, settings: dict) -> dict:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse_step_args(build_parser(), argv)
     settings = _parse_settings(args.settings)
     if args.plan:
         settings = planned_settings(args, settings)

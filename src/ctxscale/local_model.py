@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ctxscale.errors import UserError, cli_main, setup_logging
+from ctxscale.errors import UserError, cli_main, parse_step_args, step_parser
 
 log = logging.getLogger("ctxscale.local_model")
 
@@ -77,20 +77,18 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ctxscale.local_model",
-        description="Copy a local checkpoint folder, or convert a GGUF file, into a Hugging Face checkpoint folder.",
+    parser = step_parser(
+        "python -m ctxscale.local_model",
+        "Copy a local checkpoint folder, or convert a GGUF file, into a Hugging Face checkpoint folder.",
     )
     parser.add_argument("--path", required=True, help="checkpoint folder or .gguf file on disk")
     parser.add_argument("--out", required=True, help="output checkpoint folder")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse_step_args(build_parser(), argv)
     convert(args.path, args.out)
     return 0
 

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
+from letter_task import letter_manifest
 
 from ctxscale import evaluate as ev
 from ctxscale import vllm_rope
@@ -24,20 +25,7 @@ N_CTX = 64  # the tiny models' own limit; the long prompts below are more than t
 MAX_LENGTH = 360
 MAX_NEW_TOKENS = 4
 TINY_SHOTS = [0, 2, 4]
-LETTERS_MANIFEST = {
-    "dataset": "letters",
-    "task": "common-sense",
-    "prefix": "Question: ",
-    "suffix": "\nAnswer: ",
-    "separator": "\n\n",
-    "stop": ["\n\n", "Question: "],
-    "metric": "mc_match",
-    "max_new_tokens": MAX_NEW_TOKENS,
-    "counts": {"shots": 5, "test": 4},
-    "seeds": {"shots": 1},
-    "source": {"kind": "test fixture"},
-    "tokenizer": "ctxscale.tiny",
-}
+LETTERS_MANIFEST = letter_manifest("letters", max_new_tokens=MAX_NEW_TOKENS, shots_seed=1)
 LETTERS_POOL = [{"input": f"Which letter comes first in {w}? A B C D E", "reference": w[0]} for w in
                 ("Bear", "Dog", "Cat", "Apple", "Eagle")]
 LETTERS_TEST = [{"id": f"t{i}", "input": f"Which letter comes first in {w}? A B C D E", "reference": w[0]}
