@@ -14,20 +14,10 @@ import yaml
 from ctxscale import tables
 from ctxscale.errors import UserError
 from ctxscale.fitting import load_fit
-from test_figures import model_infos, shared_run
+from test_figures import model_infos, paper_run, tiny_run  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["arithmetic", "common-sense", "translation"]
-
-
-@pytest.fixture(scope="module")
-def paper_run(tmp_path_factory) -> Path:
-    return shared_run("paper", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    return shared_run("tiny", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """lm-eval tasks generated from prepared data render the official prompts byte for byte (spec §4.4)."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -25,14 +27,7 @@ def manifest_for(dataset_name: str) -> dict:
     """The manifest of a real dataset spec (its prefix, suffix, stop strings, metric)."""
     spec = get_spec(dataset_name)
     return {
-        "dataset": spec.name,
-        "task": spec.task,
-        "prefix": spec.prefix,
-        "suffix": spec.suffix,
-        "separator": spec.separator,
-        "stop": spec.stop,
-        "metric": spec.metric,
-        "max_new_tokens": spec.max_new_tokens,
+        **spec.manifest_format(),
         "counts": {},
         "seeds": {"shots": 31337},
         "source": {"hf_id": spec.hf_id},
@@ -81,20 +76,20 @@ def test_gsm_prompt_literal(tmp_path):
     )
 
 
-def test_aqua_rat_and_wmt_literals(tmp_path):
-    aqua = manifest_for("aqua-rat")
-    files = write_task(write_prepared(tmp_path / "aqua", SHOTS, TEST, aqua), tmp_path / "tasks")
+def _fewshot_context(tmp_path: Path, dataset: str, shots: list, doc_index: int, k: int) -> str:
+    """The prompt lm-eval builds for test doc ``doc_index`` with ``k`` shots of a real dataset's format."""
+    prepared = write_prepared(tmp_path / dataset, shots, TEST, manifest_for(dataset))
+    files = write_task(prepared, tmp_path / "tasks")
     task = load_task(files.directory, files.name)
-    doc = list(task.eval_docs)[0]
-    assert task.fewshot_context(doc, 1, gen_prefix=None) == (
+    return task.fewshot_context(list(task.eval_docs)[doc_index], k, gen_prefix=None)
+
+
+def test_aqua_rat_and_wmt_literals(tmp_path):
+    assert _fewshot_context(tmp_path, "aqua-rat", SHOTS, 0, 1) == (
         "Question: What is {{ 2 + 3 }}?Return a letter only.\nAnswer:5\n\n"
         "Question: How many legs has a spider?Return a letter only.\nAnswer:"
     )
-    wmt = manifest_for("wmt14-de-en")
-    files = write_task(write_prepared(tmp_path / "wmt", SHOTS[:2], TEST, wmt), tmp_path / "tasks")
-    task = load_task(files.directory, files.name)
-    doc = list(task.eval_docs)[1]
-    assert task.fewshot_context(doc, 2, gen_prefix=None) == (
+    assert _fewshot_context(tmp_path, "wmt14-de-en", SHOTS[:2], 1, 2) == (
         "What is {{ 2 + 3 }}?5\n\nName a colour.\nA. red\nB. blueB\n\nGerman: Guten Morgen\nEnglish:"
     )
 

@@ -273,6 +273,12 @@ class DatasetSpec:
         """Stop strings: the separator, plus the prefix when it is non-empty (official ``eval.py``)."""
         return [self.separator, self.prefix] if self.prefix else [self.separator]
 
+    def manifest_format(self) -> dict[str, Any]:
+        """The manifest's fields that fix prompts and scoring: dataset, task, prompt parts, stops, metric."""
+        return {"dataset": self.name, "task": self.task, "prefix": self.prefix, "suffix": self.suffix,
+                "separator": self.separator, "stop": self.stop, "metric": self.metric,
+                "max_new_tokens": self.max_new_tokens}
+
     def construct(self, row: Mapping[str, Any]) -> tuple[str, str]:
         """``(input, reference)`` for one Hugging Face row."""
         return self.constructor(row)
@@ -769,14 +775,7 @@ def prepare_dataset(
                     spec.name, max_length_per_example)  # fmt: skip
 
     manifest = {
-        "dataset": spec.name,
-        "task": spec.task,
-        "prefix": spec.prefix,
-        "suffix": spec.suffix,
-        "separator": spec.separator,
-        "stop": spec.stop,
-        "metric": spec.metric,
-        "max_new_tokens": spec.max_new_tokens,
+        **spec.manifest_format(),
         "counts": {
             "train_split_rows": source["train_split_rows"],
             "train_before_filter": len(train_examples),
