@@ -105,6 +105,8 @@ def test_schema_defaults_are_the_one_source_of_the_librarys_defaults():
     parser = evaluate.build_parser()
     assert parser.get_default("gpu_memory_mib") == round(evaluation["gpu_memory_gib"] * 1024) == 81510
     assert parser.get_default("max_gpus_per_job") == evaluation["max_gpus_per_job"]
+    # without a plan, "auto" tensor parallelism is one GPU
+    assert evaluate.Settings.from_mapping({}).tensor_parallel_size == 1
 
 
 def test_a_validated_config_carries_every_default(demo):

@@ -305,15 +305,12 @@ def test_user_mistakes_exit_2_with_one_line(workspace, capsys):
     except ImportError:
         cases.append((["--shots", "0", "--settings", json.dumps(SETTINGS | {"backend": "vllm", "tensor_parallel_size": 1})],
                       "needs the vllm package"))
-    vllm_unplanned = SETTINGS | {"backend": "vllm", "tensor_parallel_size": "auto"}
-    cases.append((["--shots", "0", "--settings", json.dumps(vllm_unplanned)], "tensor_parallel_size auto is chosen by"))
     for extra, message in cases:
         assert ev.main(base + extra) == 2, extra
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and "Traceback" not in err, err
     missing = ["--model-dir", str(workspace / "model"), "--model-name", "tiny", "--data-dir", str(workspace / "none"),
-               "--shots", "0", "--out-dir", str(workspace / "o"), "--cache-dir", str(workspace / "c"),
-               "--settings", json.dumps(SETTINGS)]
+               "--shots", "0", "--out-dir", str(workspace / "o"), "--cache-dir", str(workspace / "c")]
     assert ev.main(missing) == 2
     assert "not a prepared dataset" in capsys.readouterr().err
 

