@@ -221,8 +221,8 @@ def test_validate_config_fills_defaults(paper_config):
     del config["fit"]
     ctxconfig.validate_config(config)
     assert config["fit"] == {
-        "objective": "mse", "penalty": "paper", "seeds": 5, "bootstrap": 1000, "per_dataset": False,
-        "groups": ["yarn"],
+        "objective": "mse", "penalty": "paper", "law": "paper", "seeds": 5, "bootstrap": 1000,
+        "bootstrap_unit": "instances", "per_dataset": False, "groups": ["yarn"],
     }
 
 

@@ -65,6 +65,37 @@ def load_schema(path: Path | str = SCHEMA_PATH) -> dict:
         return yaml.safe_load(handle)
 
 
+def schema_default(*keys: str, schema: dict | None = None):
+    """The ``default`` the schema gives a key, found by its path of property names.
+
+    ``schema_default("fit", "bootstrap")`` reads ``properties.fit.properties.bootstrap.default``; a path
+    may start in ``$defs``: ``schema_default("$defs", "experiment", "train_max_n_pmt")``. The schema is the
+    single source of defaults: library code that needs one (a CLI default) reads it from here.
+    """
+    node = schema if schema is not None else _cached_schema()
+    for key in keys:
+        if key == "$defs" and node is not None and "$defs" in node:
+            node = node["$defs"]
+        elif "properties" in node and key in node["properties"]:
+            node = node["properties"][key]
+        elif key in node:
+            node = node[key]
+        else:
+            raise KeyError(f"schema has no key {'.'.join(keys)}")
+    if "default" not in node:
+        raise KeyError(f"schema key {'.'.join(keys)} has no default")
+    return copy.deepcopy(node["default"])
+
+
+_SCHEMA_CACHE: dict = {}
+
+
+def _cached_schema() -> dict:
+    if "schema" not in _SCHEMA_CACHE:
+        _SCHEMA_CACHE["schema"] = load_schema()
+    return _SCHEMA_CACHE["schema"]
+
+
 def validate_config(config: dict, schema: dict | None = None) -> dict:
     """Validate ``config`` in place (filling defaults) and check cross-references. Returns it."""
     if not isinstance(config, dict):
