@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     from ctxscale.experiments import _names
     from ctxscale.fitting import OBJECTIVES
     from ctxscale.observations import load_observations
-    from ctxscale.tables import write_tables
+    from ctxscale.files import atomic_write
+    from ctxscale.tables import to_markdown
 
     parser = argparse.ArgumentParser(prog="ctxscale compare",
                                      description="Compare the law variants out of sample on an observations table.")
@@ -145,7 +146,9 @@ def main(argv=None) -> int:
         observations = load_observations(args.observations)
         table = compare_laws(observations, args.task, laws, settings, args.train_max_n_pmt,
                              _names(args.models) or None, args.per_dataset)
-        written = write_tables({args.name: table}, args.out_dir)
+        written = [Path(args.out_dir) / f"{args.name}.csv", Path(args.out_dir) / f"{args.name}.md"]
+        atomic_write(written[0], table.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+        atomic_write(written[1], to_markdown(TABLE_NAME, table))
         columns = ["task", "law", "n_params", "train_mae", "lomo_test_mae", "heldout_context_test_mae", "bic"]
         print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print("wrote " + " ".join(map(str, written)))

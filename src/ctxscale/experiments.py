@@ -364,8 +364,8 @@ def run_experiment(name: str, cellset: CellSet, settings: FitSettings | None = N
 
 def workflow_experiments(config: dict) -> list:
     """Experiments the workflow fits for a validated config: the enabled ones, held-out-compute only when
-    some enabled model is held out."""
-    enabled = [e for e, s in config["experiments"].items() if s.get("enabled", True)]
+    some enabled model is held out (``compare`` is not a fit: :mod:`ctxscale.compare` writes a table)."""
+    enabled = [e for e, s in config["experiments"].items() if s.get("enabled", True) and e in EXPERIMENTS]
     if "held-out-compute" in enabled and not ctxconfig.holdout_models(config):
         enabled.remove("held-out-compute")
     return enabled

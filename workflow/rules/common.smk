@@ -6,6 +6,7 @@ import re
 import sys
 
 from ctxscale import config as ctxconfig
+from ctxscale import compare as ctxcompare
 from ctxscale import experiments as ctxexperiments
 from ctxscale import plan as ctxplan
 from ctxscale.errors import UserError
@@ -253,5 +254,17 @@ def table_config():
     return json.dumps({k: config[k] for k in keys}, sort_keys=True)
 
 
+def compare_arguments(wildcards=None):
+    """Options of `ctxscale compare` (experiments.compare): ctxscale.compare.workflow_compare_arguments."""
+    return " ".join(ctxcompare.workflow_compare_arguments(config))
+
+
+def compare_outputs():
+    name = ctxcompare.TABLE_NAME
+    return [report(f"results/tables/{name}.csv", caption=caption_file(name), category="Tables"),
+            f"results/tables/{name}.md"]
+
+
 def final_outputs():
-    return ["results/observations/by_task.csv", *fit_files(), *figure_outputs(), *table_outputs()]
+    compared = compare_outputs() if ctxcompare.compare_enabled(config) else []
+    return ["results/observations/by_task.csv", *fit_files(), *figure_outputs(), *table_outputs(), *compared]
