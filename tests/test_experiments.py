@@ -224,15 +224,11 @@ def test_real_ruler_context_penalty():
     budget includes the answer, so the prompt is strictly shorter, while the raw-token penalty is exactly
     0.5 at n_pmt = n_ctx - the table's rounding, not the model, would decide those rows.
     """
-    raw = pd.read_csv(EXTERNAL / "ruler_readme.csv")
-    raw = raw[raw["params_as_listed"].notna() & (raw["prompt_tokens"] != raw["context_limit_tokens"])]
-    active_params = raw["params_as_listed"].str.extract(r"^([\d.]+)B", expand=False).astype(float) * 1e9
-    observations = pd.DataFrame({
-        "model": raw["model"] + " " + raw["params_as_listed"], "task": "ruler",
-        "dataset": "len" + raw["prompt_tokens"].astype(str), "n_shots": 0, "n_pmt": raw["prompt_tokens"],
-        "n_ctx": raw["context_limit_tokens"], "compute": 6 * active_params * 1e12, "score": raw["score"] / 100,
-        "n_instances": 1})
-    cells = select_cells(validate_observations(observations), "ruler", per_dataset=True)
+    from ctxscale.external import ruler_observations
+
+    observations = ruler_observations(pd.read_csv(EXTERNAL / "ruler_readme.csv"))
+    assert observations["dataset"].str.startswith("len").all() and (observations["n_instances"] == 1).all()
+    cells = select_cells(observations, "ruler", per_dataset=True)
     with_penalty = in_distribution(cells, FAST)["metrics"]["train"]
     without = no_penalty(cells, FAST)["metrics"]["train"]
     print(f"ruler: n={with_penalty['n']} ({with_penalty['n_beyond_ctx']} beyond n_ctx); MAE with penalty "
