@@ -67,7 +67,7 @@ def test_ingest_real_lm_eval_output_then_fit(lm_eval_runs, tmp_path, capsys):
     code, stdout, err = run(["ingest", root / "out", "--model-sheet", root / "sheet.csv", "--tokenizer", root / "tiny-a",
                              "--metric", "mc_match", "--task", "common-sense", "--out", out], capsys)
     assert code == 0, err
-    assert "6 cells (2 models, 1 datasets, shots [0, 1, 3])" in stdout
+    assert "6 cells (2 models, 1 datasets, tasks common-sense, shots [0, 1, 3])" in stdout
     obs = pd.read_csv(out)
     assert list(obs["n_shots"]) == [0, 1, 3, 0, 1, 3] and set(obs["dataset"]) == {task}
     assert (obs["task"] == "common-sense").all() and (obs["n_instances"] == 4).all()

@@ -98,7 +98,7 @@ CONVERTERS = {"ruler": ruler_observations, "helmet": helmet_observations, "pythi
 def main(argv=None) -> int:
     """``ctxscale external SOURCE IN.csv --out OBS.csv``: convert one external table (module docstring)."""
     from ctxscale.errors import handle_user_errors
-    from ctxscale.files import atomic_write
+    from ctxscale.observations import write_observations
 
     parser = argparse.ArgumentParser(prog="ctxscale external", description=__doc__.splitlines()[0])
     parser.add_argument("source", choices=sorted(CONVERTERS))
@@ -115,9 +115,7 @@ def main(argv=None) -> int:
             observations = CONVERTERS[args.source](raw)
         except KeyError as exc:
             raise UserError(f"{args.table} is not a {args.source} table (no column {exc})") from None
-        atomic_write(args.out, observations.to_csv(index=False, lineterminator="\n"))
-        print(f"wrote {args.out}: {len(observations)} cells, {observations['model'].nunique()} models, "
-              f"tasks {', '.join(sorted(observations['task'].unique()))}")
+        print(write_observations(args.out, observations))
         return 0
 
     return handle_user_errors(body)

@@ -181,7 +181,7 @@ def check_runs(runs, sheet: pd.DataFrame, metric: str) -> list:
 def main(argv=None) -> int:
     """``ctxscale ingest OUT_DIR [...] --model-sheet SHEET.csv --tokenizer TOK --metric M --out OBS.csv``."""
     from ctxscale.errors import handle_user_errors
-    from ctxscale.files import atomic_write
+    from ctxscale.observations import write_observations
 
     parser = argparse.ArgumentParser(prog="ctxscale ingest", description=__doc__.splitlines()[0],
                                      epilog="model sheet: CSV with model, n_ctx and either C or N and D (C = 6ND)")
@@ -206,9 +206,7 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot load tokenizer {args.tokenizer}: {str(exc).splitlines()[0]}") from None
         frame = ingest(args.runs, sheet, tokenizer, args.metric, args.task, args.model)
-        atomic_write(args.out, frame.to_csv(index=False, lineterminator="\n"))
-        print(f"wrote {args.out}: {len(frame)} cells ({frame['model'].nunique()} models, "
-              f"{frame['dataset'].nunique()} datasets, shots {sorted(frame['n_shots'].unique().tolist())})")
+        print(write_observations(args.out, frame))
         return 0
 
     return handle_user_errors(body)
