@@ -209,7 +209,8 @@ def test_fit_help_lists_columns_and_choices(capsys):
         assert f"  {choice}" in out or f"{choice} =" in out or f"| {choice}" in out
 
 
-@pytest.mark.parametrize("law", ["paper", "heavy-tail", "chance-floor", "relative-width", "recommended"])
+@pytest.mark.parametrize("law", ["paper", "heavy-tail", "chance-floor", "relative-width", "floor-relative-width",
+                                 "recommended"])
 def test_fit_and_predict_with_every_law(law, observations, tmp_path, capsys):
     from ctxscale.law import LawSpec, resolve_law
 

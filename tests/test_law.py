@@ -169,13 +169,17 @@ def test_relative_width_law_is_the_fitted_penalty():
 def test_registry_aliases_and_schema_agree():
     from ctxscale.config import load_schema
 
-    assert set(LAWS) == {"paper", "heavy-tail", "chance-floor", "relative-width"}
+    assert set(LAWS) == {"paper", "heavy-tail", "chance-floor", "relative-width", "floor-relative-width"}
+    both = LawSpec(law="floor-relative-width")
+    assert both.extra_names == ("log10_penalty_width", "floor") and both.n_free == 6
     assert LawSpec(law="recommended").law == LAW_ALIASES["recommended"] in LAWS
     assert resolve_law("paper") == "paper"
     with pytest.raises(UserError, match="unknown law 'weibull'; choose one of paper"):
         resolve_law("weibull")
     schema = load_schema()["properties"]["fit"]["properties"]["law"]
     assert tuple(schema["enum"]) == LAW_CHOICES and schema["default"] == "paper"
+    compared = load_schema()["$defs"]["experiment"]["properties"]["laws"]
+    assert compared["default"] == compared["items"]["enum"] == list(LAWS)
 
 
 @pytest.mark.parametrize("law,extra", [("heavy-tail", {"log10_gamma": 0.0}), ("chance-floor", {"floor": 0.25}),

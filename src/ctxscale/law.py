@@ -34,7 +34,8 @@ Law variants (:data:`LAWS`, ``ctxscale fit --law NAME``, config ``fit.law``; def
 - ``chance-floor``: ``P = floor + (1 - floor) * law`` for multiple-choice tasks, whose score cannot fall
   below guessing; ``floor`` fitted in [0, 0.6] or given (``--floor``, e.g. 0.25 for four choices);
 - ``relative-width``: the penalty ``sigma((n_ctx - n_pmt) / (w n_ctx))`` with ``w`` fitted: this is the
-  ``fitted`` penalty (above), selected as a law so that it can be compared with the others.
+  ``fitted`` penalty (above), selected as a law so that it can be compared with the others;
+- ``floor-relative-width``: both of the last two (floor and penalty width fitted: six parameters).
 
 :data:`LAW_ALIASES` maps ``recommended`` to the variant chosen from the out-of-sample comparison of
 ``docs/laws.md``; :func:`resolve_law` resolves it. Parameters each variant adds are named in
@@ -80,6 +81,8 @@ LAWS = {law.name: law for law in (
                heavy_tail=True),
     LawVariant("chance-floor", "P = floor + (1 - floor) * law, floor fitted (or given with --floor)", floor=True),
     LawVariant("relative-width", "penalty sigma((n_ctx - n_pmt) / (w n_ctx)) with the width w fitted",
+               penalty="fitted"),
+    LawVariant("floor-relative-width", "chance-floor and relative-width together (6 parameters)", floor=True,
                penalty="fitted"),
 )}
 # The variant ``--law recommended`` selects; the evidence is in docs/laws.md.
