@@ -11,6 +11,9 @@ experiment                  training cells                          test cells
 ``context-agnostic``        all, compute factor only (Fig. 1)       none
 ==========================  ======================================  ==================================
 
+The workflow's ``compare`` experiment is not a fit of this module: :mod:`ctxscale.compare` runs
+held-out-context and leave-one-model-out for every law variant and writes one table.
+
 Choices where the paper is silent (documented here, recorded in every result's ``settings``):
 
 - the held-out-context split is strict (``n_pmt < threshold`` trains) and applies to every model;
@@ -450,6 +453,8 @@ experiments:
   context-agnostic     compute term only (baseline)
 penalties: paper = sigma(n_pmt - n_ctx) in raw tokens; relative = width as a fraction of n_ctx
   (--penalty-width); fitted = the width is a fitted parameter
+laws: paper | heavy-tail | chance-floor (--floor to fix it) | relative-width | floor-relative-width |
+  recommended (= relative-width; docs/laws.md); see ctxscale.law
 objectives: mse | mae | robust (soft-L1, --robust-scale) | binomial (likelihood of n_instances)""",
     )  # fmt: skip
     parser.add_argument("observations", help="observations table (CSV or Parquet)")
