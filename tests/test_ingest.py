@@ -121,3 +121,15 @@ def test_ingest_errors_are_one_line(lm_eval_runs, tmp_path, capsys):
     results_path.write_text(json.dumps(record))
     code, _, err = run(["ingest", mixed] + base[2:] + ["--metric", "mc_match"], capsys)
     assert code == 2 and err.startswith(f"error: {results_path} mixes tasks {task}, other_task; run lm_eval with one task per run")
+
+
+def test_prompt_of_reads_every_logged_request_shape():
+    # generate_until and loglikelihood as EvaluationTracker writes them, and an older list form
+    assert prompt_of({"arguments": {"gen_args_0": {"arg_0": "Q: 1+1?\nA:", "arg_1": {"until": ["\n"]}}}}) == "Q: 1+1?\nA:"
+    choices = {"gen_args_0": {"arg_0": "Sky is", "arg_1": " blue"}, "gen_args_1": {"arg_0": "Sky is", "arg_1": " red"}}
+    assert prompt_of({"arguments": choices}) == "Sky is"
+    assert prompt_of({"arguments": [["Sky is", " blue"], ["Sky is", " red"]]}) == "Sky is"
+    from ctxscale.errors import UserError
+
+    with pytest.raises(UserError, match="no prompt in its arguments"):
+        prompt_of({"doc": {}})
