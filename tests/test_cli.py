@@ -207,3 +207,31 @@ def test_fit_help_lists_columns_and_choices(capsys):
     assert "model, task, dataset, n_shots, n_pmt" in out and "n_instances" in out
     for choice in ("held-out-context", "leave-one-model-out", "context-agnostic", "relative", "binomial"):
         assert f"  {choice}" in out or f"{choice} =" in out or f"| {choice}" in out
+
+
+@pytest.mark.parametrize("law", ["paper", "heavy-tail", "chance-floor", "relative-width", "floor-relative-width",
+                                 "recommended"])
+def test_fit_and_predict_with_every_law(law, observations, tmp_path, capsys):
+    from ctxscale.law import LawSpec, resolve_law
+
+    out = tmp_path / f"{law}.json"
+    code, stdout, err = run(["fit", observations, "--task", "ar", "--law", law, "--seeds", "1", "--out", out, "-q"],
+                            capsys)
+    assert code == 0, err
+    fit = load_fit(out)
+    assert fit.record["law"]["name"] == resolve_law(law) and fit.spec.law == resolve_law(law)
+    assert list(fit.identifiable_params) == list(LawSpec(law=law).identifiable_names)
+    code, stdout, _ = run(["predict", out, "--compute", "7.77e22", "--n-pmt", "1000", "--n-ctx", "8192"], capsys)
+    assert code == 0
+    predicted = float(stdout.splitlines()[1].split("\t")[3])
+    assert predicted == pytest.approx(float(fit.predict(7.77e22, 1000, 8192)), abs=1e-6) and 0 < predicted < 1
+
+
+def test_fixed_floor_and_law_errors(observations, tmp_path, capsys):
+    out = tmp_path / "floor.json"
+    code, _, _ = run(["fit", observations, "--task", "ar", "--law", "chance-floor", "--floor", "0.25", "--seeds", "1",
+                      "--out", out, "-q"], capsys)
+    assert code == 0 and "floor" not in load_fit(out).identifiable_params
+    assert load_fit(out).predict(7.77e22, 1e6, 8192) == pytest.approx(0.25, abs=1e-9)  # beyond n_ctx: the floor
+    code, _, err = run(["fit", observations, "--task", "ar", "--floor", "0.25"], capsys)
+    assert code == 2 and err.startswith("error: --floor applies only to the chance-floor law")

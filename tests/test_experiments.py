@@ -10,7 +10,7 @@ import pytest
 
 from ctxscale.errors import UserError
 from ctxscale.experiments import (CellSet, FitSettings, context_agnostic, held_out_compute, held_out_context,
-                                  in_distribution, leave_one_model_out, penalty_ablation, regression_metrics,
+                                  in_distribution, leave_one_model_out, no_penalty, regression_metrics,
                                   run_experiment, select_cells)
 from ctxscale.fitting import FitResult
 from ctxscale.law import PAPER_CONTEXT_LIMITS, simulate_observations
@@ -139,7 +139,7 @@ def test_leave_one_model_out_predicts_every_cell_out_of_fold(cells):
 def test_penalty_ablation_reproduces_the_papers_finding(cells):
     """Without the penalty the law overestimates beyond n_ctx by far (spec §6: MAE 0.104 vs 0.014)."""
     with_penalty = in_distribution(cells, FAST)["metrics"]["train"]
-    without = penalty_ablation(cells, FAST)
+    without = no_penalty(cells, FAST)
     metrics = without["metrics"]["train"]
     assert without["model_form"] == "no-penalty" and without["penalty"] is None
     assert with_penalty["n_beyond_ctx"] == metrics["n_beyond_ctx"] > 10
@@ -164,7 +164,7 @@ def test_bootstrap_adds_intervals_to_every_prediction(cells):
     boot = record["bootstrap"]
     assert boot["n_replicates"] == 20 and boot["n_succeeded"] + boot["n_failed"] == 20
     assert len(boot["replicates"]) == boot["n_succeeded"] and boot["names"] == list(record["identifiable_params"])
-    assert boot["unit"] == "models+instances" and boot["seed"] == 3 and boot["refit"] == "local"
+    assert boot["unit"] == "instances" and boot["seed"] == 3 and boot["refit"] == "local"
     predictions = pd.DataFrame(record["predictions"])
     assert {"lo", "hi"} <= set(predictions.columns) and (predictions["lo"] <= predictions["hi"]).all()
     result = FitResult(json.loads(json.dumps(record)))
@@ -224,17 +224,13 @@ def test_real_ruler_context_penalty():
     budget includes the answer, so the prompt is strictly shorter, while the raw-token penalty is exactly
     0.5 at n_pmt = n_ctx - the table's rounding, not the model, would decide those rows.
     """
-    raw = pd.read_csv(EXTERNAL / "ruler_readme.csv")
-    raw = raw[raw["params_as_listed"].notna() & (raw["prompt_tokens"] != raw["context_limit_tokens"])]
-    active_params = raw["params_as_listed"].str.extract(r"^([\d.]+)B", expand=False).astype(float) * 1e9
-    observations = pd.DataFrame({
-        "model": raw["model"] + " " + raw["params_as_listed"], "task": "ruler",
-        "dataset": "len" + raw["prompt_tokens"].astype(str), "n_shots": 0, "n_pmt": raw["prompt_tokens"],
-        "n_ctx": raw["context_limit_tokens"], "compute": 6 * active_params * 1e12, "score": raw["score"] / 100,
-        "n_instances": 1})
-    cells = select_cells(validate_observations(observations), "ruler", per_dataset=True)
+    from ctxscale.external import ruler_observations
+
+    observations = ruler_observations(pd.read_csv(EXTERNAL / "ruler_readme.csv"))
+    assert observations["dataset"].str.startswith("len").all() and (observations["n_instances"] == 1).all()
+    cells = select_cells(observations, "ruler", per_dataset=True)
     with_penalty = in_distribution(cells, FAST)["metrics"]["train"]
-    without = penalty_ablation(cells, FAST)["metrics"]["train"]
+    without = no_penalty(cells, FAST)["metrics"]["train"]
     print(f"ruler: n={with_penalty['n']} ({with_penalty['n_beyond_ctx']} beyond n_ctx); MAE with penalty "
           f"{with_penalty['mae']:.4f} (beyond {with_penalty['mae_beyond_ctx']:.4f}), without "
           f"{without['mae']:.4f} (beyond {without['mae_beyond_ctx']:.4f})")
@@ -242,3 +238,29 @@ def test_real_ruler_context_penalty():
     # measured: 0.067 overall, 0.183 beyond with the penalty; 0.129 and 0.645 without
     assert with_penalty["mae_beyond_ctx"] < 0.5 * without["mae_beyond_ctx"]
     assert with_penalty["mae"] < 0.08 and without["bias_beyond_ctx"] > 0.4
+
+
+def test_workflow_fit_arguments_come_from_the_validated_config():
+    """The workflow's experiment flags (workflow/rules/common.smk calls these): defaults from the schema only."""
+    from ctxscale import config as ctxconfig
+    from ctxscale.experiments import DEFAULT_TRAIN_MAX_N_PMT, workflow_experiments, workflow_fit_arguments
+
+    repo = Path(__file__).resolve().parents[1]
+    demo = ctxconfig.load_config(repo / "config" / "demo.yaml")
+    assert workflow_experiments(demo) == ["in-distribution", "held-out-context", "held-out-compute",
+                                          "leave-one-model-out", "no-penalty", "context-agnostic"]
+    held = workflow_fit_arguments(demo, "held-out-compute")
+    # held-out compute gets intervals too, with the calibrated unit
+    assert "--bootstrap 200" in held and "--bootstrap-unit instances" in held
+    assert "--holdout-models tiny-l-128,tiny-l-256,tiny-l-512" in held
+    assert "--train-max-n-pmt 200" in workflow_fit_arguments(demo, "held-out-context")
+    assert not any(a.startswith("--bootstrap") for a in workflow_fit_arguments(demo, "leave-one-model-out"))
+    # the default lives in the schema: a held-out-context without the key gets it from there
+    demo["experiments"]["held-out-context"] = {"enabled": True}
+    ctxconfig.validate_config(demo)
+    assert DEFAULT_TRAIN_MAX_N_PMT == 10000 == ctxconfig.schema_defaults("experiment")["train_max_n_pmt"]
+    assert "--train-max-n-pmt 10000" in workflow_fit_arguments(demo, "held-out-context")
+    # held-out-compute is dropped when no enabled model is held out
+    demo["experiments"]["held-out-compute"] = {"enabled": True, "holdout_models": []}
+    ctxconfig.validate_config(demo)
+    assert "held-out-compute" not in workflow_experiments(demo)

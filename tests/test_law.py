@@ -120,3 +120,81 @@ def test_paper_form_of_a_degenerate_fit_does_not_overflow():
 
     params = paper_from_identifiable({"log10_C50": 12.0, "alpha": 0.5, "log10_n50": 1200.0, "beta": 0.01})
     assert params["C_c"] == 1e12 and params["n_pmt_c"] == float("inf") and params["beta"] == 0.01
+
+
+# ------------------------------------------------------------------------------------------- law variants
+
+from ctxscale.law import LAW_ALIASES, LAW_CHOICES, LAWS, resolve_law, saturating_factor  # noqa: E402
+
+IDENT = {"log10_C50": 22.0, "alpha": 0.5, "log10_n50": 3.0, "beta": 1.0}
+
+
+def test_heavy_tail_hand_worked_and_paper_limit():
+    # x = (n/n50)^beta = 2000/1000 = 2; gamma = 1: 1 - (1 + 2)^-1 = 2/3.  C = C50: compute factor 1 - 1/e.
+    spec = LawSpec(law="heavy-tail")
+    value = spec.predict({**IDENT, "log10_gamma": 0.0}, 1e22, 2000, 1e9)
+    assert value == pytest.approx((1 - math.exp(-1)) * (2 / 3), rel=1e-12)
+    # gamma -> infinity recovers the paper form 1 - exp(-x)
+    paper = LawSpec().predict(IDENT, 1e22, 2000, 1e9)
+    assert spec.predict({**IDENT, "log10_gamma": 8.0}, 1e22, 2000, 1e9) == pytest.approx(paper, rel=1e-7)
+    # the tail is heavier: below the paper form for every x > 0 at finite gamma
+    h = np.linspace(-3, 3, 13)
+    assert np.all(saturating_factor(h, 0.5) < saturating_factor(h))
+
+
+def test_chance_floor_hand_worked_fitted_or_given():
+    # beyond the limit the penalty kills the law and P falls to the floor, not to 0
+    fitted = LawSpec(law="chance-floor")
+    assert fitted.identifiable_names[-1] == "floor" and fitted.n_free == 5
+    assert fitted.predict({**IDENT, "floor": 0.25}, 1e22, 1e6, 4096) == pytest.approx(0.25, abs=1e-12)
+    inside = (1 - math.exp(-1)) * (1 - math.exp(-2))
+    assert fitted.predict({**IDENT, "floor": 0.25}, 1e22, 2000, 1e9) == pytest.approx(0.25 + 0.75 * inside, rel=1e-12)
+    given = LawSpec(law="chance-floor", floor=0.25)
+    assert given.n_free == 4 and given.predict(IDENT, 1e22, 2000, 1e9) == pytest.approx(0.25 + 0.75 * inside)
+    with pytest.raises(UserError, match="only to the chance-floor law"):
+        LawSpec(law="paper", floor=0.25)
+
+
+def test_relative_width_law_is_the_fitted_penalty():
+    spec = LawSpec(law="relative-width")
+    assert spec.penalty == "fitted" and spec.extra_names == ("log10_penalty_width",)
+    # sigma((n_ctx - n_pmt) / (w n_ctx)) with w = 0.1: n_pmt = 1.1 n_ctx gives expit(-1)
+    value = spec.predict({**IDENT, "log10_penalty_width": -1.0}, 1e22, 1.1 * 4096, 4096)
+    base = LawSpec("no-penalty").predict(IDENT, 1e22, 1.1 * 4096, 4096)
+    assert value == pytest.approx(base / (1 + math.e), rel=1e-12)
+    with pytest.raises(UserError, match="sets the fitted penalty"):
+        LawSpec(law="relative-width", penalty="relative")
+
+
+def test_registry_aliases_and_schema_agree():
+    from ctxscale.config import load_schema
+
+    assert set(LAWS) == {"paper", "heavy-tail", "chance-floor", "relative-width", "floor-relative-width"}
+    both = LawSpec(law="floor-relative-width")
+    assert both.extra_names == ("log10_penalty_width", "floor") and both.n_free == 6
+    assert LawSpec(law="recommended").law == LAW_ALIASES["recommended"] in LAWS
+    assert resolve_law("paper") == "paper"
+    with pytest.raises(UserError, match="unknown law 'weibull'; choose one of paper"):
+        resolve_law("weibull")
+    schema = load_schema()["properties"]["fit"]["properties"]["law"]
+    assert tuple(schema["enum"]) == LAW_CHOICES and schema["default"] == "paper"
+    compared = load_schema()["$defs"]["experiment"]["properties"]["laws"]
+    assert compared["default"] == compared["items"]["enum"] == list(LAWS)
+
+
+@pytest.mark.parametrize("law,extra", [("heavy-tail", {"log10_gamma": 0.0}), ("chance-floor", {"floor": 0.25}),
+                                       ("relative-width", {"log10_penalty_width": -1.5})])
+def test_every_variant_is_recovered_by_the_fit(law, extra):
+    from ctxscale.fitting import FitData, fit_law
+
+    truth = {"log10_C50": 22.0, "alpha": 0.4, "log10_n50": 2.8, "beta": 0.6, **extra}
+    models = {f"m{c:.0e}-{k}": (c, k) for c in (1e20, 1e21, 1e22, 1e23, 1e24) for k in (4096, 16384, 131072)}
+    spec = LawSpec(law=law)
+    frame = simulate_observations(truth, models, spec=spec, n_instances=1000, seed=3)
+    fit = fit_law(FitData.from_frame(frame), spec, seeds=(0, 1))
+    name, value = next(iter(extra.items()))
+    assert fit.identifiable[name] == pytest.approx(value, abs=0.1)
+    assert fit.identifiable["beta"] == pytest.approx(0.6, rel=0.05)
+    # the paper law on the same data fits worse (it cannot express the variant)
+    paper = fit_law(FitData.from_frame(frame), LawSpec(), seeds=(0,))
+    assert paper.loss > 1.2 * fit.loss

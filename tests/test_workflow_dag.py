@@ -48,7 +48,8 @@ def expected_counts(config: dict) -> dict[str, int]:
     for names in config["tasks"].values():
         for name in names:
             datasets += len(DEEPMIND_MATH_CONFIGS) if name == "deepmind-math" else 1
-    experiments = [e for e, s in config["experiments"].items() if s.get("enabled", True)]
+    experiments = [e for e, s in config["experiments"].items() if s.get("enabled", True) and e != "compare"]
+    compare = config["experiments"].get("compare", {}).get("enabled", False)  # one job: every law, every task
     heldout = config["experiments"]["held-out-compute"]
     if not any(config["models"][m]["group"] in heldout.get("holdout_groups", []) or m in heldout.get(
             "holdout_models", []) for m in models):  # fmt: skip
@@ -64,6 +65,7 @@ def expected_counts(config: dict) -> dict[str, int]:
         "model_info": len(models),
         "aggregate": 1,
         "fit": len(experiments) * len(config["tasks"]),
+        "compare": int(compare),
         "figures": 1,
         "tables": 1,
         "all": 1,
@@ -82,7 +84,7 @@ def _paper_checks(code: int, output: str, paper_config: dict) -> None:
     counts = job_counts(output)
     assert counts == expected_counts(paper_config)
     # 12 Llama-2 checkpoints x (3 + 56 + 8 + 5) datasets, as the paper's configs give; no miniature job
-    assert counts["evaluate"] == 12 * 72 and sum(counts.values()) == 979
+    assert counts["evaluate"] == 12 * 72 and sum(counts.values()) == 980
     assert not {"tiny_tokenizer", "train_tiny_model", "extend_tiny_model", "synthesize_dataset"} & set(counts)
     assert "tiny-" not in output
 
@@ -105,7 +107,7 @@ def test_miniature_is_the_default_with_no_flags(clone_dir):
     code, output = dry_run(clone_dir, None, "--workflow-profile", "workflow/profiles/default")
     assert code == 0, output[-3000:]
     counts = job_counts(output)
-    assert counts == expected_counts(demo) and sum(counts.values()) == 71
+    assert counts == expected_counts(demo) and sum(counts.values()) == 72
     assert "llama2" not in output
 
 
@@ -221,8 +223,8 @@ def test_validate_config_fills_defaults(paper_config):
     del config["fit"]
     ctxconfig.validate_config(config)
     assert config["fit"] == {
-        "objective": "mse", "penalty": "paper", "seeds": 5, "bootstrap": 1000, "per_dataset": False,
-        "groups": ["yarn"],
+        "objective": "mse", "penalty": "paper", "law": "paper", "seeds": 5, "bootstrap": 1000,
+        "bootstrap_unit": "instances", "per_dataset": False, "groups": ["yarn"],
     }
 
 

@@ -14,6 +14,9 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "fit": ("ctxscale.experiments", "fit_main", "fit the law to an observations table (one task, one experiment)"),
     "predict": ("ctxscale.fitting", "predict_main", "predict performance from a saved fit"),
+    "ingest": ("ctxscale.ingest", "main", "lm-evaluation-harness output folders (--log_samples) -> observations table"),
+    "external": ("ctxscale.external", "main", "convert an external result table (RULER, HELMET, Pythia) to observations"),
+    "compare": ("ctxscale.compare", "main", "compare the law variants out of sample (law_comparison table)"),
     "table1": ("ctxscale.compute", "table1_main", "print the paper's Table 1 (N, D, C) for a workflow config"),
     "model-info": ("ctxscale.compute", "model_info_main", "write results/models/{model}.json for one model"),
     "plan": ("ctxscale.plan", "main", "print the GPU plan (max_model_len, tensor parallel size, GPUs) of every evaluate job"),

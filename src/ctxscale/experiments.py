@@ -11,6 +11,9 @@ experiment                  training cells                          test cells
 ``context-agnostic``        all, compute factor only (Fig. 1)       none
 ==========================  ======================================  ==================================
 
+The workflow's ``compare`` experiment is not a fit of this module: :mod:`ctxscale.compare` runs
+held-out-context and leave-one-model-out for every law variant and writes one table.
+
 Choices where the paper is silent (documented here, recorded in every result's ``settings``):
 
 - the held-out-context split is strict (``n_pmt < threshold`` trains) and applies to every model;
@@ -37,18 +40,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ctxscale import config as ctxconfig
 from ctxscale.errors import UserError
-from ctxscale.fitting import (BOOTSTRAP_REFITS, BOOTSTRAP_UNITS, DEFAULT_BOOTSTRAP_REPLICATES, DEFAULT_SEEDS, OBJECTIVES,
+from ctxscale.fitting import (BOOTSTRAP_REFITS, BOOTSTRAP_UNITS, DEFAULT_BOOTSTRAP_REPLICATES,
+                              DEFAULT_BOOTSTRAP_UNIT, DEFAULT_SEEDS, OBJECTIVES,
                               ROBUST_SCALE, FitData, LawFit, bootstrap_law, fit_law, library_versions,
                               prediction_interval, write_json_atomic)
-from ctxscale.law import PENALTIES, LawSpec
+from ctxscale.law import LAW_CHOICES, PENALTIES, LawSpec
 from ctxscale.observations import load_observations, select_task, task_cells
 
 log = logging.getLogger(__name__)
 
 EXPERIMENTS = ("in-distribution", "held-out-context", "held-out-compute", "leave-one-model-out", "no-penalty",
                "context-agnostic")
-DEFAULT_TRAIN_MAX_N_PMT = 10_000
+DEFAULT_TRAIN_MAX_N_PMT = ctxconfig.schema_defaults("experiment")["train_max_n_pmt"]
+# Experiments whose fits carry bootstrap intervals in the workflow (parameter table, held-out bands).
+BOOTSTRAPPED_EXPERIMENTS = ("in-distribution", "held-out-context", "held-out-compute")
 SCHEMA_VERSION = 1
 
 
@@ -58,11 +65,13 @@ class FitSettings:
 
     penalty: str = "paper"
     penalty_width: float | None = None
+    law: str = "paper"
+    floor: float | None = None
     objective: str = "mse"
     seeds: tuple = DEFAULT_SEEDS
     bootstrap: int = 0
     bootstrap_seed: int = 0
-    bootstrap_unit: str = "models+instances"
+    bootstrap_unit: str = DEFAULT_BOOTSTRAP_UNIT
     bootstrap_refit: str = "global"
     level: float = 0.95
     robust_scale: float = ROBUST_SCALE
@@ -83,7 +92,7 @@ class FitSettings:
     def spec(self, model_form: str = "context-aware") -> LawSpec:
         if model_form != "context-aware":
             return LawSpec(model_form)
-        return LawSpec(model_form, self.penalty, self.penalty_width)
+        return LawSpec(model_form, self.penalty, self.penalty_width, self.law, self.floor)
 
 
 @dataclass
@@ -214,6 +223,7 @@ def _record(experiment: str, cellset: CellSet, fit: LawFit, predictions: pd.Data
         "task": cellset.task,
         "model_form": spec.model_form,
         "penalty": {"kind": spec.penalty, "width": spec.penalty_width} if spec.uses_penalty else None,
+        "law": {"name": spec.law, "floor": spec.floor, "n_params": spec.n_free},
         "objective": fit.objective,
         "params": fit.params,
         "identifiable_params": fit.identifiable,
@@ -323,7 +333,7 @@ def leave_one_model_out(cellset: CellSet, settings: FitSettings | None = None) -
     return _record("leave-one-model-out", cellset, full, predictions, settings, everything, {}, folds=folds)
 
 
-def penalty_ablation(cellset: CellSet, settings: FitSettings | None = None) -> dict:
+def no_penalty(cellset: CellSet, settings: FitSettings | None = None) -> dict:
     """The law without the context penalty, fitted to every cell (spec §5.4)."""
     return _split_fit("no-penalty", cellset, np.ones(len(cellset.cells), bool), settings or FitSettings(), {},
                       model_form="no-penalty")
@@ -344,12 +354,48 @@ def run_experiment(name: str, cellset: CellSet, settings: FitSettings | None = N
     if name == "held-out-compute":
         return held_out_compute(cellset, settings, holdout_models, train_models)
     functions = {"in-distribution": in_distribution, "leave-one-model-out": leave_one_model_out,
-                 "no-penalty": penalty_ablation, "context-agnostic": context_agnostic}
+                 "no-penalty": no_penalty, "context-agnostic": context_agnostic}
     if name not in functions:
         raise UserError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     if holdout_models or train_models:
         raise UserError("--holdout-models/--train-models apply only to held-out-compute")
     return functions[name](cellset, settings)
+
+
+# ------------------------------------------------------------------------------------------- workflow
+
+
+def workflow_experiments(config: dict) -> list:
+    """Experiments the workflow fits for a validated config: the enabled ones, held-out-compute only when
+    some enabled model is held out (``compare`` is not a fit: :mod:`ctxscale.compare` writes a table)."""
+    enabled = [e for e, s in config["experiments"].items() if s.get("enabled", True) and e in EXPERIMENTS]
+    if "held-out-compute" in enabled and not ctxconfig.holdout_models(config):
+        enabled.remove("held-out-compute")
+    return enabled
+
+
+def workflow_fit_arguments(config: dict, experiment: str) -> list:
+    """Options of ``ctxscale fit`` for one experiment of a validated config (defaults filled by the schema).
+
+    Only the config the experiment uses appears, so editing another experiment's settings reruns nothing.
+    """
+    fit = config["fit"]
+    settings = config["experiments"].get(experiment, {})
+    args = [f"--experiment {experiment}", f"--objective {fit['objective']}", f"--penalty {fit['penalty']}",
+            f"--law {fit['law']}", f"--seeds {fit['seeds']}"]
+    models = ctxconfig.fit_models(config, experiment)
+    if experiment == "held-out-compute":
+        models = models + ctxconfig.holdout_models(config)
+    args.append(f"--models {','.join(models)}")
+    if experiment in BOOTSTRAPPED_EXPERIMENTS and fit["bootstrap"] > 0:
+        args += [f"--bootstrap {fit['bootstrap']}", f"--bootstrap-unit {fit['bootstrap_unit']}"]
+    if experiment == "held-out-context":
+        args.append(f"--train-max-n-pmt {settings['train_max_n_pmt']}")
+    if experiment == "held-out-compute":
+        args.append(f"--holdout-models {','.join(ctxconfig.holdout_models(config))}")
+    if fit["per_dataset"]:
+        args.append("--per-dataset")
+    return args
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -366,6 +412,8 @@ def _fmt(value, spec=".4f") -> str:
 def summary(record: dict) -> str:
     """A short human summary of one fit record."""
     spec = record["model_form"] + (f", {record['penalty']['kind']} penalty" if record["penalty"] else "")
+    if (record.get("law") or {}).get("name", "paper") != "paper":
+        spec += f", {record['law']['name']} law"
     diag = record["diagnostics"]
     ident = record["identifiable_params"]
     lines = [f"task {record['task']} | experiment {record['experiment']} | {spec} | objective {record['objective']}",
@@ -405,13 +453,15 @@ experiments:
   context-agnostic     compute term only (baseline)
 penalties: paper = sigma(n_pmt - n_ctx) in raw tokens; relative = width as a fraction of n_ctx
   (--penalty-width); fitted = the width is a fitted parameter
+laws: paper | heavy-tail | chance-floor (--floor to fix it) | relative-width | floor-relative-width |
+  recommended (= relative-width; docs/laws.md); see ctxscale.law
 objectives: mse | mae | robust (soft-L1, --robust-scale) | binomial (likelihood of n_instances)""",
     )  # fmt: skip
     parser.add_argument("observations", help="observations table (CSV or Parquet)")
     parser.add_argument("--task", required=True, help="task to fit (one law per task)")
     parser.add_argument("--experiment", default="in-distribution", choices=EXPERIMENTS)
     parser.add_argument("--train-max-n-pmt", type=float, default=DEFAULT_TRAIN_MAX_N_PMT,
-                        help="held-out-context: train on n_pmt below this (default 10000)")
+                        help=f"held-out-context: train on n_pmt below this (default {DEFAULT_TRAIN_MAX_N_PMT:g})")
     parser.add_argument("--holdout-models", help="held-out-compute: comma-separated models to test on")
     parser.add_argument("--train-models", help="held-out-compute: comma-separated models to train on (the rest test)")
     parser.add_argument("--models", help="use only these models (comma-separated)")
@@ -421,13 +471,17 @@ objectives: mse | mae | robust (soft-L1, --robust-scale) | binomial (likelihood 
                         help="fit one point per (model, dataset, shots) instead of averaging over the task's datasets")
     parser.add_argument("--penalty", default="paper", choices=PENALTIES)
     parser.add_argument("--penalty-width", type=float, help="relative penalty: width as a fraction of n_ctx (0.01)")
+    parser.add_argument("--law", default="paper", choices=LAW_CHOICES,
+                        help="law variant (ctxscale.law.LAWS; recommended = docs/laws.md's choice; default paper)")
+    parser.add_argument("--floor", type=float, help="chance-floor law: fix the floor (e.g. 0.25) instead of fitting it")
     parser.add_argument("--objective", default="mse", choices=OBJECTIVES)
     parser.add_argument("--robust-scale", type=float, default=ROBUST_SCALE, help="robust objective: soft-L1 scale")
     parser.add_argument("--seeds", type=int, default=len(DEFAULT_SEEDS), help="number of DE seeds, 0..N-1 (5)")
     parser.add_argument("--bootstrap", type=int, nargs="?", const=DEFAULT_BOOTSTRAP_REPLICATES, default=0,
                         metavar="N", help=f"bootstrap replicates (flag alone: {DEFAULT_BOOTSTRAP_REPLICATES}; default none)")
     parser.add_argument("--bootstrap-seed", type=int, default=0)
-    parser.add_argument("--bootstrap-unit", default="models+instances", choices=BOOTSTRAP_UNITS)
+    parser.add_argument("--bootstrap-unit", default=DEFAULT_BOOTSTRAP_UNIT, choices=BOOTSTRAP_UNITS,
+                        help=f"what a replicate resamples (default {DEFAULT_BOOTSTRAP_UNIT}; see ctxscale.fitting)")
     parser.add_argument("--bootstrap-refit", default="global", choices=BOOTSTRAP_REFITS,
                         help="refit each replicate by DE + local refinement (global) or local refinement only")
     parser.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
@@ -444,7 +498,8 @@ objectives: mse | mae | robust (soft-L1, --robust-scale) | binomial (likelihood 
             raise UserError(f"--level must be between 0 and 1, got {args.level}")
         if args.out and Path(args.out).is_dir():  # checked before the fit, not after minutes of work
             raise UserError(f"--out {args.out} is a directory; give the fit file's path, e.g. {args.out}/fit.json")
-        settings = FitSettings(penalty=args.penalty, penalty_width=args.penalty_width, objective=args.objective,
+        settings = FitSettings(penalty=args.penalty, penalty_width=args.penalty_width, law=args.law, floor=args.floor,
+                               objective=args.objective,
                                seeds=tuple(range(args.seeds)), bootstrap=args.bootstrap or 0,
                                bootstrap_seed=args.bootstrap_seed, bootstrap_unit=args.bootstrap_unit,
                                bootstrap_refit=args.bootstrap_refit, level=args.level, robust_scale=args.robust_scale)

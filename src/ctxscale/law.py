@@ -24,6 +24,24 @@ Mapping back to the paper form is a choice of one point on the ridge; we report 
 ``A = 1, C_c = C50, B = 1, n_pmt_c = n50`` (:func:`paper_from_identifiable`). Any paper-form parameters map
 to the identifiable form exactly (:func:`identifiable_from_paper`), so the two round-trip.
 
+Law variants (:data:`LAWS`, ``ctxscale fit --law NAME``, config ``fit.law``; default ``paper``):
+
+- ``paper``: the form above, with the penalty chosen by ``--penalty``;
+- ``heavy-tail``: the context factor saturates as ``1 - (1 + x/gamma)^(-gamma)`` with
+  ``x = (n_pmt/n50)^beta`` instead of ``1 - exp(-x)`` (the paper form is its ``gamma -> inf`` limit; at
+  ``gamma = 1`` it is the log-logistic ``x / (1 + x)``). ``log10_gamma`` is fitted in [-1, 3]: long prompts
+  approach the ceiling more slowly than the paper form allows;
+- ``chance-floor``: ``P = floor + (1 - floor) * law`` for multiple-choice tasks, whose score cannot fall
+  below guessing; ``floor`` fitted in [0, 0.6] or given (``--floor``, e.g. 0.25 for four choices);
+- ``relative-width``: the penalty ``sigma((n_ctx - n_pmt) / (w n_ctx))`` with ``w`` fitted: this is the
+  ``fitted`` penalty (above), selected as a law so that it can be compared with the others;
+- ``floor-relative-width``: both of the last two (floor and penalty width fitted: six parameters).
+
+:data:`LAW_ALIASES` maps ``recommended`` to ``relative-width``, the variant chosen from the out-of-sample
+comparison of ``docs/laws.md`` (RULER, HELMET, Pythia: the only variant no worse than the paper law on any data
+set's mean leave-one-model-out or held-out-context MAE); :func:`resolve_law` resolves it. Parameters each variant adds are named in
+:data:`EXTRA_PARAMETERS` with their bounds.
+
 Model forms: ``context-aware`` (the law), ``no-penalty`` (the paper's ablation: compute and context factors,
 no sigma) and ``context-agnostic`` (compute factor only: the "existing approaches" baseline of Fig. 1).
 """
@@ -47,9 +65,51 @@ DEFAULT_RELATIVE_WIDTH = 0.01
 FITTED_WIDTH_LOG10_BOUNDS = (-4.0, 0.0)
 
 
-def saturating_factor(log_hazard):
-    """``1 - exp(-exp(h))`` computed without cancellation (``-expm1``)."""
-    return -np.expm1(-np.exp(log_hazard))
+@dataclass(frozen=True)
+class LawVariant:
+    """One member of the law registry: what it changes and the parameters it adds (module docstring)."""
+
+    name: str
+    description: str
+    heavy_tail: bool = False
+    floor: bool = False
+    penalty: str | None = None  # a penalty the variant fixes; None: as --penalty selects
+
+
+LAWS = {law.name: law for law in (
+    LawVariant("paper", "the paper's law: saturating power laws in compute and prompt length times sigma"),
+    LawVariant("heavy-tail", "context factor 1 - (1 + x/gamma)^-gamma, x = (n_pmt/n50)^beta, gamma fitted",
+               heavy_tail=True),
+    LawVariant("chance-floor", "P = floor + (1 - floor) * law, floor fitted (or given with --floor)", floor=True),
+    LawVariant("relative-width", "penalty sigma((n_ctx - n_pmt) / (w n_ctx)) with the width w fitted",
+               penalty="fitted"),
+    LawVariant("floor-relative-width", "chance-floor and relative-width together (6 parameters)", floor=True,
+               penalty="fitted"),
+)}
+# The variant ``--law recommended`` selects; the evidence is in docs/laws.md.
+LAW_ALIASES = {"recommended": "relative-width"}
+LAW_CHOICES = tuple(LAWS) + tuple(LAW_ALIASES)
+# Parameters a variant adds to the identifiable form: name -> (lower, upper) bound, fitted as is.
+EXTRA_PARAMETERS = {"log10_gamma": (-1.0, 3.0), "log10_penalty_width": FITTED_WIDTH_LOG10_BOUNDS,
+                    "floor": (0.0, 0.6)}
+
+
+def resolve_law(name: str) -> str:
+    """The registry name of a law or an alias (``recommended``)."""
+    resolved = LAW_ALIASES.get(name, name)
+    if resolved not in LAWS:
+        raise UserError(f"unknown law {name!r}; choose one of {', '.join(LAW_CHOICES)}")
+    return resolved
+
+
+def saturating_factor(log_hazard, log10_gamma=None):
+    """``1 - exp(-exp(h))`` without cancellation (``-expm1``), or with ``log10_gamma`` the heavy-tailed
+    ``1 - (1 + exp(h)/gamma)^(-gamma)``, which tends to the former as gamma grows."""
+    if log10_gamma is None:
+        return -np.expm1(-np.exp(log_hazard))
+    gamma = 10.0 ** np.asarray(log10_gamma, dtype=float)
+    with np.errstate(over="ignore"):
+        return -np.expm1(-gamma * np.log1p(np.exp(log_hazard) / gamma))
 
 
 def compute_factor(compute, A, C_c, alpha):
@@ -96,23 +156,44 @@ def paper_law(compute, n_pmt, n_ctx, A, C_c, alpha, B, n_pmt_c, beta, penalty: s
 
 @dataclass(frozen=True)
 class LawSpec:
-    """Which member of the law family: model form, penalty kind and (for ``relative``) its fixed width."""
+    """Which member of the law family: model form, penalty kind (and fixed width), law variant (and a given floor).
+
+    ``law`` may be an alias (``recommended``); it is stored resolved. A variant that fixes the penalty
+    (``relative-width``) sets it; asking for another penalty with it is an error.
+    """
 
     model_form: str = "context-aware"
     penalty: str = "paper"
     penalty_width: float | None = None
+    law: str = "paper"
+    floor: float | None = None
 
     def __post_init__(self):
         if self.model_form not in MODEL_FORMS:
             raise UserError(f"unknown model form {self.model_form!r}; choose one of {', '.join(MODEL_FORMS)}")
         if self.penalty not in PENALTIES:
             raise UserError(f"unknown penalty {self.penalty!r}; choose one of {', '.join(PENALTIES)}")
+        object.__setattr__(self, "law", resolve_law(self.law))
+        fixed = self.variant.penalty
+        if fixed is not None and self.penalty != fixed:
+            if self.penalty != "paper":
+                raise UserError(f"law {self.law} sets the {fixed} penalty; drop --penalty {self.penalty}")
+            object.__setattr__(self, "penalty", fixed)
         if self.penalty_width is not None and not (self.penalty_width > 0 and math.isfinite(self.penalty_width)):
             raise UserError(f"penalty width must be a positive number, got {self.penalty_width}")
         if self.penalty == "relative" and self.penalty_width is None:
             object.__setattr__(self, "penalty_width", DEFAULT_RELATIVE_WIDTH)
         if self.penalty != "relative" and self.penalty_width is not None:
             raise UserError("--penalty-width applies only to the relative penalty")
+        if self.floor is not None:
+            if not self.variant.floor:
+                raise UserError(f"--floor applies only to the chance-floor law, not {self.law}")
+            if not 0 <= self.floor < 1:
+                raise UserError(f"--floor must lie in [0, 1), got {self.floor}")
+
+    @property
+    def variant(self) -> LawVariant:
+        return LAWS[self.law]
 
     @property
     def uses_context(self) -> bool:
@@ -127,13 +208,26 @@ class LawSpec:
         return self.uses_penalty and self.penalty == "fitted"
 
     @property
+    def fits_gamma(self) -> bool:
+        return self.uses_context and self.variant.heavy_tail
+
+    @property
+    def fits_floor(self) -> bool:
+        return self.variant.floor and self.floor is None
+
+    @property
+    def extra_names(self) -> tuple[str, ...]:
+        """Parameters beyond the four of the identifiable core, in the order the optimiser sees them."""
+        flags = (("log10_gamma", self.fits_gamma), ("log10_penalty_width", self.fits_penalty_width),
+                 ("floor", self.fits_floor))
+        return tuple(name for name, wanted in flags if wanted)
+
+    @property
     def identifiable_names(self) -> tuple[str, ...]:
         names = ("log10_C50", "alpha")
         if self.uses_context:
             names += ("log10_n50", "beta")
-        if self.fits_penalty_width:
-            names += ("log10_penalty_width",)
-        return names
+        return names + self.extra_names
 
     @property
     def n_free(self) -> int:
@@ -141,18 +235,38 @@ class LawSpec:
 
     def as_dict(self) -> dict:
         return {"model_form": self.model_form, "penalty": self.penalty if self.uses_penalty else None,
-                "penalty_width": self.penalty_width if self.uses_penalty else None}
+                "penalty_width": self.penalty_width if self.uses_penalty else None, "law": self.law,
+                "floor": self.floor}
+
+    def combine(self, compute_hazard, context_hazard, n_pmt, n_ctx, extra: dict, penalty=None):
+        """P from the log-hazards of the two factors (natural log) and the extra parameters (module docstring).
+
+        Shared by :meth:`predict` and the optimiser's working form (:class:`ctxscale.fitting.WorkingForm`),
+        which passes a fixed (not fitted) ``penalty`` precomputed for its cells.
+        """
+        p = saturating_factor(compute_hazard)
+        if self.uses_context:
+            p = p * saturating_factor(context_hazard, extra.get("log10_gamma") if self.fits_gamma else None)
+        if self.uses_penalty:
+            if self.fits_penalty_width:
+                overflow = (np.asarray(n_pmt, float) - np.asarray(n_ctx, float)) / np.asarray(n_ctx, float)
+                p = p * expit(-overflow / 10.0 ** extra["log10_penalty_width"])
+            else:
+                p = p * (context_penalty(n_pmt, n_ctx, self.penalty, self.penalty_width) if penalty is None
+                         else penalty)
+        if self.variant.floor:
+            floor = extra["floor"] if self.fits_floor else self.floor
+            p = floor + (1.0 - floor) * p
+        return p
 
     def predict(self, ident: dict, compute, n_pmt, n_ctx):
         """P from identifiable parameters (a dict of floats or of arrays, broadcasting with the inputs)."""
-        log10 = np.log10
-        p = saturating_factor(ident["alpha"] * (log10(np.asarray(compute, float)) - ident["log10_C50"]) * math.log(10))
+        log10, ln10 = np.log10, math.log(10)
+        compute_hazard = ident["alpha"] * (log10(np.asarray(compute, float)) - ident["log10_C50"]) * ln10
+        context_hazard = None
         if self.uses_context:
-            p = p * saturating_factor(
-                ident["beta"] * (log10(np.asarray(n_pmt, float)) - ident["log10_n50"]) * math.log(10))
-        if self.uses_penalty:
-            width = 10.0 ** ident["log10_penalty_width"] if self.fits_penalty_width else self.penalty_width
-            p = p * context_penalty(n_pmt, n_ctx, self.penalty, width)
+            context_hazard = ident["beta"] * (log10(np.asarray(n_pmt, float)) - ident["log10_n50"]) * ln10
+        p = self.combine(compute_hazard, context_hazard, n_pmt, n_ctx, ident)
         # The context-agnostic form ignores n_pmt and n_ctx, but its output still broadcasts over them.
         shape = np.broadcast_shapes(np.shape(p), np.shape(n_pmt), np.shape(n_ctx))
         return p if np.shape(p) == shape else np.broadcast_to(p, shape).copy()
@@ -170,6 +284,11 @@ def identifiable_from_paper(params: dict) -> dict:
     if params.get("penalty_width") is not None:
         _check_positive(params, ("penalty_width",))
         ident["log10_penalty_width"] = math.log10(params["penalty_width"])
+    if params.get("gamma") is not None:
+        _check_positive(params, ("gamma",))
+        ident["log10_gamma"] = math.log10(params["gamma"])
+    if params.get("floor") is not None:
+        ident["floor"] = float(params["floor"])
     return ident
 
 
@@ -190,6 +309,10 @@ def paper_from_identifiable(ident: dict) -> dict:
         params.update(B=1.0, n_pmt_c=_pow10(ident["log10_n50"]), beta=float(ident["beta"]))
     if "log10_penalty_width" in ident:
         params["penalty_width"] = _pow10(ident["log10_penalty_width"])
+    if "log10_gamma" in ident:
+        params["gamma"] = _pow10(ident["log10_gamma"])
+    if "floor" in ident:
+        params["floor"] = float(ident["floor"])
     return params
 
 

@@ -54,6 +54,16 @@ def load_observations(path) -> pd.DataFrame:
     return validate_observations(frame, source=str(path))
 
 
+def write_observations(path, frame: pd.DataFrame) -> str:
+    """Write an observations table as CSV, atomically; returns a one-line summary of what was written."""
+    from ctxscale.files import atomic_write
+
+    atomic_write(path, frame.to_csv(index=False, lineterminator="\n"))
+    return (f"wrote {path}: {len(frame)} cells ({frame['model'].nunique()} models, {frame['dataset'].nunique()} "
+            f"datasets, tasks {', '.join(sorted(frame['task'].unique()))}, "
+            f"shots {sorted(frame['n_shots'].unique().tolist())})")
+
+
 def validate_observations(frame: pd.DataFrame, source: str = "observations") -> pd.DataFrame:
     """Check the schema and values; return a copy with normalised dtypes (raises UserError)."""
     if not isinstance(frame, pd.DataFrame):

@@ -12,14 +12,14 @@ name                       content
                            bootstrap percentile intervals when the fit has a bootstrap
 ``mae_in_distribution``    MAE (and RMSE, R^2, MAE within / beyond n_ctx) of the in-distribution fit
 ``mae_heldout_context``    the fit on n_pmt below the threshold, scored on the longer prompts
-``penalty_ablation``       MAE within n_ctx, beyond n_ctx and overall, with and without the penalty (and
+``mae_penalty_ablation``   MAE within n_ctx, beyond n_ctx and overall, with and without the penalty (and
                            the compute-only baseline), with the mean error (bias) showing the direction
 ``mae_heldout_compute``    per held-out model: MAE of the law fitted on the other models
 ``mae_leave_one_model_out``  per model: MAE of the law fitted without that model
 ``mae_summary``            train and test MAE of every experiment and task on one page
 =========================  ===============================================================================
 
-:data:`PAPER_REPORTED` holds every number the paper reports for these tables (spec §6); the ``paper_*``
+:data:`PAPER_REPORTED` holds every number reported for the paper in these tables (spec §6); the ``paper_*``
 columns are filled from it and left empty where the paper gives nothing (fitted parameters, held-out
 compute, leave-one-model-out). The paper's values refer to Llama-2 7B/13B on the paper's datasets, so
 for the miniature they are a reference point, not a target.
@@ -56,12 +56,13 @@ from ctxscale.files import atomic_write
 log = logging.getLogger(__name__)
 
 
-# Every number the paper reports for these tables (spec §6, read from the paper's text; MAE = mean |P - P^|).
+# Every number reported for the paper in these tables (spec §6; MAE = mean |P - P^|). The full paper text was not
+# available: the values come from a secondary summary of the paper ([ZH] in the spec), not from the paper itself.
 PAPER_REPORTED = {
     "in_distribution_mae": {"arithmetic": 0.010, "common-sense": 0.037, "translation": 0.007},
     "heldout_context_mae": {"arithmetic": 0.017, "common-sense": 0.067, "translation": 0.006},
     # Penalty ablation, arithmetic reasoning only: MAE for n_pmt <= n_ctx, n_pmt > n_ctx and all cells.
-    "penalty_ablation": {
+    "mae_penalty_ablation": {
         "arithmetic": {
             "with penalty": {"within_ctx": 0.010, "beyond_ctx": 0.014, "all": 0.010},
             "without penalty": {"within_ctx": 0.019, "beyond_ctx": 0.104, "all": 0.029},
@@ -72,7 +73,7 @@ PAPER_REPORTED = {
 TASK_TITLES = {"arithmetic": "Arithmetic reasoning", "common-sense": "Common-sense reasoning",
                "translation": "Machine translation"}
 
-TABLE_NAMES = ("table1", "parameters", "mae_in_distribution", "mae_heldout_context", "penalty_ablation",
+TABLE_NAMES = ("table1", "parameters", "mae_in_distribution", "mae_heldout_context", "mae_penalty_ablation",
                "mae_heldout_compute", "mae_leave_one_model_out", "mae_summary")
 
 MODEL_INFO_COLUMNS = ["model", "source", "family", "group", "base", "n_ctx", "non_embedding_params",
@@ -265,7 +266,7 @@ ABLATION_VARIANTS = (("in-distribution", "with penalty"), ("no-penalty", "withou
                      ("context-agnostic", "compute only"))
 
 
-def penalty_ablation(fits: dict, tasks=None) -> pd.DataFrame:
+def mae_penalty_ablation(fits: dict, tasks=None) -> pd.DataFrame:
     """MAE within n_ctx, beyond it and overall, for the law with and without the penalty (spec §5.4)."""
     present = ordered_tasks([task for (exp, task) in fits if exp in dict(ABLATION_VARIANTS)], tasks)
     rows = []
@@ -282,9 +283,9 @@ def penalty_ablation(fits: dict, tasks=None) -> pd.DataFrame:
                          "mae_all": _metric(fit, "train", "mae"),
                          "bias_within_ctx": _metric(fit, "train", "bias_within_ctx"),
                          "bias_beyond_ctx": _metric(fit, "train", "bias_beyond_ctx"),
-                         "paper_mae_within_ctx": _paper(("penalty_ablation", task, variant, "within_ctx")),
-                         "paper_mae_beyond_ctx": _paper(("penalty_ablation", task, variant, "beyond_ctx")),
-                         "paper_mae_all": _paper(("penalty_ablation", task, variant, "all"))})
+                         "paper_mae_within_ctx": _paper(("mae_penalty_ablation", task, variant, "within_ctx")),
+                         "paper_mae_beyond_ctx": _paper(("mae_penalty_ablation", task, variant, "beyond_ctx")),
+                         "paper_mae_all": _paper(("mae_penalty_ablation", task, variant, "all"))})
     return pd.DataFrame(rows, columns=["task", "variant", "experiment", "n_within_ctx", "mae_within_ctx",
                                        "n_beyond_ctx", "mae_beyond_ctx", "mae_all", "bias_within_ctx",
                                        "bias_beyond_ctx", "paper_mae_within_ctx", "paper_mae_beyond_ctx",
@@ -368,7 +369,7 @@ def build_tables(config: dict, fits: dict, model_info: pd.DataFrame | None = Non
         "parameters": parameters(fits, tasks),
         "mae_in_distribution": mae_in_distribution(fits, tasks),
         "mae_heldout_context": mae_heldout_context(fits, tasks),
-        "penalty_ablation": penalty_ablation(fits, tasks),
+        "mae_penalty_ablation": mae_penalty_ablation(fits, tasks),
         "mae_heldout_compute": mae_heldout_compute(fits, model_info, tasks),
         "mae_leave_one_model_out": mae_leave_one_model_out(fits, tasks),
         "mae_summary": mae_summary(fits, tasks),
@@ -378,17 +379,21 @@ def build_tables(config: dict, fits: dict, model_info: pd.DataFrame | None = Non
 # -------------------------------------------------------------------------------------------- Markdown
 
 TITLES = {
+    "law_comparison": "Law variants compared out of sample (ctxscale.compare)",
     "table1": "Table 1: models, non-embedding parameters N, context limit n_ctx, training tokens D, compute C = 6ND",
     "parameters": "Fitted parameters per task (identifiable and paper form)",
     "mae_in_distribution": "In-distribution fit: MAE |P - P^| per task",
     "mae_heldout_context": "Held-out context: fitted on short prompts, scored on the longer ones",
-    "penalty_ablation": "Penalty ablation: MAE within and beyond the context limit",
+    "mae_penalty_ablation": "Penalty ablation: MAE within and beyond the context limit",
     "mae_heldout_compute": "Held-out compute: MAE on models outside the fit",
     "mae_leave_one_model_out": "Leave one model out: MAE on each model when it is left out of the fit",
     "mae_summary": "Every fit: train and test MAE",
 }
 
 NOTES = {
+    "law_comparison": "Per task and law: train MAE of the all-cell fit, pooled out-of-fold MAE of leave-one-model-out "
+                      "(lomo_test_mae), train/test MAE of the held-out-context split at train_max_n_pmt, and the "
+                      "all-cell fit's Gaussian AIC/BIC (n_params fitted parameters; compare within a task only).",
     "table1": "D_paper, C_paper: the paper's Table 1 (spec §3.1). Its 4k rows give C = 7.7719e22 and 1.5227e23, "
               "above 6 N x 2.0T (7.7715e22, 1.5226e23), while every extended row matches 6 N D; we recompute "
               "C = 6 N D. Its 32k rows list 0.836B extension tokens where 400 x 64 x 32768 = 0.839B.",
@@ -399,7 +404,7 @@ NOTES = {
                   "no parameter values.",
     "mae_in_distribution": "paper_mae: the paper's in-distribution MAE (Llama-2 7B/13B, YaRN 4k-128k).",
     "mae_heldout_context": "paper_mae_test: the paper's MAE on the held-out (long-prompt) points.",
-    "penalty_ablation": "Within: n_pmt <= n_ctx; beyond: n_pmt > n_ctx. bias = mean(P^ - P): the paper reports that "
+    "mae_penalty_ablation": "Within: n_pmt <= n_ctx; beyond: n_pmt > n_ctx. bias = mean(P^ - P): the paper reports that "
                         "without the penalty the law underestimates within n_ctx and overestimates beyond it. "
                         "The paper reports the ablation for arithmetic reasoning only.",
     "mae_heldout_compute": "The paper reports no held-out-compute MAE; its models are Qwen2.5-0.5B, Gemma-2 and "
@@ -412,7 +417,7 @@ EMPTY_NOTES = {
     "parameters": "No fits found.",
     "mae_in_distribution": "No in-distribution fits found.",
     "mae_heldout_context": "No held-out-context fits found.",
-    "penalty_ablation": "No in-distribution, no-penalty or context-agnostic fits found.",
+    "mae_penalty_ablation": "No in-distribution, no-penalty or context-agnostic fits found.",
     "mae_heldout_compute": "No held-out-compute fits found: the experiment runs only when the config holds "
                            "held-out models (experiments.held-out-compute.holdout_groups / holdout_models).",
     "mae_leave_one_model_out": "No leave-one-model-out fits found.",
@@ -420,7 +425,8 @@ EMPTY_NOTES = {
     "table1": "No models in the config.",
 }
 
-_INTEGER_COLUMNS = {"n", "n_train", "n_test", "n_within_ctx", "n_beyond_ctx", "n_bootstrap", "N"}
+_INTEGER_COLUMNS = {"n", "n_train", "n_test", "n_within_ctx", "n_beyond_ctx", "n_bootstrap", "N", "n_params", "n_cells",
+                    "n_models"}
 _TOKEN_COLUMNS = {"n_ctx", "train_max_n_pmt"}
 _FLOPS_COLUMNS = {"compute", "C", "C_paper", "D", "D_paper"}
 

@@ -6,6 +6,8 @@ import re
 import sys
 
 from ctxscale import config as ctxconfig
+from ctxscale import compare as ctxcompare
+from ctxscale import experiments as ctxexperiments
 from ctxscale import plan as ctxplan
 from ctxscale.errors import UserError
 from ctxscale.tables import TABLE_NAMES
@@ -186,11 +188,8 @@ def all_model_info(wildcards=None):
 
 
 def experiments():
-    """(experiment, task) pairs to fit; held-out-compute only when some enabled model is held out."""
-    enabled = [e for e, s in config["experiments"].items() if s.get("enabled", True)]
-    if "held-out-compute" in enabled and not ctxconfig.holdout_models(config):
-        enabled.remove("held-out-compute")
-    return enabled
+    """(experiment, task) pairs to fit: ctxscale.experiments.workflow_experiments."""
+    return ctxexperiments.workflow_experiments(config)
 
 
 def fit_files():
@@ -198,30 +197,8 @@ def fit_files():
 
 
 def fit_arguments(wildcards):
-    """Command-line options of `ctxscale fit` for one experiment: only the config it uses."""
-    experiment = wildcards.experiment
-    fit = config["fit"]
-    settings = config["experiments"].get(experiment, {})
-    args = [
-        f"--experiment {experiment}",
-        f"--objective {fit['objective']}",
-        f"--penalty {fit['penalty']}",
-        f"--seeds {fit['seeds']}",
-    ]
-    models = ctxconfig.fit_models(config, experiment)
-    if experiment == "held-out-compute":
-        models = models + ctxconfig.holdout_models(config)
-    args.append(f"--models {','.join(models)}")
-    if experiment in ("in-distribution", "held-out-context") and fit["bootstrap"] > 0:
-        # intervals for the parameter table and the held-out-context band
-        args.append(f"--bootstrap {fit['bootstrap']}")
-    if experiment == "held-out-context":
-        args.append(f"--train-max-n-pmt {settings.get('train_max_n_pmt', 10000)}")
-    if experiment == "held-out-compute":
-        args.append(f"--holdout-models {','.join(ctxconfig.holdout_models(config))}")
-    if fit["per_dataset"]:
-        args.append("--per-dataset")
-    return " ".join(args)
+    """Command-line options of `ctxscale fit` for one experiment: ctxscale.experiments.workflow_fit_arguments."""
+    return " ".join(ctxexperiments.workflow_fit_arguments(config, wildcards.experiment))
 
 
 def figure_settings():
@@ -278,5 +255,17 @@ def table_config():
     return json.dumps({k: config[k] for k in keys}, sort_keys=True)
 
 
+def compare_arguments(wildcards=None):
+    """Options of `ctxscale compare` (experiments.compare): ctxscale.compare.workflow_compare_arguments."""
+    return " ".join(ctxcompare.workflow_compare_arguments(config))
+
+
+def compare_outputs():
+    name = ctxcompare.TABLE_NAME
+    return [report(f"results/tables/{name}.csv", caption=caption_file(name), category="Tables"),
+            f"results/tables/{name}.md"]
+
+
 def final_outputs():
-    return ["results/observations/by_task.csv", *fit_files(), *figure_outputs(), *table_outputs()]
+    compared = compare_outputs() if ctxcompare.compare_enabled(config) else []
+    return ["results/observations/by_task.csv", *fit_files(), *figure_outputs(), *table_outputs(), *compared]

@@ -17,3 +17,21 @@ rule fit:
         CONDA_ENV
     shell:
         "python -m ctxscale.cli fit {input} --task {wildcards.task} {params.arguments} --out {output} 2> {log}"
+
+
+# Every law variant of ctxscale.law, compared out of sample on the same cells (experiments.compare).
+rule compare:
+    input:
+        "results/observations/observations.csv",
+    output:
+        compare_outputs(),
+    params:
+        arguments=compare_arguments(),
+    log:
+        "logs/compare/compare.log",
+    benchmark:
+        "benchmarks/compare/compare.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m ctxscale.cli compare {input} {params.arguments} --out-dir results/tables -q 2> {log}"
