@@ -400,6 +400,7 @@ def test_report_captions_render_for_every_figure_and_table(config_file):
     from docutils.core import publish_parts
     from jinja2 import Environment
 
+    from ctxscale.compare import TABLE_NAME as COMPARISON_TABLE
     from ctxscale.config import validate_config
     from ctxscale.tables import TABLE_NAMES
 
@@ -407,7 +408,7 @@ def test_report_captions_render_for_every_figure_and_table(config_file):
     snakemake = type("Snakemake", (), {"config": config})
     environment = Environment(trim_blocks=True, lstrip_blocks=True)  # as snakemake.report
     report = REPO / "workflow" / "report"
-    names = ["workflow", *figures.FIGURE_NAMES, *TABLE_NAMES]
+    names = ["workflow", *figures.FIGURE_NAMES, *TABLE_NAMES, COMPARISON_TABLE]
     assert sorted(p.stem for p in report.glob("*.rst")) == sorted(names)
     rendered = {}
     for name in names:

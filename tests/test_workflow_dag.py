@@ -241,7 +241,8 @@ def test_job_records_go_under_logs_and_figures_follow_the_task_order(clone_dir, 
     code, output = dry_run(clone_dir, config, "--printshellcmds")
     assert code == 0, output[-3000:]
     benchmarks = re.findall(r"^\s*benchmark: (\S+)$", output, flags=re.MULTILINE)
-    assert len(benchmarks) == job_counts(output)["evaluate"] + job_counts(output)["fit"]
+    counts = job_counts(output)
+    assert len(benchmarks) == counts["evaluate"] + counts["fit"] + counts["compare"]
     assert all(path.startswith("logs/benchmarks/") for path in benchmarks), benchmarks[:3]
     settings = re.search(r"python -m ctxscale\.figures .*--settings '([^']+)'", output).group(1)
     assert json.loads(settings)["tasks"] == list(config["tasks"]) == ["translation", "common-sense", "arithmetic"]

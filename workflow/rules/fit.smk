@@ -30,7 +30,7 @@ rule compare:
     log:
         "logs/compare/compare.log",
     benchmark:
-        "benchmarks/compare/compare.tsv"
+        "logs/benchmarks/compare/compare.tsv"
     conda:
         CONDA_ENV
     shell:
