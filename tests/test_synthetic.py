@@ -153,11 +153,12 @@ def test_length_filter_uses_the_tokenizer():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ('{"kind": "poetry"}', "unknown synthetic kind 'poetry'"),
-        ('{"seed": 1}', "lacks 'kind'"),
+        ('{"kind": "poetry"}', "synthetic spec of d at kind: 'poetry' is not one of ['recall', 'arithmetic', 'cipher']"),
+        ('{"seed": 1}', "synthetic spec of d at (top level): 'kind' is a required property"),
         ('{"kind": "cipher", "task": "arithmetic"}', "kind cipher belongs to task translation"),
-        ('{"kind": "cipher", "sentence_words": 3}', "sentence_words must be at least 4"),
-        ('{"kind": "recall", "colour": "red"}', "unknown key 'colour'"),
+        ('{"kind": "cipher", "sentence_words": 3}', "synthetic spec of d at sentence_words: 3 is less than the minimum of 4"),
+        ('{"kind": "recall", "colour": "red"}', "synthetic spec of d: unknown key colour (allowed here: answer_bias, kind, n_symbols"),
+        ('{"kind": "recall", "max_eval_samples": 0}', "synthetic spec of d: max_eval_samples must be a positive integer"),
         ("[1", "--spec is not valid JSON"),
     ],
 )
@@ -165,3 +166,15 @@ def test_user_errors_exit_2(spec, message, tmp_path, capsys):
     assert synthetic.main(["--dataset", "d", "--spec", spec, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_generator_defaults_come_from_the_schema(tmp_path):
+    """A spec of only a kind gets the schema's generator defaults and the config's data defaults."""
+    from ctxscale.config import schema_defaults
+
+    generator, data = schema_defaults("synthetic_spec"), schema_defaults("data")
+    assert generator == {"shot_pool": 128, "n_symbols": 8, "sentence_words": 5, "answer_bias": 0.75}
+    dataset = synthetic.generate("d", {"kind": "cipher"})
+    assert len(dataset.shots) == generator["shot_pool"] and len(dataset.test) == data["max_eval_samples"]
+    assert dataset.manifest["source"]["options"] == {"n_symbols": 8, "sentence_words": 5, "answer_bias": 0.75}
+    assert dataset.manifest["seeds"]["seed"] == data["seed"]

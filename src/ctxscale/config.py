@@ -84,6 +84,17 @@ def schema_defaults(section: str) -> dict[str, Any]:
     return defaults
 
 
+def validate_definition(instance: Any, definition: str, where: str) -> dict:
+    """Validate ``instance`` in place against the schema's ``$defs/<definition>``, filling its defaults (e.g.
+    a synthetic generator spec given on a command line); errors are one line starting with ``where``."""
+    schema = _project_schema()
+    subschema = {**schema["$defs"][definition], "$defs": schema["$defs"]}
+    errors = sorted(_validator_with_defaults(subschema).iter_errors(instance), key=lambda e: len(list(e.absolute_path)))
+    if errors:
+        raise UserError(_describe(errors[0]).replace("config error", where, 1))
+    return instance
+
+
 def validate_config(config: dict, schema: dict | None = None) -> dict:
     """Validate ``config`` in place (filling defaults) and check cross-references. Returns it."""
     if not isinstance(config, dict):

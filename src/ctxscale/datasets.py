@@ -111,6 +111,7 @@ __all__ = [
     "main",
     "prepare_dataset",
     "load_tokenizer",
+    "tokenizer_info",
     "read_prepared",
     "train_subsample_indices",
     "write_prepared",
@@ -548,7 +549,8 @@ def load_tokenizer(tokenizer):
     return tokenizer
 
 
-def _tokenizer_info(tokenizer) -> dict[str, Any]:
+def tokenizer_info(tokenizer) -> dict[str, Any]:
+    """What a manifest records of the tokenizer its token counts come from."""
     return {
         "name": getattr(tokenizer, "name_or_path", None) or None,
         "class": type(tokenizer).__name__,
@@ -796,7 +798,7 @@ def prepare_dataset(
             "test_split": spec.test_split,
             "loaded_from": source["loaded_from"],
         },
-        "tokenizer": _tokenizer_info(tokenizer),
+        "tokenizer": tokenizer_info(tokenizer),
         "settings": {
             "max_length_per_example": max_length_per_example,
             "max_eval_samples": max_eval_samples,

@@ -4,17 +4,13 @@
 
 writes ``shots.jsonl``, ``test.jsonl`` and ``manifest.json`` (docs/architecture.md) through
 :func:`ctxscale.datasets.write_prepared`, so the demo data takes the same lm-eval task path as the real
-datasets. The spec is a JSON object (unknown keys are refused)::
-
-    {"kind": "recall" | "arithmetic" | "cipher",            # the generator (below)
-     "task": "common-sense" | "arithmetic" | "translation",  # optional; must be the kind's category
-     "seed": 31337,                 # with the dataset name, fixes the secret mapping, shot pool and test set
-     "max_eval_samples": 48,        # test instances
-     "max_length_per_example": 64,  # the paper's length filter, in tokens of --tokenizer (needs it)
-     "shot_pool": 128,              # optional: shot-pool size (must cover the largest shot count)
-     "n_symbols": 8,                # optional: keys (recall) or source words (cipher) of the mapping
-     "sentence_words": 5,           # optional, cipher: words per sentence (>= 4, so BLEU-4 has a 4-gram)
-     "answer_bias": 0.75}           # optional, recall: share of keys whose answer is the dataset's letter
+datasets. The spec is a JSON object: a config entry of ``data.synthetic``, whose keys, meanings and defaults
+the config schema defines (``$defs/synthetic_spec`` in workflow/schemas/config.schema.yaml: ``kind``, and
+optionally ``shot_pool``, ``n_symbols``, ``sentence_words``, ``answer_bias``; unknown keys are refused), plus
+the keys the workflow adds from the config (:data:`RUN_KEYS`): ``task`` (must be the kind's category),
+``seed`` (with the dataset name, fixes the secret mapping, shot pool and test set), ``max_eval_samples``
+(test instances) and ``max_length_per_example`` (the paper's length filter, in tokens of ``--tokenizer``);
+left out on the command line, those take the defaults of the config's ``data`` section.
 
 Each dataset draws one secret mapping from ``(seed, dataset name)``. Only the demonstrations reveal it:
 without shots a model can only guess, and with them it can read the secret off the context. Shot pool
@@ -68,6 +64,8 @@ from typing import Callable
 
 import numpy as np
 
+from ctxscale.config import schema_defaults, validate_definition
+from ctxscale.datasets import PreparedData, load_tokenizer, prompt_token_profile, tokenizer_info, write_prepared
 from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
 
 log = logging.getLogger("ctxscale.synthetic")
@@ -75,16 +73,13 @@ log = logging.getLogger("ctxscale.synthetic")
 SEPARATOR = "\n\n"
 ANSWER_LETTERS = "ABCDE"
 KEY_LETTERS = string.ascii_lowercase
-DEFAULT_SHOT_POOL = 128
-DEFAULT_SYMBOLS = 8
-DEFAULT_SENTENCE_WORDS = 5
-DEFAULT_ANSWER_BIAS = 0.75
 ARITHMETIC_OFFSETS = tuple(100 * c for c in range(10, 100))  # a secret multiple of 100, four digits
 ARITHMETIC_INPUTS = tuple(range(10, 100))
-SPEC_KEYS = frozenset({
-    "kind", "task", "seed", "max_eval_samples", "max_length_per_example", "shot_pool",
-    "n_symbols", "sentence_words", "answer_bias",
-})  # fmt: skip
+# The spec's keys besides the generator's own ($defs/synthetic_spec of the config schema): the workflow fills
+# them from the config's data section, whose defaults they take on the command line too.
+RUN_KEYS = ("task", "seed", "max_eval_samples", "max_length_per_example")
+# The generator's defaults ($defs/synthetic_spec of the config schema), which training episodes use too.
+_GENERATOR_DEFAULTS = schema_defaults("synthetic_spec")
 # Training mappings vary their size around the datasets' so the models learn the formats in general.
 TRAINING_SYMBOLS = (4, 12)
 
@@ -217,17 +212,27 @@ def draw_mapping(kind: Kind, rng: np.random.Generator, options: dict, purpose: s
             return mapping
 
 
-def _options(kind: Kind, spec: dict) -> dict:
-    n_symbols = int(spec.get("n_symbols", DEFAULT_SYMBOLS))
-    sentence_words = int(spec.get("sentence_words", DEFAULT_SENTENCE_WORDS))
-    answer_bias = float(spec.get("answer_bias", DEFAULT_ANSWER_BIAS))
-    if not 2 <= n_symbols <= len(KEY_LETTERS):
-        raise UserError(f"n_symbols must be between 2 and {len(KEY_LETTERS)}, got {n_symbols}")
-    if sentence_words < 4:
-        raise UserError(f"sentence_words must be at least 4 so that BLEU-4 has a 4-gram, got {sentence_words}")
-    if not 0 <= answer_bias <= 1:
-        raise UserError(f"answer_bias must be a probability, got {answer_bias}")
-    return {"n_symbols": n_symbols, "sentence_words": sentence_words, "answer_bias": answer_bias}
+def _options(spec: dict) -> dict:
+    """The generator's options of a spec whose defaults are filled in (:func:`split_spec`)."""
+    return {key: spec[key] for key in ("n_symbols", "sentence_words", "answer_bias")}
+
+
+def split_spec(dataset: str, spec: dict) -> tuple[dict, dict]:
+    """A spec's generator part (checked against the schema's ``$defs/synthetic_spec``, defaults filled in) and
+    its run part (task, seed, max_eval_samples, max_length_per_example; defaults: the config's ``data``)."""
+    if not isinstance(spec, dict):
+        raise UserError("the synthetic spec must be a JSON object")
+    generator = {k: v for k, v in spec.items() if k not in RUN_KEYS}
+    validate_definition(generator, "synthetic_spec", f"synthetic spec of {dataset}")
+    data = schema_defaults("data")
+    run = {"task": spec.get("task"), "seed": spec.get("seed", data["seed"]),
+           "max_eval_samples": spec.get("max_eval_samples", data["max_eval_samples"]),
+           "max_length_per_example": spec.get("max_length_per_example", data["max_length_per_example"])}
+    for key in ("seed", "max_eval_samples", "max_length_per_example"):
+        value = run[key]
+        if isinstance(value, bool) or not isinstance(value, int) or (key != "seed" and value < 1):
+            raise UserError(f"synthetic spec of {dataset}: {key} must be a{' positive' if key != 'seed' else 'n'} integer")
+    return generator, run
 
 
 def dataset_rng(seed: int, dataset: str) -> np.random.Generator:
@@ -236,39 +241,26 @@ def dataset_rng(seed: int, dataset: str) -> np.random.Generator:
 
 
 @dataclass(frozen=True)
-class SyntheticDataset:
-    """A generated dataset before writing: rows, manifest fields and the secret mapping (for checks)."""
+class SyntheticDataset(PreparedData):
+    """A generated dataset: prepared data (shot pool, test rows, manifest) with its name, kind and the secret
+    mapping (for checks)."""
 
     name: str
     kind: Kind
     mapping: dict
-    shots: list[dict]
-    test: list[dict]
-    manifest: dict
 
 
 def generate(dataset: str, spec: dict, tokenizer=None) -> SyntheticDataset:
     """Generate a dataset from its spec (module docstring). With a tokenizer, apply the length filter."""
-    if not isinstance(spec, dict):
-        raise UserError("the synthetic spec must be a JSON object")
-    if "kind" not in spec:
-        raise UserError(f"the synthetic spec of {dataset} lacks 'kind' (one of {', '.join(KINDS)})")
+    spec, run = split_spec(dataset, spec)
     kind = kind_named(spec["kind"])
-    if spec.get("task", kind.category) != kind.category:
+    if run["task"] not in (None, kind.category):
         raise UserError(
-            f"dataset {dataset}: kind {kind.name} belongs to task {kind.category}, not {spec['task']!r}"
+            f"dataset {dataset}: kind {kind.name} belongs to task {kind.category}, not {run['task']!r}"
         )
-    unknown = sorted(set(spec) - SPEC_KEYS)
-    if unknown:
-        known = ", ".join(sorted(SPEC_KEYS))
-        raise UserError(f"unknown key {unknown[0]!r} in the synthetic spec of {dataset} (known: {known})")
-    options = _options(kind, spec)
-    seed = int(spec.get("seed", 31337))
-    n_test = int(spec.get("max_eval_samples", 48))
-    pool_size = int(spec.get("shot_pool", DEFAULT_SHOT_POOL))
-    max_tokens = spec.get("max_length_per_example")
-    if n_test < 1 or pool_size < 1:
-        raise UserError("max_eval_samples and shot_pool must be positive")
+    options = _options(spec)
+    seed, n_test, pool_size = run["seed"], run["max_eval_samples"], spec["shot_pool"]
+    max_tokens = run["max_length_per_example"]
 
     rng = dataset_rng(seed, dataset)
     mapping = draw_mapping(kind, rng, options, "evaluation")
@@ -316,7 +308,7 @@ def generate(dataset: str, spec: dict, tokenizer=None) -> SyntheticDataset:
             "max_length_per_example": max_tokens,
         },
     }
-    return SyntheticDataset(dataset, kind, mapping, shots, test, manifest)
+    return SyntheticDataset(shots=shots, test=test, manifest=manifest, name=dataset, kind=kind, mapping=mapping)
 
 
 def training_episode(kind: Kind, rng: np.random.Generator, min_chars: int) -> tuple[str, dict]:
@@ -326,8 +318,7 @@ def training_episode(kind: Kind, rng: np.random.Generator, min_chars: int) -> tu
     one size; the prompt format and sentence length are the datasets' defaults.
     """
     options = {
-        "sentence_words": DEFAULT_SENTENCE_WORDS,
-        "answer_bias": DEFAULT_ANSWER_BIAS,
+        **_options(_GENERATOR_DEFAULTS),
         "n_symbols": int(rng.integers(TRAINING_SYMBOLS[0], TRAINING_SYMBOLS[1] + 1)),
     }
     mapping = draw_mapping(kind, rng, options, "training")
@@ -341,11 +332,9 @@ def training_episode(kind: Kind, rng: np.random.Generator, min_chars: int) -> tu
 
 def write(dataset: SyntheticDataset, out_dir: Path, tokenizer=None) -> Path:
     """Write the prepared-data files (docs/architecture.md) through :func:`ctxscale.datasets.write_prepared`."""
-    from ctxscale.datasets import prompt_token_profile, write_prepared
-
     info, manifest = None, dataset.manifest
     if tokenizer is not None:
-        info = {"name": tokenizer.name_or_path or None, "class": type(tokenizer).__name__, "vocab_size": len(tokenizer)}
+        info = tokenizer_info(tokenizer)
         profile = prompt_token_profile(tokenizer, dataset.shots, dataset.test, manifest["prefix"], manifest["suffix"],
                                        manifest["separator"])  # fmt: skip
         manifest = {**manifest, "prompt_tokens": profile}
@@ -362,13 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     spec = parse_json_option(args.spec, "--spec")
-    tokenizer = None
-    if args.tokenizer:
-        if not Path(args.tokenizer).is_dir():
-            raise UserError(f"tokenizer directory {args.tokenizer} does not exist")
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     dataset = generate(args.dataset, spec, tokenizer)
     write(dataset, Path(args.out), tokenizer)
     log.info(

@@ -300,20 +300,20 @@ def _spec_with_defaults(spec: dict, defaults: dict, extra_allowed: tuple[str, ..
     return merged
 
 
+ARCHITECTURE_KEYS = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
+
+
+def architecture(spec: dict) -> dict:
+    """The architecture part of a training spec (what an extended model keeps from its base)."""
+    return {key: spec[key] for key in ARCHITECTURE_KEYS}
+
+
 def train(spec: dict, tokenizer=None, threads: int = 1):
     """Pretrain a base model from ``spec``; returns ``(model, tokenizer, training_info)``."""
     spec = _spec_with_defaults(spec, TRAIN_DEFAULTS)
     _set_determinism(threads)
     tokenizer = tokenizer or build_tokenizer()
-    model = init_model(
-        tokenizer,
-        hidden_size=spec["hidden_size"],
-        num_layers=spec["num_layers"],
-        num_heads=spec["num_heads"],
-        intermediate_size=spec["intermediate_size"],
-        n_ctx=spec["n_ctx"],
-        seed=spec["seed"],
-    )
+    model = init_model(tokenizer, **architecture(spec), n_ctx=spec["n_ctx"], seed=spec["seed"])
     non_embedding = count_non_embedding_params(model)
     log.info("pretraining: %d non-embedding parameters, %d steps of %d x %d tokens",
              non_embedding, spec["steps"], spec["batch_size"], spec["n_ctx"])
@@ -383,16 +383,8 @@ def extend(base_dir, spec: dict, threads: int = 1):
 
     tokenizer = _load_tokenizer(base_dir)
     base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = init_model(
-        tokenizer,
-        hidden_size=base_spec["hidden_size"],
-        num_layers=base_spec["num_layers"],
-        num_heads=base_spec["num_heads"],
-        intermediate_size=base_spec["intermediate_size"],
-        n_ctx=spec["n_ctx"],
-        seed=spec["seed"],
-        rope_scaling=rope_scaling,
-    )
+    model = init_model(tokenizer, **architecture(base_spec), n_ctx=spec["n_ctx"], seed=spec["seed"],
+                       rope_scaling=rope_scaling)
     model.load_state_dict(base.state_dict())
     del base
     log.info("extending %s from %d to %d tokens with %s, %d steps of %d x %d tokens", base_dir,
