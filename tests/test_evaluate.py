@@ -390,3 +390,25 @@ def test_cache_key_covers_the_code_that_decides_results(module, tmp_path, monkey
     edited.write_bytes(Path(loaded.__file__).read_bytes() + b"\n# an edit\n")
     monkeypatch.setattr(loaded, "__file__", str(edited))
     assert ev._code_fingerprint() != before
+
+
+def test_a_shot_count_starts_no_subprocess(workspace, backend, monkeypatch):
+    """lm-eval's end-of-run environment probe (torch's collect_env: pip list and more, ~0.8 s a shot count; git)
+    is skipped: evaluating starts no process at all, and lm-eval's own probe functions are back afterwards."""
+    import subprocess as subprocess_module
+
+    import lm_eval.evaluator
+
+    probe = lm_eval.evaluator.add_env_info
+    started = []
+    real_popen = subprocess_module.Popen
+
+    def popen(*args, **kwargs):
+        started.append(args[0] if args else kwargs.get("args"))
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess_module, "Popen", popen)
+    run(workspace, backend, "out-no-probe", cache="cache-no-probe", shots=[0, 1])
+    assert started == []
+    assert lm_eval.evaluator.add_env_info is probe
+    assert load(workspace / "out-no-probe", 1)["n_instances"] == 4

@@ -67,6 +67,7 @@ Settings (``--settings`` JSON: the config's ``evaluation`` subtree plus ``revisi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import importlib.metadata
@@ -627,6 +628,22 @@ def _mean(values: list[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
 
 
+@contextlib.contextmanager
+def _without_lm_eval_environment_probe():
+    """``simple_evaluate`` ends by probing the machine for its results file: torch's ``collect_env`` (77
+    subprocesses such as ``pip list``, about 0.8 s a call, once per shot count) and git's commit hash. The
+    evaluation record carries its own versions (ctxscale.provenance) and reads nothing of that probe, so
+    the probe is skipped while this step calls lm-eval."""
+    import lm_eval.evaluator as evaluator
+
+    saved = evaluator.add_env_info, evaluator.get_git_commit_hash
+    evaluator.add_env_info, evaluator.get_git_commit_hash = (lambda results: None), (lambda: None)
+    try:
+        yield
+    finally:
+        evaluator.add_env_info, evaluator.get_git_commit_hash = saved
+
+
 def run_shot_count(
     *,
     backend: Backend,
@@ -653,20 +670,21 @@ def run_shot_count(
     samples: list[dict] = []
     instances: list[dict] = []
     if fitting:  # an empty samples list would make lm-eval evaluate every document
-        results = lm_eval.simple_evaluate(
-            model=backend.lm,
-            tasks=[task_name],
-            num_fewshot=n_shots,
-            batch_size=settings.batch_size,
-            samples={task_name: fitting},
-            task_manager=_task_manager(task_dir),
-            bootstrap_iters=0,
-            log_samples=True,
-            random_seed=settings.seed,
-            numpy_random_seed=settings.seed,
-            torch_random_seed=settings.seed,
-            fewshot_random_seed=settings.seed,
-        )
+        with _without_lm_eval_environment_probe():
+            results = lm_eval.simple_evaluate(
+                model=backend.lm,
+                tasks=[task_name],
+                num_fewshot=n_shots,
+                batch_size=settings.batch_size,
+                samples={task_name: fitting},
+                task_manager=_task_manager(task_dir),
+                bootstrap_iters=0,
+                log_samples=True,
+                random_seed=settings.seed,
+                numpy_random_seed=settings.seed,
+                torch_random_seed=settings.seed,
+                fewshot_random_seed=settings.seed,
+            )
         samples = sorted(results["samples"][task_name], key=lambda sample: sample["doc_id"])
         if [sample["doc_id"] for sample in samples] != fitting:
             raise RuntimeError(f"lm-eval returned documents {[s['doc_id'] for s in samples]}, expected {fitting}")
