@@ -1,4 +1,5 @@
-"""Shared test settings: no network, paths to the repository and to the reference data beside it."""
+"""Shared test settings: no network, the path to the repository. Every test's data is committed under
+tests/data/ (sources and licences in its README), so no test depends on ../shared."""
 
 import os
 from pathlib import Path
@@ -15,17 +16,9 @@ if os.environ.get("CI") == "true":
     os.environ.setdefault("CTXSCALE_REQUIRE_SLURM", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
 
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """../shared beside the checkout (reference data); tests needing it skip when it is absent."""
-    if not SHARED.is_dir():
-        pytest.skip(f"reference data folder {SHARED} is absent")
-    return SHARED
