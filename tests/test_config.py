@@ -117,3 +117,16 @@ def test_a_validated_config_carries_every_default(demo):
     assert {m["revision"] for m in config["models"].values()} == {"main"}
     assert config["data"]["deepmind_math_configs"] == "all" and config["fit"]["groups"] == ["yarn"]
     assert ctxconfig.evaluation_settings(config, "tiny-s-128")["revision"] == "main"
+
+
+def test_tiny_fit_and_figure_defaults_come_from_the_schema():
+    from ctxscale import figures, fitting, tiny
+
+    assert tiny.TRAIN_DEFAULTS == ctxconfig.schema_defaults("tiny_train")
+    assert (tiny.TRAIN_DEFAULTS["steps"], tiny.EXTEND_DEFAULTS["steps"], tiny.EXTEND_DEFAULTS["n_ctx"]) == (900, 100, None)
+    assert tiny.TRAIN_DEFAULTS["mix"] == {"recall": 1.0, "arithmetic": 1.0, "cipher": 1.0}
+    fit = ctxconfig.schema_defaults("fit")
+    assert fitting.DEFAULT_SEEDS == tuple(range(fit["seeds"])) == (0, 1, 2, 3, 4)
+    assert fitting.DEFAULT_BOOTSTRAP_REPLICATES == fit["bootstrap"] == 1000
+    assert fitting.DEFAULT_BOOTSTRAP_UNIT == fit["bootstrap_unit"] == "instances"
+    assert figures.FigureSettings().formats == tuple(ctxconfig.schema_defaults("figures")["formats"]) == ("png", "pdf")

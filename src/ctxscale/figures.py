@@ -66,6 +66,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import (FuncFormatter, LogLocator, MultipleLocator, NullFormatter,  # noqa: E402
                                NullLocator)
 
+from ctxscale.config import schema_defaults  # noqa: E402
 from ctxscale.errors import UserError, parse_json_option  # noqa: E402
 from ctxscale.tables import (format_flops, format_tokens, load_fits, load_model_info,  # noqa: E402
                              ordered_tasks, task_title)
@@ -103,7 +104,7 @@ def style() -> None:
 class FigureSettings:
     """The workflow config's ``figures`` section (module docstring)."""
 
-    formats: tuple = ("png", "pdf")
+    formats: tuple = tuple(schema_defaults("figures")["formats"])
     fig1_task: str | None = None
     fig1_model: str | None = None
     contour_n_ctx: int | None = None

@@ -81,8 +81,9 @@ OBJECTIVES = ("mse", "mae", "robust", "binomial")
 BOOTSTRAP_UNITS = ("instances", "models", "models+instances")
 DEFAULT_BOOTSTRAP_UNIT = schema_defaults("fit")["bootstrap_unit"]  # "instances": see the module docstring
 BOOTSTRAP_REFITS = ("global", "local")
-DEFAULT_SEEDS = (0, 1, 2, 3, 4)
-DEFAULT_BOOTSTRAP_REPLICATES = 1000
+# The config's fit defaults (the schema is their one source): DE seeds 0..N-1 and bootstrap replicates.
+DEFAULT_SEEDS = tuple(range(schema_defaults("fit")["seeds"]))
+DEFAULT_BOOTSTRAP_REPLICATES = schema_defaults("fit")["bootstrap"]
 ROBUST_SCALE = 0.02
 PROBABILITY_FLOOR = 1e-9
 HAZARD_BOUNDS = (-10.0, 5.0)

@@ -197,28 +197,32 @@ def plan_job(
     prompt_source: str,
     max_new_tokens: int,
 ) -> JobPlan:
-    """Plan one evaluate job (module docstring); ``settings`` is the config's ``evaluation`` subtree."""
+    """Plan one evaluate job (module docstring); ``settings`` is the config's ``evaluation`` subtree (keys it
+    lacks take the schema's defaults)."""
+    from ctxscale.config import schema_defaults
+
+    settings = {**schema_defaults("evaluation"), **settings}
     window = int(settings["max_length"])
     if window <= max_new_tokens:
         raise UserError(f"max_length {window} leaves no room for {max_new_tokens} generated tokens")
     max_model_len = min(window, longest_prompt + max_new_tokens)
     backend = settings["backend"]
-    on_gpu = backend == "vllm" or str(settings.get("device", "cuda")).startswith("cuda")
+    on_gpu = backend == "vllm" or str(settings["device"]).startswith("cuda")
     common = dict(model=model, dataset=dataset, backend=backend, longest_prompt=longest_prompt,
                   prompt_source=prompt_source, max_new_tokens=max_new_tokens, max_model_len=max_model_len)  # fmt: skip
     if not on_gpu:
-        gpus = 0 if settings.get("gpus", "auto") == "auto" else int(settings["gpus"])
+        gpus = 0 if settings["gpus"] == "auto" else int(settings["gpus"])
         return JobPlan(**common, tensor_parallel_size=1, gpus=gpus, weights_gib=0.0, kv_gib=0.0, needed_gib=0.0,
                        available_gib=0.0, sequences_in_kv=0.0)  # fmt: skip
     if arch is None:
         raise UserError(f"{model}: the architecture is unknown (no config.json); download the model first")
-    dtype = str(settings.get("dtype", "auto"))
+    dtype = str(settings["dtype"])
     dtype_bytes = DTYPE_BYTES[arch.checkpoint_dtype if dtype == "auto" else dtype]
     weights = weights_bytes(arch, dtype, weight_bytes)
-    available = float(settings["gpu_memory_gib"]) * float(settings.get("gpu_memory_utilization", 0.9)) * GIB
+    available = float(settings["gpu_memory_gib"]) * float(settings["gpu_memory_utilization"]) * GIB
     overhead = float(settings["gpu_overhead_gib"]) * GIB
     limit = int(settings["max_gpus_per_job"]) if backend == "vllm" else 1
-    fixed = settings.get("tensor_parallel_size", "auto")
+    fixed = settings["tensor_parallel_size"]
     sizes = arch.parallel_sizes(limit) if fixed == "auto" or backend != "vllm" else [int(fixed)]
     best = None
     for size in sizes:
@@ -238,7 +242,7 @@ def plan_job(
                if backend == "vllm" else "use backend vllm, which splits the model over GPUs")
         )  # fmt: skip
     kv_pool = available - weights / size - overhead
-    requested = settings.get("gpus", "auto")
+    requested = settings["gpus"]
     if requested != "auto" and int(requested) < size:
         raise UserError(f"{model} on {dataset}: evaluation.gpus is {requested}, fewer than the {size} GPUs the plan "
                         "needs; set gpus: auto")  # fmt: skip

@@ -6,9 +6,9 @@ Command line (each a workflow step; errors a user can fix print ``error: ...`` a
     python -m ctxscale.tiny train  --spec JSON --out DIR [--tokenizer DIR] [--threads 1]
     python -m ctxscale.tiny extend --base DIR --spec JSON --out DIR [--threads 1]
 
-``train`` spec keys (defaults in :data:`TRAIN_DEFAULTS`): ``hidden_size, num_layers, num_heads,
+``train`` spec keys (defaults: ``$defs/tiny_train`` of the config schema, read into :data:`TRAIN_DEFAULTS`): ``hidden_size, num_layers, num_heads,
 intermediate_size, n_ctx, steps, batch_size, lr, warmup, seed, mix``. ``extend`` spec keys
-(:data:`EXTEND_DEFAULTS`): ``n_ctx, rope_scaling, steps, batch_size, lr, warmup, seed, mix``; extra keys of
+(``$defs/tiny_extend``, :data:`EXTEND_DEFAULTS`): ``n_ctx, rope_scaling, steps, batch_size, lr, warmup, seed, mix``; extra keys of
 the base spec (``hidden_size`` ...) are accepted and must agree with the base checkpoint.
 
 Each output folder is a normal Hugging Face checkpoint (``save_pretrained`` of a ``LlamaForCausalLM`` and
@@ -63,6 +63,7 @@ import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from ctxscale import synthetic
+from ctxscale.config import schema_defaults
 from ctxscale.datasets import load_tokenizer
 from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
 
@@ -74,30 +75,9 @@ SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
 CHARACTERS = tuple(dict.fromkeys(" \n" + string.digits + string.ascii_letters + string.punctuation))
 TRAINING_INFO = "ctxscale_training.json"
 
-DEFAULT_MIX = {"recall": 1.0, "arithmetic": 1.0, "cipher": 1.0}
-TRAIN_DEFAULTS = {
-    "hidden_size": 64,
-    "num_layers": 2,
-    "num_heads": 4,
-    "intermediate_size": None,
-    "n_ctx": 128,
-    "steps": 900,
-    "batch_size": 16,
-    "lr": 2e-3,
-    "warmup": 0.05,
-    "seed": 0,
-    "mix": DEFAULT_MIX,
-}
-EXTEND_DEFAULTS = {
-    "n_ctx": None,
-    "rope_scaling": None,
-    "steps": 100,
-    "batch_size": 8,
-    "lr": 2e-3,
-    "warmup": 0.1,
-    "seed": 0,
-    "mix": DEFAULT_MIX,
-}
+# The specs' keys and defaults: $defs/tiny_train and $defs/tiny_extend of the config schema (their one source).
+TRAIN_DEFAULTS = schema_defaults("tiny_train")
+EXTEND_DEFAULTS = schema_defaults("tiny_extend")
 ARCHITECTURE_KEYS = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
 LOG_EVERY_SECONDS = 5.0
 
