@@ -65,8 +65,14 @@ def test_outputs_exist(demo_run, demo_config):
     assert len(observations) == n_models * n_datasets * len(demo_config["shots"])
     assert observations["score"].between(0, 1).all()
     fits = sorted(results.glob("fits/*/*.json"))
-    experiments = [e for e, s in demo_config["experiments"].items() if s.get("enabled", True)]
+    from ctxscale.experiments import EXPERIMENTS
+
+    # every enabled experiment but compare (one table, below) fits each task
+    experiments = [e for e, s in demo_config["experiments"].items() if s.get("enabled", True) and e in EXPERIMENTS]
+    assert "compare" in demo_config["experiments"] and "compare" not in experiments
     assert len(fits) == len(experiments) * len(demo_config["tasks"])
+    comparison = pd.read_csv(results / "tables" / "law_comparison.csv")
+    assert set(comparison["task"]) == set(demo_config["tasks"]) and comparison["lomo_test_mae"].between(0, 1).all()
     for path in fits:
         fit = json.loads(path.read_text())
         assert set(fit["params"]) >= {"A", "C_c", "alpha", "B", "n_pmt_c", "beta"} or fit["model_form"] == "context-agnostic"
@@ -125,8 +131,9 @@ def test_changing_a_fit_setting_reruns_only_fits_and_after(demo_run, demo_config
     config["fit"]["objective"] = "mae"
     result = snakemake(demo_run, "-n", configfile=_edited_config(tmp_path, config))
     counts = job_counts(result.stdout + result.stderr)
-    assert set(counts) <= {"fit", "figures", "tables", "all"}, counts
+    assert set(counts) <= {"fit", "compare", "figures", "tables", "all"}, counts
     assert counts["fit"] == len(list((demo_run / "results" / "fits").glob("*/*.json")))
+    assert counts["compare"] == 1  # the law comparison fits with the same objective
 
 
 def test_adding_a_dataset_runs_only_its_jobs_and_downstream(demo_run, demo_config, tmp_path):
@@ -140,7 +147,8 @@ def test_adding_a_dataset_runs_only_its_jobs_and_downstream(demo_run, demo_confi
     counts = job_counts(result.stdout + result.stderr)
     assert counts.get("synthesize_dataset") == 1, counts
     assert counts.get("evaluate") == len(config["models"]), counts
-    assert set(counts) <= {"synthesize_dataset", "evaluate", "aggregate", "fit", "figures", "tables", "all"}, counts
+    assert set(counts) <= {"synthesize_dataset", "evaluate", "aggregate", "fit", "compare", "figures", "tables",
+                           "all"}, counts
     assert "train_tiny_model" not in counts and "model_info" not in counts
 
 

@@ -88,8 +88,9 @@ def compare_laws(observations: pd.DataFrame, tasks, laws=None, settings: FitSett
 
 
 def workflow_compare_arguments(config: dict) -> list:
-    """Options of ``ctxscale compare`` for a validated workflow config (``experiments.compare``)."""
-    settings = config["experiments"]["compare"]
+    """Options of ``ctxscale compare`` for a validated workflow config (``experiments.compare``; a config
+    without that entry gets the schema's experiment defaults, as the rule is defined either way)."""
+    settings = {**ctxconfig.schema_defaults("experiment"), **config["experiments"].get("compare", {})}
     fit = config["fit"]
     models = ctxconfig.fit_models(config, "compare")
     args = [f"--task {task}" for task in config["tasks"]]
