@@ -71,25 +71,34 @@ def _project_schema() -> dict:
     return load_schema()
 
 
+def _subschema(name: str) -> dict:
+    """A top-level section (``"evaluation"``) or ``$defs`` entry (``"model"``) of the schema, with the ``$defs``
+    its references need."""
+    schema = _project_schema()
+    definitions = schema.get("$defs", {})
+    return {**(schema["properties"].get(name) or definitions[name]), "$defs": definitions}
+
+
+@functools.lru_cache(maxsize=None)
+def _section_defaults(section: str) -> dict[str, Any]:
+    defaults: dict[str, Any] = {}
+    for _ in _validator_with_defaults(_subschema(section)).iter_errors(defaults):  # filled while validating
+        pass
+    return defaults
+
+
 def schema_defaults(section: str) -> dict[str, Any]:
     """The defaults the schema declares for one top-level section (``"evaluation"``, ``"data"``, ...) or one of
     its ``$defs`` (``"model"``), nested defaults filled in: the one source of every default, which the
-    library's own defaults read."""
-    schema = _project_schema()
-    definitions = schema.get("$defs", {})
-    subschema = {**(schema["properties"].get(section) or definitions[section]), "$defs": definitions}
-    defaults: dict[str, Any] = {}
-    for _ in _validator_with_defaults(subschema).iter_errors(defaults):  # filling happens while validating
-        pass
-    return defaults
+    library's own defaults read. Computed once per section (the GPU plan asks for every job); a fresh copy."""
+    return copy.deepcopy(_section_defaults(section))
 
 
 def validate_definition(instance: Any, definition: str, where: str) -> dict:
     """Validate ``instance`` in place against the schema's ``$defs/<definition>``, filling its defaults (e.g.
     a synthetic generator spec given on a command line); errors are one line starting with ``where``."""
-    schema = _project_schema()
-    subschema = {**schema["$defs"][definition], "$defs": schema["$defs"]}
-    errors = sorted(_validator_with_defaults(subschema).iter_errors(instance), key=lambda e: len(list(e.absolute_path)))
+    validator = _validator_with_defaults(_subschema(definition))
+    errors = sorted(validator.iter_errors(instance), key=lambda e: len(list(e.absolute_path)))
     if errors:
         raise UserError(_describe(errors[0]).replace("config error", where, 1))
     return instance

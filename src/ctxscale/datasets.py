@@ -531,12 +531,13 @@ def train_subsample_indices(n_rows: int, spec: DatasetSpec, seed: int) -> list[i
     return random.Random(seed).sample(range(n_rows), spec.train_subsample_size)
 
 
-def load_tokenizer(tokenizer):
+def load_tokenizer(tokenizer, *, hub: bool = False):
     """A transformers tokenizer from a directory (a user error, in one line, when there is none), or
-    ``tokenizer`` itself when it already is one: the one tokenizer loader of every step."""
+    ``tokenizer`` itself when it already is one: the one tokenizer loader of every step. With ``hub``, a name
+    that is not a directory is a Hugging Face repository id (``ctxscale ingest --tokenizer my-org/my-model``)."""
     if isinstance(tokenizer, (str, os.PathLike)):
         path = Path(tokenizer)
-        if not path.is_dir():
+        if not path.is_dir() and not hub:
             raise UserError(f"tokenizer directory {path} does not exist")
         from transformers import AutoTokenizer
 

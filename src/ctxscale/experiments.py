@@ -43,7 +43,8 @@ import pandas as pd
 from ctxscale import config as ctxconfig
 from ctxscale.errors import UserError
 from ctxscale.fitting import (BOOTSTRAP_REFITS, BOOTSTRAP_UNITS, DEFAULT_BOOTSTRAP_REPLICATES,
-                              DEFAULT_BOOTSTRAP_UNIT, DEFAULT_SEEDS, OBJECTIVES,
+                              DEFAULT_BOOTSTRAP_UNIT, DEFAULT_LAW, DEFAULT_OBJECTIVE, DEFAULT_PENALTY,
+                              DEFAULT_SEEDS, OBJECTIVES,
                               ROBUST_SCALE, FitData, LawFit, bootstrap_law, fit_law, library_versions,
                               prediction_interval, write_json_atomic)
 from ctxscale.law import LAW_CHOICES, PENALTIES, LawSpec
@@ -63,11 +64,11 @@ SCHEMA_VERSION = 1
 class FitSettings:
     """Settings shared by every experiment (the paper-silent defaults of spec §2/§8)."""
 
-    penalty: str = "paper"
+    penalty: str = DEFAULT_PENALTY
     penalty_width: float | None = None
-    law: str = "paper"
+    law: str = DEFAULT_LAW
     floor: float | None = None
-    objective: str = "mse"
+    objective: str = DEFAULT_OBJECTIVE
     seeds: tuple = DEFAULT_SEEDS
     bootstrap: int = 0
     bootstrap_seed: int = 0
@@ -469,12 +470,12 @@ objectives: mse | mae | robust (soft-L1, --robust-scale) | binomial (likelihood 
     parser.add_argument("--dataset", action="append", help="use only this dataset (repeat or comma-separate)")
     parser.add_argument("--per-dataset", action="store_true",
                         help="fit one point per (model, dataset, shots) instead of averaging over the task's datasets")
-    parser.add_argument("--penalty", default="paper", choices=PENALTIES)
+    parser.add_argument("--penalty", default=DEFAULT_PENALTY, choices=PENALTIES)
     parser.add_argument("--penalty-width", type=float, help="relative penalty: width as a fraction of n_ctx (0.01)")
-    parser.add_argument("--law", default="paper", choices=LAW_CHOICES,
+    parser.add_argument("--law", default=DEFAULT_LAW, choices=LAW_CHOICES,
                         help="law variant (ctxscale.law.LAWS; recommended = docs/laws.md's choice; default paper)")
     parser.add_argument("--floor", type=float, help="chance-floor law: fix the floor (e.g. 0.25) instead of fitting it")
-    parser.add_argument("--objective", default="mse", choices=OBJECTIVES)
+    parser.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=OBJECTIVES)
     parser.add_argument("--robust-scale", type=float, default=ROBUST_SCALE, help="robust objective: soft-L1 scale")
     parser.add_argument("--seeds", type=int, default=len(DEFAULT_SEEDS), help="number of DE seeds, 0..N-1 (5)")
     parser.add_argument("--bootstrap", type=int, nargs="?", const=DEFAULT_BOOTSTRAP_REPLICATES, default=0,

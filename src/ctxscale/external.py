@@ -31,6 +31,7 @@ import sys
 
 import pandas as pd
 
+from ctxscale.compute import training_compute
 from ctxscale.errors import UserError
 from ctxscale.observations import OBSERVATION_COLUMNS, validate_observations
 
@@ -47,7 +48,7 @@ def _length_cells(raw: pd.DataFrame, task, params) -> pd.DataFrame:
     return pd.DataFrame({
         "model": raw["model"], "task": task, "dataset": "len" + raw["prompt_tokens"].astype(int).astype(str),
         "n_shots": 0, "n_pmt": raw["prompt_tokens"].astype(float), "n_ctx": raw["context_limit_tokens"].astype(float),
-        "compute": 6.0 * params * NOMINAL_TRAIN_TOKENS, "score": raw["score"].astype(float) / 100.0, "n_instances": 1})
+        "compute": training_compute(params, NOMINAL_TRAIN_TOKENS), "score": raw["score"].astype(float) / 100.0, "n_instances": 1})
 
 
 def ruler_observations(raw: pd.DataFrame) -> pd.DataFrame:

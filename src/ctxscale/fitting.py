@@ -79,11 +79,13 @@ log = logging.getLogger(__name__)
 
 OBJECTIVES = ("mse", "mae", "robust", "binomial")
 BOOTSTRAP_UNITS = ("instances", "models", "models+instances")
-DEFAULT_BOOTSTRAP_UNIT = schema_defaults("fit")["bootstrap_unit"]  # "instances": see the module docstring
+_FIT_DEFAULTS = schema_defaults("fit")  # the config's fit section: the one source of these defaults
+DEFAULT_BOOTSTRAP_UNIT = _FIT_DEFAULTS["bootstrap_unit"]  # "instances": see the module docstring
+DEFAULT_LAW, DEFAULT_PENALTY, DEFAULT_OBJECTIVE = _FIT_DEFAULTS["law"], _FIT_DEFAULTS["penalty"], _FIT_DEFAULTS["objective"]
 BOOTSTRAP_REFITS = ("global", "local")
-# The config's fit defaults (the schema is their one source): DE seeds 0..N-1 and bootstrap replicates.
-DEFAULT_SEEDS = tuple(range(schema_defaults("fit")["seeds"]))
-DEFAULT_BOOTSTRAP_REPLICATES = schema_defaults("fit")["bootstrap"]
+# DE seeds 0..N-1 and bootstrap replicates, from the config's fit defaults.
+DEFAULT_SEEDS = tuple(range(_FIT_DEFAULTS["seeds"]))
+DEFAULT_BOOTSTRAP_REPLICATES = _FIT_DEFAULTS["bootstrap"]
 ROBUST_SCALE = 0.02
 PROBABILITY_FLOOR = 1e-9
 HAZARD_BOUNDS = (-10.0, 5.0)

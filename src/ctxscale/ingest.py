@@ -199,12 +199,9 @@ def main(argv=None) -> int:
             raise UserError(f"--out {args.out} is a directory; give the observations file's path")
         sheet = read_sheet(args.model_sheet)
         check_runs(find_runs(args.runs, args.model), sheet, args.metric)  # every check before the tokenizer loads
-        from transformers import AutoTokenizer
+        from ctxscale.datasets import load_tokenizer
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load tokenizer {args.tokenizer}: {str(exc).splitlines()[0]}") from None
+        tokenizer = load_tokenizer(args.tokenizer, hub=True)
         frame = ingest(args.runs, sheet, tokenizer, args.metric, args.task, args.model)
         print(write_observations(args.out, frame))
         return 0
