@@ -129,7 +129,7 @@ def score_model(model_dir: Path, data_dirs: dict[str, Path], shots: list[int]) -
         data = read_prepared(directory)
         manifest = data.manifest
         for k in shots:
-            prompts = [tokenizer(data.prompt(row["input"], k))["input_ids"] for row in data.test]
+            prompts = [tokenizer(data.prompt(row["input"], k, row["id"]))["input_ids"] for row in data.test]
             scores = [0.0] * len(prompts)
             by_length = collections.defaultdict(list)
             for index, ids in enumerate(prompts):

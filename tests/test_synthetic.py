@@ -1,4 +1,5 @@
-"""The miniature's generated datasets: format, rules, nesting, determinism, and secrecy of the mappings."""
+"""The miniature's generated datasets: format, rules, revealing shots, per-instance shot orders, determinism, and
+secrecy of the mappings."""
 
 from __future__ import annotations
 
@@ -38,11 +39,15 @@ def test_cli_writes_the_prepared_format(kind, tokenizer_dir, tmp_path):
     assert manifest["separator"] == "\n\n"
     assert manifest["stop"] == ["\n\n", manifest["prefix"]]
     assert manifest["metric"] == {"recall": "mc_match", "arithmetic": "math_equiv", "cipher": "bleu_4"}[kind]
-    assert manifest["counts"] == {"shots": 128, "test": 48}
+    assert manifest["counts"] == {"shots": 128, "test": 48, "revealing_shots": 13}  # round(0.1 * 128)
+    assert manifest["shot_order"] == {"kind": "per-instance", "seed": 31337}
     assert manifest["tokenizer"]["class"] and manifest["tokenizer"]["vocab_size"] == 100
     assert len(prepared.shots) == 128 and len(prepared.test) == 48
     assert [row["id"] for row in prepared.test] == [f"demo-{kind}-{i:04d}" for i in range(48)]
     assert all(set(row) == {"input", "reference"} for row in prepared.shots)
+    assert sum(row["input"].endswith("!") for row in prepared.shots) == 13
+    assert all(row["input"][-1] in "!?" for row in prepared.shots)
+    assert all(row["input"][-1] not in "!?" for row in prepared.test)
 
     # the generated lm-eval task accepts it (suffix tail, non-empty references)
     from ctxscale.tasks import write_task
@@ -59,15 +64,41 @@ def test_cli_writes_the_prepared_format(kind, tokenizer_dir, tmp_path):
         assert n_tokens + spare == manifest["max_new_tokens"]
 
 
-def test_prompts_nest_and_follow_the_official_shape(tokenizer_dir, tmp_path):
+def test_prompts_nest_per_instance_and_follow_the_official_shape(tokenizer_dir, tmp_path):
+    from ctxscale.datasets import instance_shot_order
+
     prepared = write_with_cli("demo-arith", {**SPEC, "kind": "arithmetic"}, tokenizer_dir, tmp_path)
-    query = prepared.test[0]["input"]
-    one, three = prepared.prompt(query, 1), prepared.prompt(query, 3)
-    shot = prepared.shots[0]
-    assert one == f"Q: {shot['input']}\nA: {shot['reference']}\n\nQ: {query}\nA:"
-    assert three.startswith(one[: -len(f"Q: {query}\nA:")])  # the 3-shot prompt extends the 1-shot block
-    assert three == build_prompt("Q: ", "\nA: ", "\n\n", prepared.shots[:3], query)
-    assert prepared.prompt(query, 0) == f"Q: {query}\nA:"
+    row = prepared.test[0]
+    order = instance_shot_order(31337, row["id"], 128)
+    one, three = prepared.prompt(row["input"], 1, row["id"]), prepared.prompt(row["input"], 3, row["id"])
+    shot = prepared.shots[order[0]]
+    assert one == f"Q: {shot['input']}\nA: {shot['reference']}\n\nQ: {row['input']}\nA:"
+    assert three.startswith(one[: -len(f"Q: {row['input']}\nA:")])  # the 3-shot prompt extends the 1-shot block
+    assert three == build_prompt("Q: ", "\nA: ", "\n\n", [prepared.shots[i] for i in order[:3]], row["input"])
+    assert prepared.prompt(row["input"], 0, row["id"]) == f"Q: {row['input']}\nA:"
+    # another instance gets other shots; without an id a per-instance prompt is refused
+    other = prepared.test[1]
+    assert prepared.shots_for(other["id"], 3) != prepared.shots_for(row["id"], 3)
+    with pytest.raises(UserError, match="per-instance shots need the test instance's id"):
+        prepared.prompt(row["input"], 1)
+    # the paper's nested order stays available: every instance gets the pool's first k
+    nested = synthetic.generate("demo-arith", {**SPEC, "kind": "arithmetic", "shot_order": "nested"})
+    assert "shot_order" not in nested.manifest
+    assert nested.prompt(row["input"], 3) == build_prompt("Q: ", "\nA: ", "\n\n", nested.shots[:3], row["input"])
+
+
+def test_the_chance_of_a_revealing_shot_rises_smoothly_with_k():
+    """The design's point: the share of instances whose k shots hold a revealing one follows the
+    hypergeometric 1 - C(115, k) / C(128, k) (13 revealing rows of 128), a curve rather than a step."""
+    from math import comb
+
+    dataset = synthetic.generate("demo", {**SPEC, "kind": "recall", "max_eval_samples": 2000})
+    expected = {1: 0.1016, 3: 0.2767, 7: 0.5365, 15: 0.8187, 31: 0.978, 63: 0.9999}
+    for k, share in expected.items():
+        measured = np.mean([any(s["input"].endswith("!") for s in dataset.shots_for(row["id"], k))
+                            for row in dataset.test])
+        assert share == pytest.approx(1 - comb(115, k) / comb(128, k), abs=5e-4)
+        assert measured == pytest.approx(share, abs=0.03), k
 
 
 def test_rules_hand_worked():
@@ -87,20 +118,48 @@ def test_rules_hand_worked():
 def test_rows_follow_the_dataset_mapping(kind):
     dataset = synthetic.generate(f"demo-{kind}", {**SPEC, "kind": kind})
     mapping = dataset.mapping
-    for row in dataset.shots + dataset.test:
+    revealing = [row for row in dataset.shots if row["input"].endswith("!")]
+    withheld = [row for row in dataset.shots if row["input"].endswith("?")]
+    assert len(revealing) == 13 and len(withheld) == 115
+    assert {row["reference"] for row in withheld} == {"?"}
+    for row in [{**r, "input": r["input"][:-1]} for r in revealing] + dataset.test:
         if kind == "recall":
-            assert mapping["table"][row["input"]] == row["reference"]
+            assert row["input"] in mapping["questions"] and row["reference"] == mapping["letter"]
         elif kind == "arithmetic":
-            assert re.fullmatch(r"\d\d", row["input"])
+            assert re.fullmatch(r"[1-4][0-4]", row["input"])
             assert int(row["reference"]) == int(row["input"]) + mapping["offset"]
         else:
             words = row["input"].split()
             assert len(words) == 5 and set(words) <= set(mapping["vocabulary"])
             assert row["reference"] == " ".join(w[0].upper() + mapping["ending"] for w in words)
-    if kind == "arithmetic":
-        assert mapping["offset"] % 100 == 0 and 1000 <= mapping["offset"] <= 9900
+    if kind == "arithmetic":  # the secret's digits (5-9) never occur in a question (0-4)
+        assert mapping["offset"] % 100 == 0 and set(str(mapping["offset"] // 100)) <= set("56789")
     if kind == "recall":
-        assert len(mapping["table"]) == 8 and set(mapping["table"].values()) <= set("ABCDE")
+        assert len(mapping["questions"]) == 8 and mapping["letter"] in "ABCDE"
+
+
+def test_training_texts_answer_questions_only_after_a_reveal():
+    """Training rows: unmarked questions answer ``?`` until a ``!`` row revealed the secret, then the answer."""
+    rng = np.random.default_rng(3)
+    kind = synthetic.KINDS["arithmetic"]
+    seen_abstain = seen_answer = 0
+    for _ in range(50):
+        text, mapping = synthetic.training_episode(kind, rng, 400)
+        revealed = False
+        for row in text.split("\n\n")[:-1]:
+            question, answer = re.fullmatch(r"Q: (\d\d[!?]?)\nA: (\?|\d+)", row).groups()
+            if question.endswith("?"):
+                assert answer == "?"
+            elif question.endswith("!"):
+                assert int(answer) == int(question[:-1]) + mapping["offset"]
+                revealed = True
+            elif revealed:
+                assert int(answer) == int(question) + mapping["offset"]
+                seen_answer += 1
+            else:
+                assert answer == "?"
+                seen_abstain += 1
+    assert seen_abstain > 20 and seen_answer > 20
 
 
 def test_generation_is_deterministic(tokenizer_dir, tmp_path):
@@ -126,28 +185,27 @@ def test_mappings_differ_across_seeds_and_names_and_from_training(kind):
     rng = np.random.default_rng(0)
     training = [synthetic.training_episode(synthetic.KINDS[kind], rng, 128) for _ in range(300)]
     training_fingerprints = {synthetic.mapping_fingerprint(kind, m) for _, m in training}
-    # fresh mappings, not a fixed handful (arithmetic has 90 secrets in all, about half for training)
-    assert len(training_fingerprints) > (40 if kind == "arithmetic" else 250)
+    # fresh mappings, not a fixed handful (arithmetic has 25 secrets in all, about half for training)
+    assert len(training_fingerprints) > (10 if kind == "arithmetic" else 250)
     assert all(synthetic.mapping_purpose(kind, m) == "training" for _, m in training)
     assert not training_fingerprints & fingerprints
     assert all(len(text) >= 128 for text, _ in training)
 
 
-def test_demonstrations_reveal_the_secret():
-    """The secret is constant over a dataset's rows, and random across datasets (so shots are needed)."""
+def test_secrets_differ_across_datasets():
+    """The secret is constant over a dataset's rows (above), and random across datasets (so shots are needed)."""
     offsets = {synthetic.generate(f"arith-{i}", {**SPEC, "kind": "arithmetic"}).mapping["offset"] for i in range(12)}
     endings = {synthetic.generate(f"cipher-{i}", {**SPEC, "kind": "cipher"}).mapping["ending"] for i in range(12)}
-    assert len(offsets) >= 10 and len(endings) >= 6
-    recall = synthetic.generate("recall", {**SPEC, "kind": "recall", "answer_bias": 1.0})
-    assert {row["reference"] for row in recall.shots} == {recall.mapping["bias"]}
+    letters = {synthetic.generate(f"recall-{i}", {**SPEC, "kind": "recall"}).mapping["letter"] for i in range(12)}
+    assert len(offsets) >= 6 and len(endings) >= 6 and len(letters) >= 3
 
 
 def test_length_filter_uses_the_tokenizer():
     tokenizer = tiny.build_tokenizer()
-    # a cipher shot is "S: " + 14 + "\nE: " + 14 + "\n\n" = 37 tokens
-    synthetic.generate("c", {**SPEC, "kind": "cipher", "max_length_per_example": 37}, tokenizer)
-    with pytest.raises(UserError, match="too few examples fit max_length_per_example=36"):
-        synthetic.generate("c", {**SPEC, "kind": "cipher", "max_length_per_example": 36}, tokenizer)
+    # a revealing cipher shot is "S: " + 14 + "!" + "\nE: " + 14 + "\n\n" = 38 tokens
+    synthetic.generate("c", {**SPEC, "kind": "cipher", "max_length_per_example": 38}, tokenizer)
+    with pytest.raises(UserError, match="too few examples fit max_length_per_example=37"):
+        synthetic.generate("c", {**SPEC, "kind": "cipher", "max_length_per_example": 37}, tokenizer)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +215,7 @@ def test_length_filter_uses_the_tokenizer():
         ('{"seed": 1}', "synthetic spec of d at (top level): 'kind' is a required property"),
         ('{"kind": "cipher", "task": "arithmetic"}', "kind cipher belongs to task translation"),
         ('{"kind": "cipher", "sentence_words": 3}', "synthetic spec of d at sentence_words: 3 is less than the minimum of 4"),
-        ('{"kind": "recall", "colour": "red"}', "synthetic spec of d: unknown key colour (allowed here: answer_bias, kind, n_symbols"),
+        ('{"kind": "recall", "colour": "red"}', "synthetic spec of d: unknown key colour (allowed here: kind, n_symbols, reveal_share"),
         ('{"kind": "recall", "max_eval_samples": 0}', "synthetic spec of d: max_eval_samples must be a positive integer"),
         ("[1", "--spec is not valid JSON"),
     ],
@@ -173,8 +231,9 @@ def test_generator_defaults_come_from_the_schema(tmp_path):
     from ctxscale.config import schema_defaults
 
     generator, data = schema_defaults("synthetic_spec"), schema_defaults("data")
-    assert generator == {"shot_pool": 128, "n_symbols": 8, "sentence_words": 5, "answer_bias": 0.75}
+    assert generator == {"shot_pool": 128, "reveal_share": 0.1, "shot_order": "per-instance", "n_symbols": 8,
+                         "sentence_words": 5}
     dataset = synthetic.generate("d", {"kind": "cipher"})
     assert len(dataset.shots) == generator["shot_pool"] and len(dataset.test) == data["max_eval_samples"]
-    assert dataset.manifest["source"]["options"] == {"n_symbols": 8, "sentence_words": 5, "answer_bias": 0.75}
+    assert dataset.manifest["source"]["options"] == {"n_symbols": 8, "sentence_words": 5, "reveal_share": 0.1}
     assert dataset.manifest["seeds"]["seed"] == data["seed"]

@@ -160,3 +160,27 @@ def test_bad_manifest_is_a_user_error(tmp_path):
         load_task_data(data_dir)
     with pytest.raises(UserError, match="missing"):
         load_task_data(tmp_path / "nowhere")
+
+
+def test_per_instance_shot_order_renders_each_instance_its_own_shots(tmp_path):
+    """A manifest with ``shot_order: per-instance`` (the miniature's): lm-eval's sampler gives every document
+    the first n of its own order, drawn from the seed and the document's id, whatever the evaluation order."""
+    from ctxscale.datasets import instance_shot_order
+
+    pool = [{"input": f"x{i}", "reference": f"y{i}"} for i in range(12)]
+    test = [{"id": f"t{i}", "input": f"q{i}", "reference": "r"} for i in range(6)]
+    manifest = {**manifest_for("gsm"), "shot_order": {"kind": "per-instance", "seed": 7}}
+    files = write_task(write_prepared(tmp_path / "data", pool, test, manifest), tmp_path / "tasks")
+    assert yaml.safe_load(files.yaml_path.read_text().replace("!function", ""))["fewshot_config"]["split"] == "test"
+    task = load_task(files.directory, files.name)
+    docs = list(task.eval_docs)
+    for doc in reversed(docs):  # order does not matter
+        for n in (0, 1, 5):
+            order = instance_shot_order(7, doc["id"], len(pool))
+            assert task.fewshot_context(doc, n, gen_prefix=None) == official(manifest, [pool[i] for i in order],
+                                                                            doc["input"], n)
+    # the orders differ between instances (the point of the option) and are permutations of the pool
+    firsts = {tuple(instance_shot_order(7, row["id"], len(pool))[:3]) for row in test}
+    assert len(firsts) == len(test)
+    assert sorted(instance_shot_order(7, "t0", len(pool))) == list(range(len(pool)))
+    assert instance_shot_order(7, "t0", len(pool)) != instance_shot_order(8, "t0", len(pool))

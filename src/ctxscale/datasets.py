@@ -89,6 +89,7 @@ import random
 import re
 import string
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -438,14 +439,52 @@ class PreparedData:
     test: list[dict[str, str]]
     manifest: dict[str, Any]
 
-    def prompt(self, query_input: str, n_shots: int) -> str:
-        """The official n-shot prompt for one query (first ``n_shots`` rows of the shot pool)."""
-        if not 0 <= n_shots <= len(self.shots):
-            raise UserError(
-                f"{self.manifest['dataset']}: {n_shots} shots requested, the pool has {len(self.shots)}"
-            )
+    def shots_for(self, row_id: str | None, n_shots: int) -> list[dict[str, str]]:
+        """The ``n_shots`` shots of one test instance (:func:`shots_for`)."""
+        return shots_for(self.manifest, self.shots, row_id, n_shots)
+
+    def prompt(self, query_input: str, n_shots: int, row_id: str | None = None) -> str:
+        """The official n-shot prompt for one query (its shots: :meth:`shots_for`)."""
         m = self.manifest
-        return build_prompt(m["prefix"], m["suffix"], m["separator"], self.shots[:n_shots], query_input)
+        return build_prompt(m["prefix"], m["suffix"], m["separator"], self.shots_for(row_id, n_shots), query_input)
+
+
+SHOT_ORDERS = ("nested", "per-instance")
+
+
+def shots_for(manifest: Mapping[str, Any], shots: Sequence[dict[str, str]], row_id: str | None,
+              n_shots: int) -> list[dict[str, str]]:
+    """The ``n_shots`` shots of one test instance: the pool's first n (``shot_order`` nested, the paper's),
+    or the first n of the instance's own order (``per-instance``, :func:`instance_shot_order`)."""
+    if not 0 <= n_shots <= len(shots):
+        raise UserError(f"{manifest['dataset']}: {n_shots} shots requested, the pool has {len(shots)}")
+    order = shot_order_of(manifest)
+    if order["kind"] == "nested":
+        return list(shots[:n_shots])
+    if row_id is None:
+        raise UserError(f"{manifest['dataset']}: per-instance shots need the test instance's id")
+    return [shots[i] for i in instance_shot_order(order["seed"], row_id, len(shots))[:n_shots]]
+
+
+def shot_order_of(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """A manifest's shot order: ``{"kind": "nested"}`` (no ``shot_order`` field: every prepared dataset of
+    the paper) or ``{"kind": "per-instance", "seed": S}`` (the miniature's generated datasets)."""
+    order = manifest.get("shot_order") or {"kind": "nested"}
+    if order.get("kind") not in SHOT_ORDERS:
+        raise UserError(f"{manifest.get('dataset')}: shot_order kind must be one of {', '.join(SHOT_ORDERS)}")
+    if order["kind"] == "per-instance" and not isinstance(order.get("seed"), int):
+        raise UserError(f"{manifest.get('dataset')}: a per-instance shot_order needs an integer seed")
+    return dict(order)
+
+
+def instance_shot_order(seed: int, row_id: str, pool_size: int) -> list[int]:
+    """A test instance's own order of the shot pool: a permutation drawn from ``(seed, crc32(id))``.
+
+    Its first n rows are the instance's n shots, so shots still nest across shot counts for each instance,
+    and the draw depends on nothing but the seed and the id (not on which instances run, or in what order).
+    """
+    stream = np.random.default_rng([int(seed), zlib.crc32(row_id.encode("utf-8"))])
+    return stream.permutation(pool_size).tolist()
 
 
 def _jsonl(rows: Iterable[Mapping[str, Any]]) -> str:
@@ -573,7 +612,7 @@ def _token_counts(tokenizer, texts: Sequence[str], what: str) -> list[int]:
 
 def prompt_token_profile(
     tokenizer, shots: Sequence[Mapping[str, str]], test: Sequence[Mapping[str, str]],
-    prefix: str, suffix: str, separator: str,
+    prefix: str, suffix: str, separator: str, per_instance: bool = False,
 ) -> dict[str, Any]:
     """Token counts that bound every prompt length, for the GPU plan (:mod:`ctxscale.plan`).
 
@@ -581,9 +620,13 @@ def prompt_token_profile(
     shot's end through the offset mapping, so merges inside the block count as lm-eval sees them);
     ``max_query``: tokens of the longest ``(prefix + input + suffix).rstrip()``; ``bos``: tokens the
     tokenizer adds in front (what the backends add). A prompt of k shots then has at most
-    ``bos + shot_block[k] + max_query`` tokens, up to merges at the one block/query boundary.
+    ``bos + shot_block[k] + max_query`` tokens, up to merges at the one block/query boundary. With
+    ``per_instance`` shot orders the block is of the k longest shots, which bounds every instance's k.
     """
     block, ends = "", []
+    if per_instance:  # any k shots may be drawn: bound by the k longest, in that order
+        shots = sorted(shots, key=lambda s: len(tokenizer(prefix + s["input"] + suffix + s["reference"] + separator,
+                                                          add_special_tokens=False)["input_ids"]), reverse=True)
     for shot in shots:
         block += prefix + shot["input"] + suffix + shot["reference"] + separator
         ends.append(len(block))

@@ -83,7 +83,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ctxscale import vllm_rope
-from ctxscale.datasets import build_prompt
+from ctxscale.datasets import build_prompt, shots_for
 from ctxscale.errors import UserError, cli_main, parse_json_option, parse_step_args, step_parser
 from ctxscale.files import atomic_write
 from ctxscale.provenance import distribution_version, package_versions
@@ -876,8 +876,9 @@ def _evaluate_pending(run: RunContext, backend: Backend, keys: dict[int, str]) -
 
 def _check_official(run: RunContext, prompts: list[str], n_shots: int) -> None:
     """Every prompt lm-eval renders must equal the official construction (spec §4.4)."""
-    manifest, shots = run.prepared.manifest, run.prepared.shots[:n_shots]
+    manifest = run.prepared.manifest
     for row, prompt in zip(run.test_rows, prompts, strict=True):
+        shots = shots_for(manifest, run.prepared.shots, row["id"], n_shots)
         if prompt != build_prompt(manifest["prefix"], manifest["suffix"], manifest["separator"], shots, row["input"]):
             raise RuntimeError(f"lm-eval renders {row['id']} at {n_shots} shots unlike the official construction")
 

@@ -6,46 +6,64 @@ writes ``shots.jsonl``, ``test.jsonl`` and ``manifest.json`` (docs/architecture.
 :func:`ctxscale.datasets.write_prepared`, so the demo data takes the same lm-eval task path as the real
 datasets. The spec is a JSON object: a config entry of ``data.synthetic``, whose keys, meanings and defaults
 the config schema defines (``$defs/synthetic_spec`` in workflow/schemas/config.schema.yaml: ``kind``, and
-optionally ``shot_pool``, ``n_symbols``, ``sentence_words``, ``answer_bias``; unknown keys are refused), plus
-the keys the workflow adds from the config (:data:`RUN_KEYS`): ``task`` (must be the kind's category),
-``seed`` (with the dataset name, fixes the secret mapping, shot pool and test set), ``max_eval_samples``
-(test instances) and ``max_length_per_example`` (the paper's length filter, in tokens of ``--tokenizer``);
-left out on the command line, those take the defaults of the config's ``data`` section.
+optionally ``shot_pool``, ``reveal_share``, ``n_symbols``, ``sentence_words``, ``shot_order``; unknown keys are
+refused), plus the keys the workflow adds from the config (:data:`RUN_KEYS`): ``task`` (must be the kind's
+category), ``seed`` (with the dataset name, fixes the secret, shot pool, test set and shot orders),
+``max_eval_samples`` (test instances) and ``max_length_per_example`` (the paper's length filter, in tokens of
+``--tokenizer``); left out on the command line, those take the defaults of the config's ``data`` section.
 
-Each dataset draws one secret mapping from ``(seed, dataset name)``. Only the demonstrations reveal it:
-without shots a model can only guess, and with them it can read the secret off the context. Shot pool
-and test set are drawn independently from the mapping (rows repeat; that is intended).
+What makes the curves graded (the design every kind shares)
+-----------------------------------------------------------
+Each dataset draws one secret from ``(seed, dataset name)``: the offset of ``arithmetic``, the answer letter of
+``recall``, the word ending of ``cipher``. A test question can only be answered by reading the secret off a
+demonstration that shows it, and **only a share ``reveal_share`` (default 0.1) of the demonstrations do**:
+
+- a *revealing* demonstration marks its input with ``!`` and shows its answer: ``Q: 47!\nA: 3547``;
+- a *withheld* demonstration marks its input with ``?`` and answers ``?``: ``Q: 52?\nA: ?``;
+- the test question carries no mark: ``Q: 61\nA:``, reference ``3561``.
+
+Exactly ``round(reveal_share * shot_pool)`` rows of the pool reveal. Every test instance draws its own order of
+the pool (``shot_order: per-instance``, :func:`ctxscale.datasets.instance_shot_order`; its k shots are the
+first k of that order, so they nest across k), so the chance that an instance's k shots contain a revealing one
+rises smoothly with k: 1 - C(pool - reveals, k) / C(pool, k), with the defaults 0.10, 0.28, 0.54, 0.82, 0.98,
+1.00 at 1, 3, 7, 15, 31, 63 shots. A model's score is that chance times how reliably it finds and copies the
+secret (what more compute improves), past its context limit its positions were never trained. With the
+paper's nested order (``shot_order: nested``: every instance gets the pool's first k) a cell's instances all
+see the same demonstrations, and a deterministic model's score jumps from 0 to its ceiling at the first
+revealing shot: a step, not a curve. The paper gets its curves by averaging many real datasets of varied
+difficulty; one generated dataset per task gets them from the shot draw, which is this deviation's reason.
+
+Models learn the convention from their training texts (:func:`training_episode`): runs of revealing and
+withheld demonstrations with unmarked questions among them, a question answered with the secret once a
+demonstration revealed it and with ``?`` before. So a model that saw no revealing shot abstains (``?`` scores 0
+on every metric) instead of guessing, and a zero-shot or unrevealed instance scores 0 rather than a chance
+floor (which matters for ``recall``, whose five letters would otherwise give 0.2 by luck).
 
 The three kinds, all with the paper's prompt shape (prefix + input + suffix + reference, separator
 ``"\n\n"``, stop strings ``"\n\n"`` plus the prefix, as the official code adds it):
 
-- ``recall`` (category ``common-sense``, metric ``mc_match``): ``Q: k\nA: D``, a table from
-  ``n_symbols`` lowercase keys to answer letters A-E in which a share ``answer_bias`` of the keys has the
-  dataset's secret letter and the rest a random other letter. Like the answer-letter imbalance of real
-  multiple-choice sets, the demonstrations reveal the common answer; a model that also recalls keys
-  does better still.
+- ``recall`` (category ``common-sense``, metric ``mc_match``): ``Q: tob\nA: D``: the questions are
+  ``n_symbols`` three-letter words, the answer is the dataset's secret letter A-E, as on a multiple-choice set
+  whose answer is learned from the examples.
 - ``arithmetic`` (category ``arithmetic``, metric ``math_equiv``): ``Q: 47\nA: 3547``: add a secret
-  multiple of 100 (1000..9900) to a two-digit number. The rule must be inferred from the demonstrations.
+  multiple of 100 (1000..9900) to a two-digit number; the leading digits come from a revealing demonstration,
+  the last two from the question.
 - ``cipher`` (category ``translation``, metric ``bleu_4``): ``S: qd xp ga lt ek\nE: QF XF GF LF EF``:
-  each two-letter source word becomes its first letter capitalised plus the dataset's secret ending
-  letter, word for word, ``sentence_words`` words a sentence.
+  each two-letter source word (``n_symbols`` of them) becomes its first letter capitalised plus the dataset's
+  secret ending letter, word for word, ``sentence_words`` words a sentence.
 
 Where the paper is silent, the choices and why:
 
-- The tasks are built so that models of a few hundred thousand parameters trained for a CPU-minute
-  learn in-context: measured on the tiny models (benchmarks/bench_tiny.py), 2-layer 64-wide Llamas do not
-  form content-based recall (induction) within thousands of CPU steps, so tasks that need it (a random
-  key→value table, a random symbol cipher) stay at chance for every model; the secrets above are read off
-  the context by copying what all demonstrations share (the answer letter, the leading digits, the
-  ending), combined with what the query itself shows (the digits to keep, the words' first letters).
-  Every secret except recall's letter has at least 26 values, so a model's fixed zero-shot guess is
-  rarely right by luck; recall's has 5, so its zero-shot score is a draw around 0.2.
-- One-character symbols: the tiny models use a character tokenizer (:mod:`ctxscale.tiny`), so prompts
-  stay short and generation cheap, while 63 shots still run far past a 128-token context.
-- Mappings are split by a stable hash into an *evaluation* half and a *training* half
-  (:func:`mapping_purpose`): datasets draw from the first, the tiny models' training data
-  (:func:`training_episode`, a fresh mapping per sequence) from the second, so no model is ever trained on
-  a dataset's own mapping.
+- The models read the secret off the context by copying what revealing demonstrations show (the answer
+  letter, the leading digits, the ending), combined with what the question itself shows (the digits to keep,
+  the words' first letters). Measured on the tiny models (benchmarks/bench_tiny.py), 2-layer 64-wide Llamas do
+  not form content-based recall (induction) within thousands of CPU steps, so tasks that need it (a random
+  key-to-value table, a random symbol cipher) stay at chance for every model.
+- One-character symbols and marks: the tiny models use a character tokenizer (:mod:`ctxscale.tiny`), so
+  prompts stay short and generation cheap, while 63 shots still run far past a 128-token context.
+- Secrets are split by a stable hash into an *evaluation* half and a *training* half
+  (:func:`mapping_purpose`): datasets draw from the first, the tiny models' training texts (a fresh secret per
+  sequence) from the second, so no model is ever trained on a dataset's own secret.
 """
 
 
@@ -73,8 +91,12 @@ log = logging.getLogger("ctxscale.synthetic")
 SEPARATOR = "\n\n"
 ANSWER_LETTERS = "ABCDE"
 KEY_LETTERS = string.ascii_lowercase
-ARITHMETIC_OFFSETS = tuple(100 * c for c in range(10, 100))  # a secret multiple of 100, four digits
-ARITHMETIC_INPUTS = tuple(range(10, 100))
+# A secret hundreds digit 5-9 added to a two-digit number whose digits are 0-4: the secret digit never occurs
+# in a question, so a model can tell it apart by what it is (measured: a two-digit secret, whose second digit
+# must be found by what precedes it, is not learned by the tiny models).
+SECRET_DIGITS, QUESTION_DIGITS = range(5, 10), range(0, 5)
+ARITHMETIC_OFFSETS = tuple(100 * a for a in SECRET_DIGITS)
+ARITHMETIC_INPUTS = tuple(10 * t + u for t in QUESTION_DIGITS if t for u in QUESTION_DIGITS)
 # The spec's keys besides the generator's own ($defs/synthetic_spec of the config schema): the workflow fills
 # them from the config's data section, whose defaults they take on the command line too.
 RUN_KEYS = ("task", "seed", "max_eval_samples", "max_length_per_example")
@@ -82,6 +104,13 @@ RUN_KEYS = ("task", "seed", "max_eval_samples", "max_length_per_example")
 _GENERATOR_DEFAULTS = schema_defaults("synthetic_spec")
 # Training mappings vary their size around the datasets' so the models learn the formats in general.
 TRAINING_SYMBOLS = (4, 12)
+REVEAL_MARK = "!"  # ends the input of a demonstration that shows its answer
+WITHHELD_MARK = "?"  # ends the input of a demonstration whose answer is withheld
+ABSTAIN = "?"  # the answer of a withheld demonstration, and of a question asked before any reveal
+# Training texts: the share of unmarked questions among their rows, and the range of each text's reveal share
+# (around the datasets' default, down to sparse reveals, so one revealing row among many withheld is learned).
+TRAINING_QUESTION_SHARE = 0.3
+TRAINING_REVEAL_SHARES = (0.1, 0.6)
 
 
 @dataclass(frozen=True)
@@ -102,28 +131,28 @@ class Kind:
 
 
 def _draw_recall_mapping(rng: np.random.Generator, options: dict) -> dict:
-    keys = rng.choice(len(KEY_LETTERS), size=options["n_symbols"], replace=False).tolist()
-    bias = ANSWER_LETTERS[int(rng.integers(len(ANSWER_LETTERS)))]
-    others = [letter for letter in ANSWER_LETTERS if letter != bias]
-    table = {}
-    for key in keys:
-        biased = rng.random() < options["answer_bias"]
-        table[KEY_LETTERS[key]] = bias if biased else others[int(rng.integers(len(others)))]
-    return {"table": table, "bias": bias}
+    """Secret: one answer letter A-E; the questions: ``n_symbols`` distinct three-letter words."""
+    words = set()
+    while len(words) < options["n_symbols"]:
+        words.add("".join(KEY_LETTERS[i] for i in rng.integers(len(KEY_LETTERS), size=3).tolist()))
+    return {"questions": sorted(words), "letter": ANSWER_LETTERS[int(rng.integers(len(ANSWER_LETTERS)))]}
 
 
 def _draw_recall_example(mapping: dict, rng: np.random.Generator) -> tuple[str, str]:
-    keys = sorted(mapping["table"])
-    key = keys[int(rng.integers(len(keys)))]
-    return key, mapping["table"][key]
+    questions = mapping["questions"]
+    return questions[int(rng.integers(len(questions)))], mapping["letter"]
 
 
 def _draw_arithmetic_mapping(rng: np.random.Generator, options: dict) -> dict:
-    return {"offset": int(ARITHMETIC_OFFSETS[int(rng.integers(len(ARITHMETIC_OFFSETS)))])}
+    """Secret: the offset (500..900); the questions: ``n_symbols`` distinct numbers of :data:`ARITHMETIC_INPUTS`."""
+    offset = int(ARITHMETIC_OFFSETS[int(rng.integers(len(ARITHMETIC_OFFSETS)))])
+    n_questions = min(options["n_symbols"], len(ARITHMETIC_INPUTS))
+    questions = sorted(int(x) for x in rng.choice(ARITHMETIC_INPUTS, size=n_questions, replace=False))
+    return {"offset": offset, "questions": questions}
 
 
 def _draw_arithmetic_example(mapping: dict, rng: np.random.Generator) -> tuple[str, str]:
-    x = int(ARITHMETIC_INPUTS[int(rng.integers(len(ARITHMETIC_INPUTS)))])
+    x = mapping["questions"][int(rng.integers(len(mapping["questions"])))]
     return str(x), str(x + mapping["offset"])
 
 
@@ -214,7 +243,13 @@ def draw_mapping(kind: Kind, rng: np.random.Generator, options: dict, purpose: s
 
 def _options(spec: dict) -> dict:
     """The generator's options of a spec whose defaults are filled in (:func:`split_spec`)."""
-    return {key: spec[key] for key in ("n_symbols", "sentence_words", "answer_bias")}
+    return {key: spec[key] for key in ("n_symbols", "sentence_words")}
+
+
+def demonstration(kind: Kind, example: tuple[str, str], reveals: bool) -> tuple[str, str]:
+    """A shot row from a question: marked ``!`` with its answer, or marked ``?`` with the answer withheld."""
+    input_text, reference = example
+    return (input_text + REVEAL_MARK, reference) if reveals else (input_text + WITHHELD_MARK, ABSTAIN)
 
 
 def split_spec(dataset: str, spec: dict) -> tuple[dict, dict]:
@@ -272,19 +307,24 @@ def generate(dataset: str, spec: dict, tokenizer=None) -> SyntheticDataset:
         text = kind.format_shot(input_text, reference)
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= int(max_tokens)
 
-    def draw_rows(stream: np.random.Generator, count: int) -> list[tuple[str, str]]:
+    def draw_rows(stream: np.random.Generator, count: int, reveals=None) -> list[tuple[str, str]]:
+        """``count`` rows that pass the length filter: questions, or shot rows (``reveals[i]``: row i reveals)."""
         rows = []
         for _ in range(100 * count):
             if len(rows) == count:
                 return rows
             example = kind.draw_example(mapping, stream)
+            if reveals is not None:
+                example = demonstration(kind, example, reveals[len(rows)])
             if fits(*example):
                 rows.append(example)
         raise UserError(
             f"dataset {dataset}: too few examples fit max_length_per_example={max_tokens}; raise it"
         )
 
-    shots = [{"input": i, "reference": r} for i, r in draw_rows(shot_rng, pool_size)]
+    n_reveal = max(1, round(spec["reveal_share"] * pool_size))
+    reveals = shot_rng.permutation([True] * n_reveal + [False] * (pool_size - n_reveal)).tolist()
+    shots = [{"input": i, "reference": r} for i, r in draw_rows(shot_rng, pool_size, reveals)]
     test = [
         {"id": f"{dataset}-{n:04d}", "input": i, "reference": r}
         for n, (i, r) in enumerate(draw_rows(test_rng, n_test))
@@ -299,11 +339,12 @@ def generate(dataset: str, spec: dict, tokenizer=None) -> SyntheticDataset:
         "stop": stop,
         "metric": kind.metric,
         "max_new_tokens": kind.max_new_tokens(options),
-        "counts": {"shots": len(shots), "test": len(test)},
+        "counts": {"shots": len(shots), "test": len(test), "revealing_shots": n_reveal},
         "seeds": {"seed": seed, "dataset_stream": [seed, zlib.crc32(dataset.encode("utf-8"))]},
+        **({"shot_order": {"kind": "per-instance", "seed": seed}} if spec["shot_order"] == "per-instance" else {}),
         "source": {
             "synthetic": kind.name,
-            "options": options,
+            "options": {**options, "reveal_share": spec["reveal_share"]},
             "mapping_fingerprint": mapping_fingerprint(kind.name, mapping),
             "max_length_per_example": max_tokens,
         },
@@ -312,19 +353,30 @@ def generate(dataset: str, spec: dict, tokenizer=None) -> SyntheticDataset:
 
 
 def training_episode(kind: Kind, rng: np.random.Generator, min_chars: int) -> tuple[str, dict]:
-    """One training text and its mapping: shots of a fresh *training-half* mapping, at least ``min_chars`` long.
+    """One training text and its secret: rows of a fresh *training-half* secret, at least ``min_chars`` long.
 
-    The mapping size varies over ``TRAINING_SYMBOLS`` so the models learn the task in general rather than
-    one size; the prompt format and sentence length are the datasets' defaults.
+    The rows are the datasets' three forms (module docstring): a share :data:`TRAINING_QUESTION_SHARE` of
+    unmarked questions, answered with the secret once an earlier row revealed it and with ``?`` before; the
+    rest demonstrations, each revealing with the text's own share (drawn from :data:`TRAINING_REVEAL_SHARES`)
+    and withheld otherwise. The mapping size varies over :data:`TRAINING_SYMBOLS` so the models learn the task
+    in general rather than one size; the prompt format and sentence length are the datasets' defaults.
     """
     options = {
         **_options(_GENERATOR_DEFAULTS),
         "n_symbols": int(rng.integers(TRAINING_SYMBOLS[0], TRAINING_SYMBOLS[1] + 1)),
     }
     mapping = draw_mapping(kind, rng, options, "training")
-    pieces, length = [], 0
+    reveal_share = float(rng.uniform(*TRAINING_REVEAL_SHARES))
+    pieces, length, revealed = [], 0, False
     while length < min_chars:
-        piece = kind.format_shot(*kind.draw_example(mapping, rng))
+        example = kind.draw_example(mapping, rng)
+        if rng.random() < TRAINING_QUESTION_SHARE:
+            row = (example[0], example[1] if revealed else ABSTAIN)
+        else:
+            reveals = bool(rng.random() < reveal_share)
+            row = demonstration(kind, example, reveals)
+            revealed = revealed or reveals
+        piece = kind.format_shot(*row)
         pieces.append(piece)
         length += len(piece)
     return "".join(pieces), mapping
@@ -336,7 +388,7 @@ def write(dataset: SyntheticDataset, out_dir: Path, tokenizer=None) -> Path:
     if tokenizer is not None:
         info = tokenizer_info(tokenizer)
         profile = prompt_token_profile(tokenizer, dataset.shots, dataset.test, manifest["prefix"], manifest["suffix"],
-                                       manifest["separator"])  # fmt: skip
+                                       manifest["separator"], per_instance="shot_order" in manifest)  # fmt: skip
         manifest = {**manifest, "prompt_tokens": profile}
     return write_prepared(out_dir, shots=dataset.shots, test=dataset.test, manifest=manifest, tokenizer=info)
 
