@@ -280,9 +280,6 @@ def _spec_with_defaults(spec: dict, defaults: dict, extra_allowed: tuple[str, ..
     return merged
 
 
-ARCHITECTURE_KEYS = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
-
-
 def architecture(spec: dict) -> dict:
     """The architecture part of a training spec (what an extended model keeps from its base)."""
     return {key: spec[key] for key in ARCHITECTURE_KEYS}
