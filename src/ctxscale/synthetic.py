@@ -52,9 +52,12 @@ The three kinds, all with the paper's prompt shape (prefix + input + suffix + re
 - ``arithmetic`` (category ``arithmetic``, metric ``math_equiv``): ``Q: 47\nA: 3547``: add a secret
   multiple of 100 (1000..9900) to a two-digit number; the leading digits come from a revealing demonstration,
   the last two from the question.
-- ``cipher`` (category ``translation``, metric ``bleu_4``): ``S: qd xp ga lt ek\nE: QF XF GF LF EF``:
+- ``cipher`` (category ``translation``, metric ``bleu_4``): ``S: qd xp ga lt ek\nE: Q7 X7 G7 L7 E7``:
   each two-letter source word (``n_symbols`` of them) becomes its first letter capitalised plus the dataset's
-  secret ending letter, word for word, ``sentence_words`` words a sentence.
+  secret ending digit, word for word, ``sentence_words`` words a sentence. The first letters are read off the
+  sentence by position (word i of the answer from word i of the question), which is what breaks past a
+  model's context; BLEU-4 gives credit for runs of four right words, so a sentence is graded, not all or
+  nothing.
 
 Where the paper is silent, the choices and why:
 
@@ -168,12 +171,12 @@ def _draw_cipher_mapping(rng: np.random.Generator, options: dict) -> dict:
     while len(words) < options["n_symbols"]:
         first, second = rng.integers(len(KEY_LETTERS), size=2).tolist()
         words.add(KEY_LETTERS[first] + KEY_LETTERS[second])
-    ending = string.ascii_uppercase[int(rng.integers(26))]
+    ending = string.digits[int(rng.integers(10))]
     return {"vocabulary": sorted(words), "ending": ending, "sentence_words": options["sentence_words"]}
 
 
 def translate_word(word: str, ending: str) -> str:
-    """The cipher's rule: the word's first letter capitalised, then the dataset's secret ending."""
+    """The cipher's rule: the word's first letter capitalised, then the dataset's secret ending (a digit)."""
     return word[0].upper() + ending
 
 
@@ -215,7 +218,7 @@ KINDS: dict[str, Kind] = {
             metric="bleu_4",
             draw_mapping=_draw_cipher_mapping,
             draw_example=_draw_cipher_example,
-            # " KZ MZ PZ RZ SZ" (3 characters a word) plus one, so an over-long output is seen and penalised
+            # " K7 M7 P7 R7 S7" (3 characters a word) plus one, so an over-long output is seen and penalised
             max_new_tokens=lambda options: 3 * options["sentence_words"] + 1,
         ),
     )
