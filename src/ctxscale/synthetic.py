@@ -42,13 +42,15 @@ floor (which matters for ``recall``, whose five letters would otherwise give 0.2
 The three kinds, all with the paper's prompt shape (prefix + input + suffix + reference, separator
 ``"\n\n"``, stop strings ``"\n\n"`` plus the prefix, as the official code adds it):
 
-- ``recall`` (category ``common-sense``, metric ``mc_match``): ``Q: gAf\nA: D``: the questions are
-  ``n_symbols`` three-letter words over a-j and A-E, the answer is the dataset's secret letter A-E, as on a
-  multiple-choice set whose answer is learned from the examples. The answer letters also occur in the
-  questions, so a model must tell an answer's letter from a question's by where it stands, not by what it is:
-  measured, a model that can match the letter by content alone (lowercase questions) keeps doing so at 1.7
-  times its context (0.75 at 15 shots for a 128-token model), where position-dependent reading collapses
-  (0.01), as the paper's models do.
+- ``recall`` (category ``common-sense``, metric ``mc_match``): ``Q: gBf\nA: D``: the questions are
+  ``n_symbols`` three-character words over a-j and a *decoy* letter (another of A-E, 40 % of the characters),
+  the answer is the dataset's secret letter A-E, as on a multiple-choice set whose answer is learned from the
+  examples while the questions mention other options. The decoy is the commonest capital of every prompt, so
+  a model must tell an answer's letter from a question's by where it stands, not by what it is or how often
+  it occurs. Measured: with lowercase-only questions a model matches the letter by content and keeps doing so
+  at 1.7 times its context (0.75 at 15 shots for a 128-token model), where position-dependent reading
+  collapses (0.01), as the paper's models do; with evenly spread capitals, small models answer with the
+  commonest one and score past their context.
 - ``arithmetic`` (category ``arithmetic``, metric ``math_equiv``): ``Q: 47\nA: 3547``: add a secret
   multiple of 100 (1000..9900) to a two-digit number; the leading digits come from a revealing demonstration,
   the last two from the question.
@@ -98,9 +100,11 @@ log = logging.getLogger("ctxscale.synthetic")
 SEPARATOR = "\n\n"
 ANSWER_LETTERS = "ABCDE"
 KEY_LETTERS = string.ascii_lowercase
-# Question words of recall mix lowercase letters with the answer letters, so the answer letter also occurs in
-# questions and a model must tell an answer's letter from a question's by where it stands.
-QUESTION_LETTERS = string.ascii_lowercase[:10] + ANSWER_LETTERS
+# Recall's question words: lowercase a-j and the dataset's decoy letter (one of A-E, not the answer), which is
+# the commonest capital of every prompt, so a model must tell an answer's letter from a question's by where it
+# stands, not by what it is or how often it occurs.
+QUESTION_LETTERS = string.ascii_lowercase[:10]
+RECALL_DECOY_SHARE = 0.4
 # A secret hundreds digit 5-9 added to a two-digit number whose digits are 0-4: the secret digit never occurs
 # in a question, so a model can tell it apart by what it is (measured: a two-digit secret, whose second digit
 # must be found by what precedes it, is not learned by the tiny models).
@@ -141,11 +145,15 @@ class Kind:
 
 
 def _draw_recall_mapping(rng: np.random.Generator, options: dict) -> dict:
-    """Secret: one answer letter A-E; the questions: ``n_symbols`` distinct three-letter words."""
+    """Secret: one answer letter A-E; a decoy: another letter A-E; the questions: ``n_symbols`` distinct
+    three-character words of lowercase a-j in which each character is the decoy with probability
+    :data:`RECALL_DECOY_SHARE`."""
+    letter, decoy = (ANSWER_LETTERS[i] for i in rng.choice(len(ANSWER_LETTERS), size=2, replace=False).tolist())
     words = set()
     while len(words) < options["n_symbols"]:
-        words.add("".join(QUESTION_LETTERS[i] for i in rng.integers(len(QUESTION_LETTERS), size=3).tolist()))
-    return {"questions": sorted(words), "letter": ANSWER_LETTERS[int(rng.integers(len(ANSWER_LETTERS)))]}
+        words.add("".join(decoy if rng.random() < RECALL_DECOY_SHARE else QUESTION_LETTERS[int(rng.integers(10))]
+                          for _ in range(3)))
+    return {"questions": sorted(words), "letter": letter, "decoy": decoy}
 
 
 def _draw_recall_example(mapping: dict, rng: np.random.Generator) -> tuple[str, str]:

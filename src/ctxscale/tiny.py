@@ -25,7 +25,8 @@ Decisions where the paper is silent (its models are Llama-2 checkpoints; this is
 - Model: ``LlamaForCausalLM`` with tied embeddings, RoPE base 10000, SDPA attention, and an initialiser
   standard deviation of ``1/sqrt(hidden_size)`` instead of transformers' 0.02 (tuned for widths in the
   thousands; at width 64 it is six times smaller than the usual scaling).
-- Training data (``mix``, default: the three kinds equally): sequences in the synthetic datasets' own
+- Training data (``mix``, default recall 1, arithmetic 0.5, cipher 1.5: the hardest kind with the longest rows
+  gets the most): sequences in the synthetic datasets' own
   prompt formats, each with a *fresh* mapping from the training half of mapping space
   (:func:`ctxscale.synthetic.training_episode`, never a dataset's mapping). Every sequence starts with BOS
   and is exactly ``n_ctx`` tokens long, so a base model never sees a position beyond its context limit.
