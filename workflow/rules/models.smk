@@ -63,6 +63,8 @@ rule train_tiny_model:
         "logs/train_tiny_model/{model}.log",
     benchmark:
         "logs/benchmarks/train_tiny_model/{model}.tsv"
+    # checkpoints gate every evaluation: train them before evaluating those already there
+    priority: 10
     threads: 1
     wildcard_constraints:
         model=model_pattern(m for m in tiny_models() if "extends" not in model_spec(m)),
@@ -84,6 +86,8 @@ rule extend_tiny_model:
         "logs/extend_tiny_model/{model}.log",
     benchmark:
         "logs/benchmarks/extend_tiny_model/{model}.tsv"
+    # checkpoints gate every evaluation: train them before evaluating those already there
+    priority: 10
     threads: 1
     wildcard_constraints:
         model=model_pattern(m for m in tiny_models() if "extends" in model_spec(m)),
