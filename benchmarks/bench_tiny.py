@@ -35,30 +35,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The measured recipe (what config/demo.yaml should hold); --config reads the models/data from a YAML instead.
-BASE = {"num_layers": 2, "n_ctx": 128, "batch_size": 16, "lr": 0.002, "seed": 0}
-RECIPE = {
-    "models": {
-        "tiny-s-128": {"n_ctx": 128, "tiny": {**BASE, "hidden_size": 32, "num_heads": 2, "steps": 300}},
-        "tiny-m-128": {"n_ctx": 128, "tiny": {**BASE, "hidden_size": 48, "num_heads": 3, "steps": 500}},
-        "tiny-l-128": {"n_ctx": 128, "tiny": {**BASE, "hidden_size": 64, "num_heads": 4, "steps": 900}},
-    },
-    "datasets": {"rule-arith": {"kind": "arithmetic"}, "kv-recall": {"kind": "recall"}, "cipher": {"kind": "cipher"}},
-    "data": {"max_length_per_example": 64, "max_eval_samples": 48, "seed": 31337},
-}
-EXTENSIONS = {2: {"steps": 100, "batch_size": 8, "lr": 0.002, "seed": 0},
-              4: {"steps": 200, "batch_size": 4, "lr": 0.002, "seed": 0}}
-for _base in list(RECIPE["models"]):
-    for _factor, _spec in EXTENSIONS.items():
-        _n_ctx = 128 * _factor
-        RECIPE["models"][_base.replace("-128", f"-{_n_ctx}")] = {
-            "extends": _base,
-            "n_ctx": _n_ctx,
-            "rope_scaling": {"rope_type": "yarn", "factor": float(_factor), "original_max_position_embeddings": 128},
-            "tiny": dict(_spec),
-        }
-
-
 def recipe_from_config(path: Path) -> dict:
     config = yaml.safe_load(path.read_text())
     models = {name: spec for name, spec in config["models"].items() if spec.get("source") == "tiny"}
@@ -149,14 +125,15 @@ def score_model(model_dir: Path, data_dirs: dict[str, Path], shots: list[int]) -
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, help="read models and synthetic datasets from this YAML")
+    parser.add_argument("--config", type=Path, default=REPO / "config" / "demo.yaml",
+                        help="read models and synthetic datasets from this YAML (default: the miniature's)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/ctxscale-bench-tiny"))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--shots", type=int, nargs="+", default=[0, 1, 3, 7, 15, 31, 63])
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
-    recipe = recipe_from_config(args.config) if args.config else RECIPE
+    recipe = recipe_from_config(args.config)
     args.work.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()

@@ -251,7 +251,7 @@ def test_workflow_fit_arguments_come_from_the_validated_config():
                                           "leave-one-model-out", "no-penalty", "context-agnostic"]
     held = workflow_fit_arguments(demo, "held-out-compute")
     # held-out compute gets intervals too, with the calibrated unit
-    assert "--bootstrap 200" in held and "--bootstrap-unit instances" in held
+    assert "--bootstrap 100" in held and "--bootstrap-unit instances" in held
     assert "--holdout-models tiny-l-128,tiny-l-256,tiny-l-512" in held
     assert "--train-max-n-pmt 200" in workflow_fit_arguments(demo, "held-out-context")
     assert not any(a.startswith("--bootstrap") for a in workflow_fit_arguments(demo, "leave-one-model-out"))

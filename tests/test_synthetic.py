@@ -104,14 +104,16 @@ def test_the_chance_of_a_revealing_shot_rises_smoothly_with_k():
 def test_rules_hand_worked():
     assert synthetic.translate_word("qd", "F") == "QF"
     arithmetic = synthetic.KINDS["arithmetic"]
-    assert arithmetic.draw_example({"offset": 3500}, np.random.default_rng(0))[1] == str(
-        int(arithmetic.draw_example({"offset": 3500}, np.random.default_rng(0))[0]) + 3500
-    )
+    assert arithmetic.draw_example({"offset": 700, "questions": [23]}, np.random.default_rng(0)) == ("23", "723")
+    assert arithmetic.format_shot(*synthetic.demonstration(arithmetic, ("23", "723"), True)) == "Q: 23!\nA: 723\n\n"
+    assert arithmetic.format_shot(*synthetic.demonstration(arithmetic, ("23", "723"), False)) == "Q: 23?\nA: ?\n\n"
+    recall = synthetic.KINDS["recall"]
+    assert recall.draw_example({"letter": "D", "decoy": "B", "questions": ["gBf"]}, np.random.default_rng(0)) == ("gBf", "D")
     cipher = synthetic.KINDS["cipher"]
-    source, target = cipher.draw_example({"vocabulary": ["ab", "cd"], "ending": "Z", "sentence_words": 4},
+    source, target = cipher.draw_example({"vocabulary": ["ab", "cd"], "ending": "7", "sentence_words": 4},
                                          np.random.default_rng(1))
     assert len(source.split()) == 4 and set(source.split()) <= {"ab", "cd"}
-    assert target == " ".join({"ab": "AZ", "cd": "CZ"}[w] for w in source.split())
+    assert target == " ".join({"ab": "A7", "cd": "C7"}[w] for w in source.split())
 
 
 @pytest.mark.parametrize("kind", sorted(KIND_TASKS))
@@ -134,8 +136,13 @@ def test_rows_follow_the_dataset_mapping(kind):
             assert row["reference"] == " ".join(w[0].upper() + mapping["ending"] for w in words)
     if kind == "arithmetic":  # the secret's digits (5-9) never occur in a question (0-4)
         assert mapping["offset"] % 100 == 0 and set(str(mapping["offset"] // 100)) <= set("56789")
-    if kind == "recall":
-        assert len(mapping["questions"]) == 8 and mapping["letter"] in "ABCDE"
+    if kind == "recall":  # the decoy, another answer letter, is the only capital of the questions
+        assert len(mapping["questions"]) == 8 and mapping["letter"] in "ABCDE" and mapping["decoy"] in "ABCDE"
+        assert mapping["decoy"] != mapping["letter"]
+        capitals = {c for row in dataset.test for c in row["input"] if c.isupper()}
+        assert capitals == {mapping["decoy"]}
+    if kind == "cipher":
+        assert mapping["ending"] in "0123456789"
 
 
 def test_training_texts_answer_questions_only_after_a_reveal():
@@ -197,7 +204,7 @@ def test_secrets_differ_across_datasets():
     offsets = {synthetic.generate(f"arith-{i}", {**SPEC, "kind": "arithmetic"}).mapping["offset"] for i in range(12)}
     endings = {synthetic.generate(f"cipher-{i}", {**SPEC, "kind": "cipher"}).mapping["ending"] for i in range(12)}
     letters = {synthetic.generate(f"recall-{i}", {**SPEC, "kind": "recall"}).mapping["letter"] for i in range(12)}
-    assert len(offsets) >= 6 and len(endings) >= 6 and len(letters) >= 3
+    assert len(offsets) == 5 and len(endings) >= 6 and len(letters) >= 3  # of 5, 10 and 5 possible
 
 
 def test_length_filter_uses_the_tokenizer():

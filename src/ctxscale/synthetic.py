@@ -18,9 +18,9 @@ Each dataset draws one secret from ``(seed, dataset name)``: the offset of ``ari
 ``recall``, the word ending of ``cipher``. A test question can only be answered by reading the secret off a
 demonstration that shows it, and **only a share ``reveal_share`` (default 0.1) of the demonstrations do**:
 
-- a *revealing* demonstration marks its input with ``!`` and shows its answer: ``Q: 47!\nA: 3547``;
-- a *withheld* demonstration marks its input with ``?`` and answers ``?``: ``Q: 52?\nA: ?``;
-- the test question carries no mark: ``Q: 61\nA:``, reference ``3561``.
+- a *revealing* demonstration marks its input with ``!`` and shows its answer: ``Q: 32!\nA: 732``;
+- a *withheld* demonstration marks its input with ``?`` and answers ``?``: ``Q: 14?\nA: ?``;
+- the test question carries no mark: ``Q: 41\nA:``, reference ``741``.
 
 Exactly ``round(reveal_share * shot_pool)`` rows of the pool reveal. Every test instance draws its own order of
 the pool (``shot_order: per-instance``, :func:`ctxscale.datasets.instance_shot_order`; its k shots are the
@@ -51,9 +51,11 @@ The three kinds, all with the paper's prompt shape (prefix + input + suffix + re
   at 1.7 times its context (0.75 at 15 shots for a 128-token model), where position-dependent reading
   collapses (0.01), as the paper's models do; with evenly spread capitals, small models answer with the
   commonest one and score past their context.
-- ``arithmetic`` (category ``arithmetic``, metric ``math_equiv``): ``Q: 47\nA: 3547``: add a secret
-  multiple of 100 (1000..9900) to a two-digit number; the leading digits come from a revealing demonstration,
-  the last two from the question.
+- ``arithmetic`` (category ``arithmetic``, metric ``math_equiv``): ``Q: 32\nA: 732``: add a secret
+  hundreds digit (500..900) to a two-digit number whose digits are 0-4 (``n_symbols`` such numbers a dataset);
+  the leading digit comes from a revealing demonstration, the last two from the question by position, which is
+  what breaks past a model's context. The secret digit (5-9) never occurs in a question, so it is found by what
+  it is; measured, a two-digit secret, whose second digit must be found by what precedes it, is not learned.
 - ``cipher`` (category ``translation``, metric ``bleu_4``): ``S: qd xp ga lt ek\nE: Q7 X7 G7 L7 E7``:
   each two-letter source word (``n_symbols`` of them) becomes its first letter capitalised plus the dataset's
   secret ending digit, word for word, ``sentence_words`` words a sentence. The first letters are read off the
@@ -64,15 +66,18 @@ The three kinds, all with the paper's prompt shape (prefix + input + suffix + re
 Where the paper is silent, the choices and why:
 
 - The models read the secret off the context by copying what revealing demonstrations show (the answer
-  letter, the leading digits, the ending), combined with what the question itself shows (the digits to keep,
+  letter, the leading digit, the ending), combined with what the question itself shows (the digits to keep,
   the words' first letters). Measured on the tiny models (benchmarks/bench_tiny.py), 2-layer 64-wide Llamas do
   not form content-based recall (induction) within thousands of CPU steps, so tasks that need it (a random
   key-to-value table, a random symbol cipher) stay at chance for every model.
 - One-character symbols and marks: the tiny models use a character tokenizer (:mod:`ctxscale.tiny`), so
   prompts stay short and generation cheap, while 63 shots still run far past a 128-token context.
-- Secrets are split by a stable hash into an *evaluation* half and a *training* half
-  (:func:`mapping_purpose`): datasets draw from the first, the tiny models' training texts (a fresh secret per
-  sequence) from the second, so no model is ever trained on a dataset's own secret.
+- Mappings (a secret with its question set) are split by a stable hash into an *evaluation* half and a
+  *training* half (:func:`mapping_purpose`): datasets draw from the first, the tiny models' training texts (a
+  fresh mapping per sequence) from the second, so no model is trained on a dataset's own mapping. The secrets
+  alone have few values (5 letters, 5 offsets, 10 endings), so every secret also occurs in training; what keeps
+  the shots necessary is that each training text has its own, and a model never learns which one a dataset
+  uses (every model abstains at zero shots).
 """
 
 
@@ -215,7 +220,7 @@ KINDS: dict[str, Kind] = {
             metric="math_equiv",
             draw_mapping=_draw_arithmetic_mapping,
             draw_example=_draw_arithmetic_example,
-            # " 3547" plus one token, so that a longer (wrong) number is never cut to a right one
+            # " 732" plus one token, so that a longer (wrong) number is never cut to a right one
             max_new_tokens=lambda options: 1 + len(str(max(ARITHMETIC_OFFSETS) + max(ARITHMETIC_INPUTS))) + 1,
         ),
         Kind(
