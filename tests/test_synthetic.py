@@ -105,8 +105,8 @@ def test_rules_hand_worked():
     assert synthetic.translate_word("qd", "F") == "QF"
     arithmetic = synthetic.KINDS["arithmetic"]
     assert arithmetic.draw_example({"offset": 700, "questions": [23]}, np.random.default_rng(0)) == ("23", "723")
-    assert arithmetic.format_shot(*synthetic.demonstration(arithmetic, ("23", "723"), True)) == "Q: 23!\nA: 723\n\n"
-    assert arithmetic.format_shot(*synthetic.demonstration(arithmetic, ("23", "723"), False)) == "Q: 23?\nA: ?\n\n"
+    assert arithmetic.format_shot(*synthetic.demonstration(("23", "723"), True)) == "Q: 23!\nA: 723\n\n"
+    assert arithmetic.format_shot(*synthetic.demonstration(("23", "723"), False)) == "Q: 23?\nA: ?\n\n"
     recall = synthetic.KINDS["recall"]
     assert recall.draw_example({"letter": "D", "decoy": "B", "questions": ["gBf"]}, np.random.default_rng(0)) == ("gBf", "D")
     cipher = synthetic.KINDS["cipher"]

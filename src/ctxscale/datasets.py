@@ -625,8 +625,9 @@ def prompt_token_profile(
     """
     block, ends = "", []
     if per_instance:  # any k shots may be drawn: bound by the k longest, in that order
-        shots = sorted(shots, key=lambda s: len(tokenizer(prefix + s["input"] + suffix + s["reference"] + separator,
-                                                          add_special_tokens=False)["input_ids"]), reverse=True)
+        lengths = _token_counts(tokenizer, [prefix + s["input"] + suffix + s["reference"] + separator for s in shots],
+                                "shots")
+        shots = [shot for _, shot in sorted(zip(lengths, shots), key=lambda pair: pair[0], reverse=True)]
     for shot in shots:
         block += prefix + shot["input"] + suffix + shot["reference"] + separator
         ends.append(len(block))

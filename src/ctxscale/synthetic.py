@@ -97,7 +97,8 @@ from typing import Callable
 import numpy as np
 
 from ctxscale.config import schema_defaults, validate_definition
-from ctxscale.datasets import PreparedData, load_tokenizer, prompt_token_profile, tokenizer_info, write_prepared
+from ctxscale.datasets import (PreparedData, load_tokenizer, prompt_token_profile, shot_order_of, tokenizer_info,
+                               write_prepared)
 from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
 
 log = logging.getLogger("ctxscale.synthetic")
@@ -156,7 +157,7 @@ def _draw_recall_mapping(rng: np.random.Generator, options: dict) -> dict:
     letter, decoy = (ANSWER_LETTERS[i] for i in rng.choice(len(ANSWER_LETTERS), size=2, replace=False).tolist())
     words = set()
     while len(words) < options["n_symbols"]:
-        words.add("".join(decoy if rng.random() < RECALL_DECOY_SHARE else QUESTION_LETTERS[int(rng.integers(10))]
+        words.add("".join(decoy if rng.random() < RECALL_DECOY_SHARE else QUESTION_LETTERS[int(rng.integers(len(QUESTION_LETTERS)))]
                           for _ in range(3)))
     return {"questions": sorted(words), "letter": letter, "decoy": decoy}
 
@@ -269,7 +270,7 @@ def _options(spec: dict) -> dict:
     return {key: spec[key] for key in ("n_symbols", "sentence_words")}
 
 
-def demonstration(kind: Kind, example: tuple[str, str], reveals: bool) -> tuple[str, str]:
+def demonstration(example: tuple[str, str], reveals: bool) -> tuple[str, str]:
     """A shot row from a question: marked ``!`` with its answer, or marked ``?`` with the answer withheld."""
     input_text, reference = example
     return (input_text + REVEAL_MARK, reference) if reveals else (input_text + WITHHELD_MARK, ABSTAIN)
@@ -338,7 +339,7 @@ def generate(dataset: str, spec: dict, tokenizer=None) -> SyntheticDataset:
                 return rows
             example = kind.draw_example(mapping, stream)
             if reveals is not None:
-                example = demonstration(kind, example, reveals[len(rows)])
+                example = demonstration(example, reveals[len(rows)])
             if fits(*example):
                 rows.append(example)
         raise UserError(
@@ -397,7 +398,7 @@ def training_episode(kind: Kind, rng: np.random.Generator, min_chars: int) -> tu
             row = (example[0], example[1] if revealed else ABSTAIN)
         else:
             reveals = bool(rng.random() < reveal_share)
-            row = demonstration(kind, example, reveals)
+            row = demonstration(example, reveals)
             revealed = revealed or reveals
         piece = kind.format_shot(*row)
         pieces.append(piece)
@@ -411,7 +412,7 @@ def write(dataset: SyntheticDataset, out_dir: Path, tokenizer=None) -> Path:
     if tokenizer is not None:
         info = tokenizer_info(tokenizer)
         profile = prompt_token_profile(tokenizer, dataset.shots, dataset.test, manifest["prefix"], manifest["suffix"],
-                                       manifest["separator"], per_instance="shot_order" in manifest)  # fmt: skip
+                                       manifest["separator"], per_instance=shot_order_of(manifest)["kind"] == "per-instance")  # fmt: skip
         manifest = {**manifest, "prompt_tokens": profile}
     return write_prepared(out_dir, shots=dataset.shots, test=dataset.test, manifest=manifest, tokenizer=info)
 
