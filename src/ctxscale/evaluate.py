@@ -287,12 +287,15 @@ RESULT_AFFECTING_MODULES = ("ctxscale.evaluate", "ctxscale.tasks", "ctxscale.met
 
 
 def _code_fingerprint() -> str:
-    """Digest of the source of :data:`RESULT_AFFECTING_MODULES`."""
-    import importlib
+    """Digest of the source of :data:`RESULT_AFFECTING_MODULES` (located, not imported: importing them costs
+    seconds a job)."""
+    import importlib.util
 
     digest = hashlib.sha256()
     for name in RESULT_AFFECTING_MODULES:
-        digest.update(name.encode() + b"\0" + Path(importlib.import_module(name).__file__).read_bytes())
+        loaded = sys.modules.get(name)
+        source = loaded.__file__ if loaded is not None else importlib.util.find_spec(name).origin
+        digest.update(name.encode() + b"\0" + Path(source).read_bytes())
     return digest.hexdigest()
 
 

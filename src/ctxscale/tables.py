@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from ctxscale.compute import read_model_info
-from ctxscale.errors import UserError, parse_json_option, read_json_object
+from ctxscale.errors import UserError, parse_json_option
 from ctxscale.experiments import EXPERIMENTS, regression_metrics
 from ctxscale.files import atomic_write
 

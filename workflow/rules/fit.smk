@@ -31,6 +31,8 @@ rule compare:
         "logs/compare/compare.log",
     benchmark:
         "logs/benchmarks/compare/compare.tsv"
+    # the longest job after the evaluations: started first, the fits fill the other cores around it
+    priority: 5
     conda:
         CONDA_ENV
     shell:
