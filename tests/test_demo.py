@@ -156,6 +156,23 @@ def test_adding_a_dataset_runs_only_its_jobs_and_downstream(demo_run, demo_confi
     assert "train_tiny_model" not in counts and "model_info" not in counts
 
 
+def test_retraining_a_model_reruns_its_extensions_and_evaluations(demo_run, demo_config, tmp_path):
+    """An edit to a base model's training spec retrains it, then re-extends and re-evaluates its whole family
+    (a stale checkpoint dependency would rerun the training alone and keep the old scores)."""
+    config = copy.deepcopy(demo_config)
+    base = next(m for m, spec in config["models"].items() if "extends" not in spec)
+    family = [m for m, spec in config["models"].items() if m == base or spec.get("extends") == base]
+    config["models"][base]["tiny"]["steps"] += 1
+    result = snakemake(demo_run, "-n", configfile=_edited_config(tmp_path, config))
+    counts = job_counts(result.stdout + result.stderr)
+    datasets = [d for names in config["tasks"].values() for d in names]
+    assert counts.get("train_tiny_model") == 1, counts
+    assert counts.get("extend_tiny_model") == len(family) - 1, counts
+    assert counts.get("model_info") == len(family), counts
+    assert counts.get("evaluate") == len(family) * len(datasets), counts
+    assert "synthesize_dataset" not in counts and "tiny_tokenizer" not in counts, counts
+
+
 def _smallest_family(config: dict) -> list[str]:
     """The lowest-compute base model (fewest hidden units x steps) and its shortest YaRN extension."""
     models = config["models"]

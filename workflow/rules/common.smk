@@ -84,12 +84,15 @@ def tokenizer_dir(wildcards):
     return ancient(f"resources/models/{members[0]}")
 
 
+# Checkpoints are not ancient(): a retrained or re-downloaded checkpoint must rerun what uses it (extensions,
+# model info, evaluations), or an edit to a model's training spec or revision would leave stale scores. An
+# evaluation rerun over unchanged weights costs only cache lookups (its cache key is the weights' content).
 def checkpoint_dir(wildcards):
-    return ancient(f"resources/models/{wildcards.model}")
+    return f"resources/models/{wildcards.model}"
 
 
 def base_checkpoint_dir(wildcards):
-    return ancient(f"resources/models/{model_spec(wildcards.model)['extends']}")
+    return f"resources/models/{model_spec(wildcards.model)['extends']}"
 
 
 def model_json(wildcards):
