@@ -254,6 +254,10 @@ def test_workflow_fit_arguments_come_from_the_validated_config():
     assert "--bootstrap 100" in held and "--bootstrap-unit instances" in held
     assert "--holdout-models tiny-l-128,tiny-l-256,tiny-l-512" in held
     assert "--train-max-n-pmt 200" in workflow_fit_arguments(demo, "held-out-context")
+    # the exponents' search bound: the demo's own, the schema's default (spec section 2) without the key
+    assert f"--max-exponent {demo['fit']['max_exponent']:g}" in held
+    paper = ctxconfig.load_config(repo / "config" / "config.yaml")
+    assert "--max-exponent 3" in workflow_fit_arguments(paper, "in-distribution")
     assert not any(a.startswith("--bootstrap") for a in workflow_fit_arguments(demo, "leave-one-model-out"))
     # the default lives in the schema: a held-out-context without the key gets it from there
     demo["experiments"]["held-out-context"] = {"enabled": True}

@@ -149,6 +149,18 @@ def test_diagnostics_flag_bounds_and_flat_directions():
     steep = simulate_observations({**TRUTH, "alpha": 6.0}, WIDE_MODELS, n_instances=1000, seed=2)
     fit = fit_law(FitData.from_frame(steep), seeds=FEW_SEEDS)
     assert fit.agreement["at_bounds"] == ["alpha"] and fit.identifiable["alpha"] == pytest.approx(3.0)
+    # a steep rise sampled finely (five compute levels within a factor 4, as in the miniature) is recovered
+    # once the search interval (the config's fit.max_exponent) contains it, and not before
+    close = {f"c{c:.2e}-{k}": (c, k) for c in np.geomspace(5e21, 2e22, 5) for k in (4096, 16384, 131072)}
+    steep = simulate_observations({**TRUTH, "alpha": 6.0}, close, n_instances=1000, seed=2)
+    boxed = fit_law(FitData.from_frame(steep), seeds=FEW_SEEDS)
+    wide = fit_law(FitData.from_frame(steep), seeds=FEW_SEEDS, max_exponent=10)
+    assert boxed.agreement["at_bounds"] == ["alpha"]
+    assert wide.agreement["at_bounds"] == [] and wide.identifiable["alpha"] == pytest.approx(6.0, rel=0.05)
+    assert wide.diagnostics()["working_bounds"]["alpha"] == [0.01, 10.0]
+    assert wide.loss < boxed.loss / 10
+    with pytest.raises(UserError, match="max_exponent.*above 0.01, got 0.01"):
+        fit_law(FitData.from_frame(steep), seeds=(0,), max_exponent=0.01)
     # data without any context effect, fitted with a context factor: that factor can saturate anywhere
     flat = simulate_observations({"log10_C50": 22.0, "alpha": 0.4}, WIDE_MODELS, spec=LawSpec("context-agnostic"),
                                  n_instances=1000, seed=2)

@@ -43,7 +43,8 @@ def test_cli_writes_the_prepared_format(kind, tokenizer_dir, tmp_path):
     assert manifest["shot_order"] == {"kind": "per-instance", "seed": 31337}
     assert manifest["tokenizer"]["class"] and manifest["tokenizer"]["vocab_size"] == 100
     assert len(prepared.shots) == 128 and len(prepared.test) == 48
-    assert [row["id"] for row in prepared.test] == [f"demo-{kind}-{i:04d}" for i in range(48)]
+    # ids: the instance number, then the variant whose shot order is its stratum's (stratified_instance_ids)
+    assert all(re.fullmatch(rf"demo-{kind}-{i:04d}(-[1-9][0-9]*)?", row["id"]) for i, row in enumerate(prepared.test))
     assert all(set(row) == {"input", "reference"} for row in prepared.shots)
     assert sum(row["input"].endswith("!") for row in prepared.shots) == 13
     assert all(row["input"][-1] in "!?" for row in prepared.shots)
@@ -87,18 +88,29 @@ def test_prompts_nest_per_instance_and_follow_the_official_shape(tokenizer_dir, 
     assert nested.prompt(row["input"], 3) == build_prompt("Q: ", "\nA: ", "\n\n", nested.shots[:3], row["input"])
 
 
-def test_the_chance_of_a_revealing_shot_rises_smoothly_with_k():
+@pytest.mark.parametrize("n_test", [96, 500])
+def test_the_chance_of_a_revealing_shot_rises_smoothly_with_k(n_test):
     """The design's point: the share of instances whose k shots hold a revealing one follows the
-    hypergeometric 1 - C(115, k) / C(128, k) (13 revealing rows of 128), a curve rather than a step."""
+    hypergeometric 1 - C(115, k) / C(128, k) (13 revealing rows of 128), a curve rather than a step, and
+    (stratified ids) to within 1 / n at every k, not only within the sampling noise of n independent orders."""
     from math import comb
 
-    dataset = synthetic.generate("demo", {**SPEC, "kind": "recall", "max_eval_samples": 2000})
+    dataset = synthetic.generate("demo", {**SPEC, "kind": "recall", "max_eval_samples": n_test})
     expected = {1: 0.1016, 3: 0.2767, 7: 0.5365, 15: 0.8187, 31: 0.978, 63: 0.9999}
     for k, share in expected.items():
         measured = np.mean([any(s["input"].endswith("!") for s in dataset.shots_for(row["id"], k))
                             for row in dataset.test])
         assert share == pytest.approx(1 - comb(115, k) / comb(128, k), abs=5e-4)
-        assert measured == pytest.approx(share, abs=0.03), k
+        assert measured == pytest.approx(share, abs=1 / n_test + 1e-9), k
+    assert len({row["id"] for row in dataset.test}) == n_test
+
+
+def test_first_reveal_quantiles_hand_worked():
+    # 1 revealing row of 4: the first reveal is at 1, 2, 3, 4 with probability 1/4 each
+    assert synthetic.first_reveal_quantiles(4, 1, 4) == [1, 2, 3, 4]
+    assert synthetic.first_reveal_quantiles(4, 1, 2) == [1, 3]  # mid-quantiles 0.25 and 0.75: F(1), F(3)
+    # 2 of 4: P(first = 1) = 1/2, P(2) = 1/3, P(3) = 1/6
+    assert synthetic.first_reveal_quantiles(4, 2, 6) == [1, 1, 1, 2, 2, 3]
 
 
 def test_rules_hand_worked():

@@ -95,7 +95,8 @@ def workflow_compare_arguments(config: dict) -> list:
     models = ctxconfig.fit_models(config, "compare")
     args = [f"--task {task}" for task in config["tasks"]]
     args += [f"--laws {','.join(settings['laws'])}", f"--train-max-n-pmt {settings['train_max_n_pmt']}",
-             f"--objective {fit['objective']}", f"--seeds {fit['seeds']}", f"--models {','.join(models)}"]
+             f"--objective {fit['objective']}", f"--seeds {fit['seeds']}", f"--max-exponent {fit['max_exponent']:g}",
+             f"--models {','.join(models)}"]
     if fit["per_dataset"]:
         args.append("--per-dataset")
     return args
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
     """``ctxscale compare OBS.csv --task T [--task T2 ...] [--laws a,b] --out-dir DIR``."""
     from ctxscale.errors import handle_user_errors, setup_logging, verbosity_level
     from ctxscale.experiments import _names
-    from ctxscale.fitting import OBJECTIVES
+    from ctxscale.fitting import DEFAULT_MAX_EXPONENT, OBJECTIVES
     from ctxscale.observations import load_observations
     from ctxscale.files import atomic_write
     from ctxscale.tables import to_markdown
@@ -125,6 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--per-dataset", action="store_true", help="one cell per (model, dataset, shots)")
     parser.add_argument("--objective", default="mse", choices=OBJECTIVES)
     parser.add_argument("--seeds", type=int, default=5, help="differential-evolution seeds per fit (5)")
+    parser.add_argument("--max-exponent", type=float, default=DEFAULT_MAX_EXPONENT,
+                        help=f"upper search bound of the exponents alpha and beta ({DEFAULT_MAX_EXPONENT:g})")
     parser.add_argument("--out-dir", required=True, help="write NAME.csv and NAME.md here (atomically)")
     parser.add_argument("--name", default=TABLE_NAME, help=f"file name stem (default {TABLE_NAME})")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
@@ -143,7 +146,8 @@ def main(argv=None) -> int:
             raise UserError(f"--out-dir {args.out_dir} is a file; give a folder")
         for law in laws:
             LawSpec(law=law)
-        settings = FitSettings(objective=args.objective, seeds=tuple(range(args.seeds)))
+        settings = FitSettings(objective=args.objective, seeds=tuple(range(args.seeds)),
+                               max_exponent=args.max_exponent)
         observations = load_observations(args.observations)
         table = compare_laws(observations, args.task, laws, settings, args.train_max_n_pmt,
                              _names(args.models) or None, args.per_dataset)

@@ -43,9 +43,10 @@ import pandas as pd
 from ctxscale import config as ctxconfig
 from ctxscale.errors import UserError
 from ctxscale.fitting import (BOOTSTRAP_REFITS, BOOTSTRAP_UNITS, DEFAULT_BOOTSTRAP_REPLICATES,
-                              DEFAULT_BOOTSTRAP_UNIT, DEFAULT_LAW, DEFAULT_OBJECTIVE, DEFAULT_PENALTY,
-                              DEFAULT_SEEDS, OBJECTIVES,
-                              ROBUST_SCALE, FitData, LawFit, bootstrap_law, fit_law, library_versions,
+                              DEFAULT_BOOTSTRAP_UNIT, DEFAULT_LAW, DEFAULT_MAX_EXPONENT, DEFAULT_OBJECTIVE,
+                              DEFAULT_PENALTY, DEFAULT_SEEDS, OBJECTIVES,
+                              ROBUST_SCALE, FitData, LawFit, bootstrap_law, check_max_exponent, fit_law,
+                              library_versions,
                               prediction_interval, write_json_atomic)
 from ctxscale.law import LAW_CHOICES, PENALTIES, LawSpec
 from ctxscale.observations import load_observations, select_task, task_cells
@@ -76,9 +77,11 @@ class FitSettings:
     bootstrap_refit: str = "global"
     level: float = 0.95
     robust_scale: float = ROBUST_SCALE
+    max_exponent: float = DEFAULT_MAX_EXPONENT
 
     def __post_init__(self):
         self.seeds = tuple(int(s) for s in self.seeds)
+        self.max_exponent = check_max_exponent(self.max_exponent)
         if self.objective not in OBJECTIVES:
             raise UserError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.bootstrap_unit not in BOOTSTRAP_UNITS:
@@ -179,7 +182,7 @@ def _fit(cellset: CellSet, spec: LawSpec, settings: FitSettings, what: str) -> L
              what, len(settings.seeds))
     try:
         return fit_law(_data(cellset), spec, objective=settings.objective, seeds=settings.seeds,
-                       robust_scale=settings.robust_scale)
+                       robust_scale=settings.robust_scale, max_exponent=settings.max_exponent)
     except UserError as exc:
         raise UserError(f"{what}: {exc}") from None
 
@@ -383,7 +386,7 @@ def workflow_fit_arguments(config: dict, experiment: str) -> list:
     fit = config["fit"]
     settings = config["experiments"].get(experiment, {})
     args = [f"--experiment {experiment}", f"--objective {fit['objective']}", f"--penalty {fit['penalty']}",
-            f"--law {fit['law']}", f"--seeds {fit['seeds']}"]
+            f"--law {fit['law']}", f"--seeds {fit['seeds']}", f"--max-exponent {fit['max_exponent']:g}"]
     models = ctxconfig.fit_models(config, experiment)
     if experiment == "held-out-compute":
         models = models + ctxconfig.holdout_models(config)
@@ -478,6 +481,8 @@ objectives: mse | mae | robust (soft-L1, --robust-scale) | binomial (likelihood 
     parser.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=OBJECTIVES)
     parser.add_argument("--robust-scale", type=float, default=ROBUST_SCALE, help="robust objective: soft-L1 scale")
     parser.add_argument("--seeds", type=int, default=len(DEFAULT_SEEDS), help="number of DE seeds, 0..N-1 (5)")
+    parser.add_argument("--max-exponent", type=float, default=DEFAULT_MAX_EXPONENT,
+                        help=f"upper search bound of the exponents alpha and beta ({DEFAULT_MAX_EXPONENT:g})")
     parser.add_argument("--bootstrap", type=int, nargs="?", const=DEFAULT_BOOTSTRAP_REPLICATES, default=0,
                         metavar="N", help=f"bootstrap replicates (flag alone: {DEFAULT_BOOTSTRAP_REPLICATES}; default none)")
     parser.add_argument("--bootstrap-seed", type=int, default=0)
@@ -503,7 +508,8 @@ objectives: mse | mae | robust (soft-L1, --robust-scale) | binomial (likelihood 
                                objective=args.objective,
                                seeds=tuple(range(args.seeds)), bootstrap=args.bootstrap or 0,
                                bootstrap_seed=args.bootstrap_seed, bootstrap_unit=args.bootstrap_unit,
-                               bootstrap_refit=args.bootstrap_refit, level=args.level, robust_scale=args.robust_scale)
+                               bootstrap_refit=args.bootstrap_refit, level=args.level, robust_scale=args.robust_scale,
+                               max_exponent=args.max_exponent)
         settings.spec()  # validate the penalty options before reading data
         observations = load_observations(args.observations)
         datasets = [d for item in args.dataset or () for d in _names(item)]

@@ -7,8 +7,8 @@ Procedure (spec §2; the paper names only "global differential evolution followe
    geometric mean of the data (compute or n_pmt), ``h`` the log-hazard at that reference and ``e`` the
    exponent. This is the identifiable form of :mod:`ctxscale.law` re-centred on the data, which keeps the
    objective well conditioned (``log10_C50 = log10 x_ref - h / (e ln 10)``). Bounds: ``h`` in [-10, 5]
-   (a factor from 5e-5 to 1 at the reference), exponents in [0.01, 3] (spec §2 table), fitted penalty
-   width ``log10 w`` in [-4, 0].
+   (a factor from 5e-5 to 1 at the reference), exponents in [0.01, ``max_exponent``] (default 3, the spec §2
+   table; the config's ``fit.max_exponent``), fitted penalty width ``log10 w`` in [-4, 0].
 2. **Data-driven initialisation.** Each factor is a complementary log-log link, so ``ln(-ln(1 - P))`` is
    linear in ``ln C`` and ``ln n_pmt`` for in-window points. A least-squares line through those points
    (0.01 < P < 0.99, n_pmt <= n_ctx / 2) gives the starting exponents; the intercept is split evenly
@@ -89,7 +89,9 @@ DEFAULT_BOOTSTRAP_REPLICATES = _FIT_DEFAULTS["bootstrap"]
 ROBUST_SCALE = 0.02
 PROBABILITY_FLOOR = 1e-9
 HAZARD_BOUNDS = (-10.0, 5.0)
-EXPONENT_BOUNDS = (0.01, 3.0)
+# Exponents search [MIN_EXPONENT, max_exponent]; the upper end is the config's fit.max_exponent (default 3).
+MIN_EXPONENT = 0.01
+DEFAULT_MAX_EXPONENT = float(_FIT_DEFAULTS["max_exponent"])
 DE_SETTINGS = {"popsize": 15, "tol": 1e-8, "atol": 0.0, "maxiter": 2000, "mutation": (0.5, 1.0),
                "recombination": 0.7, "strategy": "best1bin", "init": "latinhypercube"}
 LOCAL_TOLERANCE = 1e-12
@@ -97,6 +99,13 @@ LOCAL_TOLERANCE = 1e-12
 # parameters (log10 scales and exponents) to this absolute precision.
 AGREEMENT_LOSS_RTOL = 1e-6
 AGREEMENT_PARAM_ATOL = 1e-3
+
+
+def check_max_exponent(value) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value > MIN_EXPONENT):
+        raise UserError(f"the exponents' upper bound (max_exponent) must be a number above {MIN_EXPONENT}, got {value}")
+    return value
 
 
 @dataclass
@@ -145,14 +154,16 @@ class WorkingForm:
     a law variant's extra parameters (:data:`ctxscale.law.EXTRA_PARAMETERS`) follow, fitted as they are.
     """
 
-    def __init__(self, spec: LawSpec, log10_c_ref: float, log10_n_ref: float):
+    def __init__(self, spec: LawSpec, log10_c_ref: float, log10_n_ref: float,
+                 max_exponent: float = DEFAULT_MAX_EXPONENT):
         self.spec = spec
         self.log10_c_ref = float(log10_c_ref)
         self.log10_n_ref = float(log10_n_ref)
-        names, bounds = ["hazard_C", "alpha"], [HAZARD_BOUNDS, EXPONENT_BOUNDS]
+        exponent_bounds = (MIN_EXPONENT, check_max_exponent(max_exponent))
+        names, bounds = ["hazard_C", "alpha"], [HAZARD_BOUNDS, exponent_bounds]
         if spec.uses_context:
             names += ["hazard_n", "beta"]
-            bounds += [HAZARD_BOUNDS, EXPONENT_BOUNDS]
+            bounds += [HAZARD_BOUNDS, exponent_bounds]
         self.n_core = len(names)
         names += list(spec.extra_names)
         bounds += [EXTRA_PARAMETERS[name] for name in spec.extra_names]
@@ -160,8 +171,8 @@ class WorkingForm:
         self.bounds = tuple(bounds)
 
     @classmethod
-    def for_data(cls, spec: LawSpec, data: FitData) -> "WorkingForm":
-        return cls(spec, float(np.mean(np.log10(data.compute))), float(np.mean(np.log10(data.n_pmt))))
+    def for_data(cls, spec: LawSpec, data: FitData, max_exponent: float = DEFAULT_MAX_EXPONENT) -> "WorkingForm":
+        return cls(spec, float(np.mean(np.log10(data.compute))), float(np.mean(np.log10(data.n_pmt))), max_exponent)
 
     def to_identifiable(self, z) -> dict:
         z = np.asarray(z, dtype=float)
@@ -341,7 +352,8 @@ def _local_refine(z0, objective: Objective, predict, bounds):
 
 
 def fit_law(data: FitData, spec: LawSpec | None = None, *, objective: str = "mse", seeds=DEFAULT_SEEDS,
-            robust_scale: float = ROBUST_SCALE, maxiter: int | None = None) -> LawFit:
+            robust_scale: float = ROBUST_SCALE, maxiter: int | None = None,
+            max_exponent: float = DEFAULT_MAX_EXPONENT) -> LawFit:
     """Fit one member of the law family to the cells in ``data`` (module docstring for the procedure)."""
     spec = spec or LawSpec()
     seeds = tuple(int(s) for s in seeds)
@@ -351,7 +363,7 @@ def fit_law(data: FitData, spec: LawSpec | None = None, *, objective: str = "mse
         raise UserError(f"{len(data)} data points but the {spec.model_form} law has {spec.n_free} free "
                         f"parameters; need at least {spec.n_free} points")
     started = time.perf_counter()
-    form = WorkingForm.for_data(spec, data)
+    form = WorkingForm.for_data(spec, data, max_exponent)
     obj = Objective(objective, data, robust_scale)
     predict = form.predictor(data)
     x0 = initial_guess(form, data)
