@@ -110,8 +110,20 @@ def test_real_signal(demo_run, demo_config):
         # past n_ctx the scores collapse (positions never trained)
         beyond = cells[cells.n_pmt > 1.5 * cells.n_ctx]["score"]
         assert beyond.mean() < 0.1, (task, beyond.describe())
+    # the law fits about as well as on Llama-2 (issue 14's targets), its exponents inside their search interval
     in_distribution = pd.read_csv(results / "tables" / "mae_in_distribution.csv").set_index("task")
-    assert (in_distribution["mae"] <= 0.07).all(), in_distribution["mae"]
+    assert (in_distribution["mae"] <= 0.05).all(), in_distribution["mae"]
+    held_out = pd.read_csv(results / "tables" / "mae_heldout_context.csv").set_index("task")
+    assert (held_out["mae_test"] <= 0.07).all(), held_out["mae_test"]
+    # alpha inside for arithmetic and common-sense; not yet for translation, which tiny-s never learns (BLEU 0
+    # at every shot count) while tiny-m and tiny-l both reach the ceiling: a step in compute, alpha unbounded
+    for task in demo_config["tasks"]:
+        fit = json.loads((results / "fits" / "in-distribution" / f"{task}.json").read_text())
+        bounds = fit["diagnostics"]["working_bounds"]
+        assert bounds["alpha"] == [0.01, demo_config["fit"]["max_exponent"]]
+        for name in ("alpha", "beta") if task != "translation" else ("beta",):
+            low, high = bounds[name]
+            assert low + 1e-3 < fit["identifiable_params"][name] < high - 1e-3, (task, name, fit["identifiable_params"])
     ablation = pd.read_csv(results / "tables" / "mae_penalty_ablation.csv")
     for task, rows in ablation.groupby("task"):
         by_variant = rows.set_index("variant")["mae_beyond_ctx"]

@@ -172,6 +172,20 @@ def test_diagnostics_flag_bounds_and_flat_directions():
     assert len(diagnostics["seed_runs"]) == 3 and diagnostics["de_settings"]["tol"] == 1e-8
 
 
+def test_bootstrap_of_a_point_estimate_on_a_bound():
+    """A point estimate on a bound comes back from the identifiable round trip a hair outside it (here
+    hazard_C = 5 + 3e-15); the replicates' global refits start from it and used to fail, every one of them."""
+    import dataclasses
+
+    frame = simulate_observations(TRUTH, WIDE_MODELS, n_instances=1000, seed=3)
+    fit = fit_law(FitData.from_frame(frame), seeds=(0,))
+    on_bound = np.array([5.0, 1.3, *fit.working.from_identifiable(fit.identifiable)[2:]])
+    fit = dataclasses.replace(fit, identifiable=fit.working.to_identifiable(on_bound))
+    assert fit.working.from_identifiable(fit.identifiable)[0] > 5.0  # the round trip's overshoot
+    boot = bootstrap_law(fit, frame, n_replicates=2, seed=0)
+    assert boot.n_failed == 0 and len(boot.replicates) == 2
+
+
 def test_too_few_points_and_bad_inputs():
     with pytest.raises(UserError, match="3 data points but the context-aware law has 4 free parameters"):
         fit_law(FitData([1e22] * 3, [100, 200, 300], [4096] * 3, [0.1, 0.2, 0.3]))

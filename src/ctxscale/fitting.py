@@ -508,7 +508,10 @@ def bootstrap_law(fit: LawFit, cells: pd.DataFrame, parts: pd.DataFrame | None =
             resampler = InstanceResampler(n_cells, parts["cell"].to_numpy(int), parts["score"].to_numpy(float),
                                           parts["n_instances"].to_numpy(float))
 
-    z_hat = fit.working.from_identifiable(fit.identifiable)
+    # clipped: a point estimate on a bound comes back from the identifiable round trip up to 1e-16 outside it,
+    # and differential evolution refuses an x0 outside its bounds
+    low, high = np.array(fit.working.bounds).T
+    z_hat = np.clip(fit.working.from_identifiable(fit.identifiable), low, high)
     replicates, failed = [], 0
     for r in range(n_replicates):
         if "models" in unit:
