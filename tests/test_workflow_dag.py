@@ -206,6 +206,7 @@ def test_enabling_pi_adds_only_its_jobs(clone_dir, paper_config):
         (lambda c: c["models"]["llama2-7b-8k"].__setitem__("n_ctx", -1), "models.llama2-7b-8k.n_ctx"),
         (lambda c: c["tasks"]["arithmetic"].append("gsm9k"), "gsm9k"),
         (lambda c: c["fit"].__setitem__("objective", "huber"), "fit.objective"),
+        (lambda c: c["fit"].__setitem__("max_exponent", 0), "fit.max_exponent"),
     ],
 )
 def test_bad_config_fails_before_any_job_naming_the_key(clone_dir, paper_config, edit, message):
@@ -223,7 +224,7 @@ def test_validate_config_fills_defaults(paper_config):
     del config["fit"]
     ctxconfig.validate_config(config)
     assert config["fit"] == {
-        "objective": "mse", "penalty": "paper", "law": "paper", "seeds": 5, "bootstrap": 1000,
+        "objective": "mse", "penalty": "paper", "law": "paper", "seeds": 5, "max_exponent": 3, "bootstrap": 1000,
         "bootstrap_unit": "instances", "per_dataset": False, "groups": ["yarn"],
     }
 
