@@ -314,11 +314,12 @@ class SyntheticDataset(PreparedData):
 
 def first_reveal_quantiles(pool_size: int, n_reveal: int, n: int) -> list[int]:
     """The ``n`` mid-quantiles ``(j + 0.5) / n`` of the position (1-based) of the first revealing shot in a
-    uniformly random order of the pool: ``P(first > k) = C(pool - reveals, k) / C(pool, k)``."""
-    from math import comb
+    uniformly random order of the pool: one plus the withheld shots drawn before it, a negative hypergeometric
+    count (``P(first > k) = C(pool - reveals, k) / C(pool, k)``)."""
+    from scipy.stats import nhypergeom
 
-    beyond = [comb(pool_size - n_reveal, k) / comb(pool_size, k) for k in range(pool_size - n_reveal + 2)]
-    return [next(k for k in range(1, len(beyond)) if 1 - beyond[k] >= (j + 0.5) / n) for j in range(n)]
+    withheld_before = nhypergeom(pool_size, pool_size - n_reveal, 1).ppf((np.arange(n) + 0.5) / n)
+    return [int(k) + 1 for k in withheld_before]
 
 
 def stratified_instance_ids(dataset: str, seed: int, reveals: list, n_test: int, rng: np.random.Generator,
