@@ -29,8 +29,8 @@ rises smoothly with k: 1 - C(pool - reveals, k) / C(pool, k), with the defaults 
 1.00 at 1, 3, 7, 15, 31, 63 shots. The orders are stratified (:func:`stratified_instance_ids`): each instance's
 first revealing shot sits at one quantile of its distribution, so a dataset's share follows that curve to within
 one instance at every k instead of carrying the sampling noise of independent draws, a bump every model would
-share (at 96 instances, 0.34 for 0.28 at 3 shots). A model's score is that chance times how reliably it finds and copies the
-secret (what more compute improves), past its context limit its positions were never trained. With the
+share (at 96 instances, 0.34 for 0.28 at 3 shots). A model's score is that chance times how reliably it finds
+and copies the secret (what more compute improves), past its context limit its positions were never trained. With the
 paper's nested order (``shot_order: nested``: every instance gets the pool's first k) a cell's instances all
 see the same demonstrations, and a deterministic model's score jumps from 0 to its ceiling at the first
 revealing shot: a step, not a curve. The paper gets its curves by averaging many real datasets of varied
