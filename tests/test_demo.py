@@ -115,13 +115,11 @@ def test_real_signal(demo_run, demo_config):
     assert (in_distribution["mae"] <= 0.05).all(), in_distribution["mae"]
     held_out = pd.read_csv(results / "tables" / "mae_heldout_context.csv").set_index("task")
     assert (held_out["mae_test"] <= 0.07).all(), held_out["mae_test"]
-    # alpha inside for arithmetic and common-sense; not yet for translation, which tiny-s never learns (BLEU 0
-    # at every shot count) while tiny-m and tiny-l both reach the ceiling: a step in compute, alpha unbounded
     for task in demo_config["tasks"]:
         fit = json.loads((results / "fits" / "in-distribution" / f"{task}.json").read_text())
         bounds = fit["diagnostics"]["working_bounds"]
         assert bounds["alpha"] == [0.01, demo_config["fit"]["max_exponent"]]
-        for name in ("alpha", "beta") if task != "translation" else ("beta",):
+        for name in ("alpha", "beta"):
             low, high = bounds[name]
             assert low + 1e-3 < fit["identifiable_params"][name] < high - 1e-3, (task, name, fit["identifiable_params"])
     ablation = pd.read_csv(results / "tables" / "mae_penalty_ablation.csv")
