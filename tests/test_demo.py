@@ -115,13 +115,15 @@ def test_real_signal(demo_run, demo_config):
     assert (in_distribution["mae"] <= 0.05).all(), in_distribution["mae"]
     held_out = pd.read_csv(results / "tables" / "mae_heldout_context.csv").set_index("task")
     assert (held_out["mae_test"] <= 0.07).all(), held_out["mae_test"]
-    for task in demo_config["tasks"]:
-        fit = json.loads((results / "fits" / "in-distribution" / f"{task}.json").read_text())
-        bounds = fit["diagnostics"]["working_bounds"]
-        assert bounds["alpha"] == [0.01, demo_config["fit"]["max_exponent"]]
-        for name in ("alpha", "beta"):
-            low, high = bounds[name]
-            assert low + 1e-3 < fit["identifiable_params"][name] < high - 1e-3, (task, name, fit["identifiable_params"])
+    for experiment in ("in-distribution", "held-out-context", "held-out-compute"):
+        for task in demo_config["tasks"]:
+            fit = json.loads((results / "fits" / experiment / f"{task}.json").read_text())
+            bounds = fit["diagnostics"]["working_bounds"]
+            assert bounds["alpha"] == [0.01, demo_config["fit"]["max_exponent"]]
+            for name in ("alpha", "beta"):
+                low, high = bounds[name]
+                value = fit["identifiable_params"][name]
+                assert low + 1e-3 < value < high - 1e-3, (experiment, task, name, fit["identifiable_params"])
     ablation = pd.read_csv(results / "tables" / "mae_penalty_ablation.csv")
     for task, rows in ablation.groupby("task"):
         by_variant = rows.set_index("variant")["mae_beyond_ctx"]

@@ -86,6 +86,7 @@ from ctxscale import vllm_rope
 from ctxscale.datasets import build_prompt, shots_for
 from ctxscale.errors import UserError, cli_main, parse_json_option, parse_step_args, step_parser
 from ctxscale.files import atomic_write
+from ctxscale.numerics import pin_cpu_code_paths
 from ctxscale.provenance import distribution_version, package_versions
 from ctxscale.tasks import TASK_FORMAT_VERSION, TaskData, load_task_data, write_task
 
@@ -440,6 +441,8 @@ def _build_hf(model_dir: Path, settings: Settings) -> Backend:
 
     if settings.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {settings.device} requested but torch has no CUDA device here; set device: cpu")
+    if settings.device == "cpu":
+        pin_cpu_code_paths()  # greedy decoding's near-ties then break the same way on every machine
     extra: dict[str, Any] = {}
     details: dict[str, Any] = {"device": settings.device}
     if settings.rope_scaling is not None:

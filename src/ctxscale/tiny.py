@@ -44,7 +44,8 @@ Decisions where the paper is silent (its models are Llama-2 checkpoints; this is
   than the paper (10-25 % of pretraining instead of 0.01 %) to recover.
 - Determinism: ``torch.manual_seed`` for the initialisation, a NumPy ``default_rng`` data stream from
   the seed, ``torch.use_deterministic_algorithms(True)`` and a fixed thread count: the same spec and
-  thread count give byte-identical weights.
+  thread count give byte-identical weights on one machine. Across machines, :mod:`ctxscale.numerics`
+  pins MKL's and PyTorch's SIMD code paths to AVX2 so that any x86-64 CPU with AVX2 takes the same one.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from ctxscale import synthetic
 from ctxscale.config import schema_defaults
 from ctxscale.datasets import load_tokenizer
 from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
+from ctxscale.numerics import pin_cpu_code_paths
 
 log = logging.getLogger("ctxscale.tiny")
 
@@ -213,6 +215,7 @@ def _check_mix(mix) -> dict:
 def _set_determinism(threads: int) -> None:
     if threads < 1:
         raise UserError(f"--threads must be at least 1, got {threads}")
+    pin_cpu_code_paths()  # before the first tensor operation, so the bits do not depend on the machine
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
 
