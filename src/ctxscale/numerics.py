@@ -8,9 +8,10 @@ committed gave a common-sense held-out-context MAE of 0.051 on the machine it wa
 environment on an AMD EPYC (AVX2) machine; there, ``MKL_CBWR=COMPATIBLE`` (MKL's SSE2 path) changes the trained
 weights after 40 steps while ``MKL_CBWR=AVX2`` reproduces the default's bits. Pinning both libraries to their
 AVX2 path (the commonest x86-64 level) is meant to make training and greedy evaluation on the CPU independent
-of the machine; only that one machine has been checked, where AVX2 is also the default. ``MKL_CBWR`` is MKL's own switch for this ("conditional numerical
-reproducibility"); ``ATEN_CPU_CAPABILITY`` is PyTorch's. Both take effect if set before the first tensor
-operation of the process, which is why :func:`pin_cpu_code_paths` runs at the start of a step, not at import.
+of the machine; only that one machine has been checked, where AVX2 is also the default. ``MKL_CBWR`` is MKL's
+own switch for this ("conditional numerical reproducibility"); ``ATEN_CPU_CAPABILITY`` is PyTorch's. Both take
+effect if set before the first tensor operation of the process, which is why :func:`pin_cpu_code_paths` runs at
+the start of a step, not at import.
 A value the user has set is kept. Other CPUs (ARM, or x86 without AVX2) keep their own single path: their bits
 may differ from an AVX2 machine's.
 """
