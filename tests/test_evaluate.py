@@ -288,6 +288,56 @@ def test_command_line_run(workspace, first_run):
         assert without_timing(load(workspace / "out-cli", k)) == without_timing(load(out_dir, k))
 
 
+def test_one_job_evaluates_several_datasets_with_one_model_load(workspace, monkeypatch, capsys):
+    """evaluation.job_per: model: one process, one model load, the backend sized by the largest plan; every
+    instance gets the prediction a job of its own dataset alone gives it."""
+    # token profiles (what data preparation records) that give the two datasets different plans, both above
+    # their real prompt lengths, so nothing is refused
+    first, second = workspace / "data-first", workspace / "data-second"
+    for folder, per_shot, query, suffix in ((first, 60, 60, ""), (second, 80, 80, " Answer with one letter.")):
+        rows = [dict(row, id=f"{folder.name}-{i}", input=row["input"] + suffix) for i, row in enumerate(TEST_ROWS)]
+        manifest = letter_manifest(folder.name, max_new_tokens=MAX_NEW_TOKENS, shots_seed=31337)
+        manifest["prompt_tokens"] = {"shot_block": [per_shot * k for k in range(len(POOL) + 1)], "max_query": query,
+                                     "bos": 1}  # fmt: skip
+        write_prepared(folder, POOL, rows, manifest)
+    builds = []
+    real_build = ev.build_backend
+
+    def counting_build(*args, **kwargs):
+        builds.append(args[0])
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "build_backend", counting_build)
+    common = ["--model-dir", str(workspace / "model"), "--model-name", "tiny", "--shots", "0", "3", "--plan",
+              "--settings", json.dumps(SETTINGS | {"max_length": 4096})]
+    outs = [workspace / "grouped" / "first", workspace / "grouped" / "second"]
+    code = ev.main([*common, "--data-dir", str(first), str(second), "--out-dir", *map(str, outs),
+                    "--cache-dir", str(workspace / "cache-grouped")])  # fmt: skip
+    assert code == 0 and len(builds) == 1
+    alone_lengths = []
+    for data_dir, out in zip((first, second), outs):
+        alone = workspace / "alone" / out.name
+        assert ev.main([*common, "--data-dir", str(data_dir), "--out-dir", str(alone),
+                        "--cache-dir", str(workspace / "cache-alone")]) == 0  # fmt: skip
+        for k in (0, 3):
+            grouped_result, alone_result = load(out, k), load(alone, k)
+            assert grouped_result["n_refused"] == alone_result["n_refused"] == 0
+            assert grouped_result["instances"] == alone_result["instances"]
+            assert grouped_result["score"] == alone_result["score"]
+            alone_lengths.append(alone_result["metadata"]["max_length"])
+    # each dataset alone gets its own plan (the second's prompts are longer); together, the larger of the two
+    assert len(set(alone_lengths)) == 2
+    for out in outs:
+        assert {load(out, k)["metadata"]["max_length"] for k in (0, 3)} == {max(alone_lengths)}
+    assert len(builds) == 3  # one more load per single-dataset job
+    capsys.readouterr()
+    mismatched = [*common, "--data-dir", str(first), str(second), "--out-dir", str(outs[0]),
+                  "--cache-dir", str(workspace / "cache-grouped")]
+    assert ev.main(mismatched) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 --data-dir folder(s) but 1 --out-dir folder(s)") and "Traceback" not in err
+
+
 def test_user_mistakes_exit_2_with_one_line(workspace, capsys):
     base = ["--model-dir", str(workspace / "model"), "--model-name", "tiny", "--data-dir", str(workspace / "data"),
             "--out-dir", str(workspace / "out-err"), "--cache-dir", str(workspace / "cache-err")]

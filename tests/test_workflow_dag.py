@@ -61,7 +61,8 @@ def expected_counts(config: dict) -> dict[str, int]:
         "train_tiny_model": sum("extends" not in config["models"][m] for m in tiny),
         "extend_tiny_model": sum("extends" in config["models"][m] for m in tiny),
         "prepare_dataset" if config["data"]["source"] == "hf" else "synthesize_dataset": len(families) * datasets,
-        "evaluate": len(models) * datasets,
+        # evaluation.job_per: one job per (model, dataset), or per model over all its datasets
+        "evaluate": len(models) * (datasets if config["evaluation"].get("job_per", "dataset") == "dataset" else 1),
         "model_info": len(models),
         "aggregate": 1,
         "fit": len(experiments) * len(config["tasks"]),
@@ -107,7 +108,8 @@ def test_miniature_is_the_default_with_no_flags(clone_dir):
     code, output = dry_run(clone_dir, None, "--workflow-profile", "workflow/profiles/default")
     assert code == 0, output[-3000:]
     counts = job_counts(output)
-    assert counts == expected_counts(demo) and sum(counts.values()) == 72
+    assert counts == expected_counts(demo) and sum(counts.values()) == 54
+    assert counts["evaluate"] == len(demo["models"])  # the miniature evaluates per model (evaluation.job_per)
     assert "llama2" not in output
 
 
@@ -165,6 +167,36 @@ def test_evaluate_jobs_request_exactly_their_planned_gpus(tmp_path, paper_config
     assert "gpu=1" in _evaluate_resources(output)["model=llama2-13b-64k, dataset=gsm"].split(", ")
 
 
+def test_one_evaluate_job_per_model_requests_the_largest_plan_over_its_datasets(tmp_path, paper_config):
+    """evaluation.job_per: model: 12 evaluate jobs instead of 864; each asks for the GPUs of the most demanding
+    of its datasets (here gsm's 511-shot prompts; every other dataset has short ones), once all are prepared."""
+    root = clone(tmp_path / "clone")
+    _stand_in_inputs(root)
+    config = copy.deepcopy(paper_config)
+    config["evaluation"]["job_per"] = "model"
+    code, output = dry_run(root, config)
+    assert code == 0, output[-3000:]
+    counts = job_counts(output)
+    assert counts["evaluate"] == expected_counts(config)["evaluate"] == 12  # (2 models and gsm staged as done)
+    assert "gpu=<TBD>" in _evaluate_resources(output)["model=llama2-13b-64k"].split(", ")  # data not all prepared
+    gsm = root / "resources" / "data" / "llama2" / "gsm"
+    short = json.loads((gsm / "manifest.json").read_text())
+    short["prompt_tokens"] = {"shot_block": [10 * k for k in range(1025)], "max_query": 20, "bos": 1}
+    for dataset in ctxconfig.dataset_names(config):
+        if dataset != "gsm":
+            shutil.copytree(gsm, gsm.parent / dataset)
+            (gsm.parent / dataset / "manifest.json").write_text(json.dumps({**short, "dataset": dataset}))
+    code, output = dry_run(root, config)
+    assert code == 0, output[-3000:]
+    resources = _evaluate_resources(output)
+    assert "gpu=2" in resources["model=llama2-13b-64k"].split(", ")  # gsm's plan, the largest
+    assert "gpu=1" in resources["model=llama2-7b-4k"].split(", ")
+    single = copy.deepcopy(paper_config)
+    code, output = dry_run(root, single)
+    assert code == 0, output[-3000:]
+    assert "gpu=1" in _evaluate_resources(output)["model=llama2-13b-64k, dataset=arc-easy"].split(", ")
+
+
 def _enable_group(clone_dir: Path, paper_config: dict, group: str) -> tuple[dict, dict, dict]:
     """Dry-run the paper with and without ``group`` enabled: (counts before, config, counts after)."""
     base = job_counts(dry_run(clone_dir, paper_config)[1])
@@ -207,6 +239,7 @@ def test_enabling_pi_adds_only_its_jobs(clone_dir, paper_config):
         (lambda c: c["tasks"]["arithmetic"].append("gsm9k"), "gsm9k"),
         (lambda c: c["fit"].__setitem__("objective", "huber"), "fit.objective"),
         (lambda c: c["fit"].__setitem__("max_exponent", 0), "fit.max_exponent"),
+        (lambda c: c["evaluation"].__setitem__("job_per", "task"), "evaluation.job_per"),
     ],
 )
 def test_bad_config_fails_before_any_job_naming_the_key(clone_dir, paper_config, edit, message):

@@ -20,9 +20,11 @@ from ctxscale.errors import UserError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
-# Evaluation keys that size the job (resources, GPU-plan inputs of ctxscale.plan), not its results: kept out
-# of the evaluation settings and the cache key, so that changing them never reruns an evaluation.
-EVALUATION_RESOURCE_KEYS = ("threads", "gpus", "mem_mb", "runtime", "gpu_memory_gib", "gpu_overhead_gib", "max_gpus_per_job")
+# Evaluation keys that size or group the jobs (resources, GPU-plan inputs of ctxscale.plan, job_per), not their
+# results: kept out of the evaluation settings and the cache key, so that changing them never reruns an evaluation.
+EVALUATION_RESOURCE_KEYS = (
+    "threads", "gpus", "mem_mb", "runtime", "gpu_memory_gib", "gpu_overhead_gib", "max_gpus_per_job", "job_per",
+)
 
 
 def _validator_with_defaults(schema: dict) -> jsonschema.protocols.Validator:

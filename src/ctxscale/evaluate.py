@@ -1,6 +1,8 @@
-"""Evaluate one model on one prepared dataset at every shot count, through lm-eval, never truncating.
+"""Evaluate one model on one or more prepared datasets at every shot count, through lm-eval, never truncating.
 
-One process per (model, dataset): the model is loaded once (lm-eval's ``HFLM`` or ``VLLM``) and every
+One process per (model, dataset), or per model over all its datasets (the config's ``evaluation.job_per``;
+``--data-dir`` and ``--out-dir`` then take one folder per dataset): the model is loaded once (lm-eval's
+``HFLM`` or ``VLLM``, sized by the plan for the longest prompt over the job's datasets) and every
 shot count runs through its own ``lm_eval.simple_evaluate(model=lm, tasks=[task], num_fewshot=k)`` over
 the task that :mod:`ctxscale.tasks` generates from the prepared data (first-n nested shots, greedy
 ``generate_until``, the official prompts byte for byte).
@@ -599,6 +601,24 @@ def prefix_cache_delta(before: dict | None, after: dict | None) -> dict | None:
             "hit_rate": hit / queried if queried else None}
 
 
+class SharedBackend:
+    """One backend for several :func:`evaluate` calls of one model (a per-model job), built on first need, so
+    the model is loaded once per job and a job whose every shot count is cached loads nothing."""
+
+    def __init__(self, model_dir: str | Path, settings: Settings, max_new_tokens: int):
+        self.model_dir, self.settings, self.max_new_tokens = Path(model_dir), settings, max_new_tokens
+        self.backend: Backend | None = None
+
+    def get(self) -> Backend:
+        if self.backend is None:
+            self.backend = build_backend(self.model_dir, self.settings, self.max_new_tokens)
+        return self.backend
+
+    def close(self) -> None:
+        if self.backend is not None:
+            close_backend(self.backend)
+
+
 def close_backend(backend: Backend) -> None:
     """Stop vLLM's engine processes now; they otherwise hold their memory until the interpreter exits."""
     if backend.name == "vllm":
@@ -754,12 +774,12 @@ def evaluate(
     out_dir: str | Path,
     cache_dir: str | Path,
     settings: dict[str, Any] | Settings | None = None,
-    backend: Backend | None = None,
+    backend: Backend | SharedBackend | None = None,
 ) -> list[Path]:
     """Evaluate every shot count (cached ones are copied); returns the result files in ``shots`` order.
 
-    ``backend`` lets a caller reuse an already loaded model (tests, benchmarks); by default it is built
-    here, once, and only if some shot count is not cached.
+    ``backend`` lets a caller reuse an already loaded model (tests, benchmarks) or share one across datasets
+    (:class:`SharedBackend`); by default it is built here, once, and only if some shot count is not cached.
     """
     settings = settings if isinstance(settings, Settings) else Settings.from_mapping(settings)
     if not model_name or "/" in model_name:
@@ -826,6 +846,10 @@ def evaluate(
     if pending:
         if backend is None:
             backend = build_backend(model_dir, settings, manifest["max_new_tokens"])
+        elif isinstance(backend, SharedBackend):
+            if backend.settings != settings or backend.model_dir != model_dir:
+                raise ValueError("the shared backend was made for another model or other settings")
+            backend = backend.get()
         elif backend.lm.max_length != settings.max_length or (
             backend.name == "hf" and int(backend.lm.batch_size) != settings.batch_size
         ):
@@ -942,13 +966,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = step_parser(
         "python -m ctxscale.evaluate",
-        "Evaluate one model on one prepared dataset at every shot count (lm-eval, never truncating).",
+        "Evaluate one model on one or more prepared datasets at every shot count (lm-eval, never truncating).",
     )
     parser.add_argument("--model-dir", required=True, help="Hugging Face checkpoint folder")
     parser.add_argument("--model-name", required=True, help="model name recorded in the results")
-    parser.add_argument("--data-dir", required=True, help="prepared data folder (shots.jsonl, test.jsonl, manifest)")
+    parser.add_argument("--data-dir", required=True, nargs="+",
+                        help="prepared data folder(s) (shots.jsonl, test.jsonl, manifest); several: one model load")
     parser.add_argument("--shots", required=True, type=int, nargs="+", help="shot counts, e.g. 0 1 3 7")
-    parser.add_argument("--out-dir", required=True, help="folder for shots_{k}.json and shots_{k}.samples.jsonl.gz")
+    parser.add_argument("--out-dir", required=True, nargs="+",
+                        help="folder(s) for shots_{k}.json and shots_{k}.samples.jsonl.gz, one per --data-dir")
     parser.add_argument("--cache-dir", required=True, help="content-addressed result cache (outside the outputs)")
     parser.add_argument("--settings", default="{}", help="JSON object of evaluation settings (see module doc)")
     parser.add_argument(
@@ -967,7 +993,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def planned_settings(args: argparse.Namespace, settings: dict) -> dict:
-    """``settings`` with the job's planned ``max_length`` and ``tensor_parallel_size`` (ctxscale.plan)."""
+    """``settings`` with the job's planned ``max_length`` and ``tensor_parallel_size`` (ctxscale.plan); with
+    several datasets, the largest of their plans, so that one loaded model serves them all."""
     from ctxscale import plan
 
     plan_settings = {
@@ -976,29 +1003,44 @@ def planned_settings(args: argparse.Namespace, settings: dict) -> dict:
         "gpu_overhead_gib": args.gpu_overhead_mib / 1024,
         "max_gpus_per_job": args.max_gpus_per_job,
     }
-    job = plan.plan_from_files(
-        model=args.model_name, checkpoint_dir=args.model_dir, data_dir=args.data_dir, shots=args.shots,
-        settings=plan_settings,
-    )  # fmt: skip
-    log.info("plan: %s", job.summary())
-    return {**settings, **job.settings_update()}
+    updates = []
+    for data_dir in args.data_dir:
+        job = plan.plan_from_files(
+            model=args.model_name, checkpoint_dir=args.model_dir, data_dir=data_dir, shots=args.shots,
+            settings=plan_settings,
+        )  # fmt: skip
+        log.info("plan: %s", job.summary())
+        updates.append(job.settings_update())
+    largest = {key: max(update[key] for update in updates) for key in updates[0]}
+    if len(updates) > 1:
+        log.info("plan: one model load for %d datasets: %s", len(updates), largest)
+    return {**settings, **largest}
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_step_args(build_parser(), argv)
     settings = _parse_settings(args.settings)
+    if len(args.out_dir) != len(args.data_dir):
+        raise UserError(f"{len(args.data_dir)} --data-dir folder(s) but {len(args.out_dir)} --out-dir folder(s): "
+                        "give one output folder per dataset")
+    if len(set(args.out_dir)) != len(args.out_dir):
+        raise UserError("--out-dir folders repeat: each dataset needs its own")
     if args.plan:
         settings = planned_settings(args, settings)
-    evaluate(
-        model_dir=args.model_dir,
-        model_name=args.model_name,
-        data_dir=args.data_dir,
-        shots=args.shots,
-        out_dir=args.out_dir,
-        cache_dir=args.cache_dir,
-        settings=settings,
-    )
+    if len(args.data_dir) == 1:
+        evaluate(model_dir=args.model_dir, model_name=args.model_name, data_dir=args.data_dir[0], shots=args.shots,
+                 out_dir=args.out_dir[0], cache_dir=args.cache_dir, settings=settings)  # fmt: skip
+        return 0
+    resolved = Settings.from_mapping(settings)
+    new_tokens = max(load_task_data(data_dir).manifest["max_new_tokens"] for data_dir in args.data_dir)
+    shared = SharedBackend(Path(args.model_dir).resolve(), resolved, new_tokens)
+    try:
+        for data_dir, out_dir in zip(args.data_dir, args.out_dir):
+            evaluate(model_dir=args.model_dir, model_name=args.model_name, data_dir=data_dir, shots=args.shots,
+                     out_dir=out_dir, cache_dir=args.cache_dir, settings=resolved, backend=shared)  # fmt: skip
+    finally:
+        shared.close()
     return 0
 
 

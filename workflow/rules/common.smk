@@ -121,16 +121,20 @@ def synthetic_spec(wildcards):
     return json.dumps(spec, sort_keys=True)
 
 
+PREPARED_FILES = ("manifest.json", "shots.jsonl", "test.jsonl")
+
+
 def prepared_data(wildcards):
-    family = model_spec(wildcards.model)["family"]
-    return {
-        name: f"resources/data/{family}/{wildcards.dataset}/{name}"
-        for name in ("manifest.json", "shots.jsonl", "test.jsonl")
-    }
+    return {name: f"{prepared_data_dir(wildcards)}/{name}" for name in PREPARED_FILES}
 
 
-def prepared_data_dir(wildcards):
-    return f"resources/data/{model_spec(wildcards.model)['family']}/{wildcards.dataset}"
+def prepared_data_all(wildcards):
+    """Every dataset's prepared files for a model's family (evaluation.job_per: model)."""
+    return [f"{prepared_data_dir(wildcards, d)}/{name}" for d in DATASETS for name in PREPARED_FILES]
+
+
+def prepared_data_dir(wildcards, dataset=None):
+    return f"resources/data/{model_spec(wildcards.model)['family']}/{dataset or wildcards.dataset}"
 
 
 def evaluation_settings(wildcards):
@@ -159,15 +163,23 @@ def evaluation_gpus(wildcards, input):
     requested = config["evaluation"]["gpus"]
     if requested != "auto":
         return requested
-    model_dir, manifest = input.checkpoint, os.path.join(prepared_data_dir(wildcards), "manifest.json")
-    for path, needed in ((model_dir, os.path.join(model_dir, "config.json")), (manifest, manifest)):
-        if not os.path.exists(needed):
+    model_dir = input.checkpoint
+    # one dataset, or (job_per: model) all of them: the job runs on the largest of their plans
+    data_dirs = [prepared_data_dir(wildcards)] if "dataset" in wildcards.keys() else [
+        prepared_data_dir(wildcards, d) for d in DATASETS]  # fmt: skip
+    needed = [(model_dir, os.path.join(model_dir, "config.json"))]
+    needed += [(os.path.join(d, "manifest.json"),) * 2 for d in data_dirs]
+    for path, needed_file in needed:
+        if not os.path.exists(needed_file):
             # an input not made yet: Snakemake marks the resource <TBD> and asks again when the job is ready
             raise FileNotFoundError(2, "not yet created", str(path))
-    return ctxplan.plan_from_files(
-        model=wildcards.model, checkpoint_dir=model_dir, data_dir=prepared_data_dir(wildcards),
-        shots=SHOTS, settings=ctxplan.planning_settings(config),
-    ).gpus
+    return max(
+        ctxplan.plan_from_files(
+            model=wildcards.model, checkpoint_dir=model_dir, data_dir=data_dir, shots=SHOTS,
+            settings=ctxplan.planning_settings(config),
+        ).gpus
+        for data_dir in data_dirs
+    )  # fmt: skip
 
 
 def evaluation_mem_mb(wildcards, attempt):
