@@ -605,13 +605,14 @@ class SharedBackend:
     """One backend for several :func:`evaluate` calls of one model (a per-model job), built on first need, so
     the model is loaded once per job and a job whose every shot count is cached loads nothing."""
 
-    def __init__(self, model_dir: str | Path, settings: Settings, max_new_tokens: int):
-        self.model_dir, self.settings, self.max_new_tokens = Path(model_dir), settings, max_new_tokens
+    def __init__(self, model_dir: str | Path, settings: Settings):
+        self.model_dir, self.settings = Path(model_dir).resolve(), settings
         self.backend: Backend | None = None
 
-    def get(self) -> Backend:
+    def get(self, max_new_tokens: int) -> Backend:
+        """The backend, built now if this is the first need (``max_new_tokens``: the first dataset's)."""
         if self.backend is None:
-            self.backend = build_backend(self.model_dir, self.settings, self.max_new_tokens)
+            self.backend = build_backend(self.model_dir, self.settings, max_new_tokens)
         return self.backend
 
     def close(self) -> None:
@@ -849,7 +850,7 @@ def evaluate(
         elif isinstance(backend, SharedBackend):
             if backend.settings != settings or backend.model_dir != model_dir:
                 raise ValueError("the shared backend was made for another model or other settings")
-            backend = backend.get()
+            backend = backend.get(manifest["max_new_tokens"])
         elif backend.lm.max_length != settings.max_length or (
             backend.name == "hf" and int(backend.lm.batch_size) != settings.batch_size
         ):
@@ -1028,13 +1029,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--out-dir folders repeat: each dataset needs its own")
     if args.plan:
         settings = planned_settings(args, settings)
-    if len(args.data_dir) == 1:
-        evaluate(model_dir=args.model_dir, model_name=args.model_name, data_dir=args.data_dir[0], shots=args.shots,
-                 out_dir=args.out_dir[0], cache_dir=args.cache_dir, settings=settings)  # fmt: skip
-        return 0
     resolved = Settings.from_mapping(settings)
-    new_tokens = max(load_task_data(data_dir).manifest["max_new_tokens"] for data_dir in args.data_dir)
-    shared = SharedBackend(Path(args.model_dir).resolve(), resolved, new_tokens)
+    shared = SharedBackend(args.model_dir, resolved)  # one model load for every dataset of the job
     try:
         for data_dir, out_dir in zip(args.data_dir, args.out_dir):
             evaluate(model_dir=args.model_dir, model_name=args.model_name, data_dir=data_dir, shots=args.shots,

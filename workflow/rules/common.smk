@@ -121,20 +121,30 @@ def synthetic_spec(wildcards):
     return json.dumps(spec, sort_keys=True)
 
 
-PREPARED_FILES = ("manifest.json", "shots.jsonl", "test.jsonl")
+# evaluation.job_per: one evaluate job per (model, dataset), or per model over all its datasets
+EVALUATION_PER_MODEL = config["evaluation"]["job_per"] == "model"
+
+
+def evaluation_datasets(wildcards):
+    """The datasets one evaluate job covers."""
+    return DATASETS if EVALUATION_PER_MODEL else [wildcards.dataset]
+
+
+def prepared_data_dir(wildcards, dataset):
+    return f"resources/data/{model_spec(wildcards.model)['family']}/{dataset}"
+
+
+def prepared_data_dirs(wildcards):
+    return [prepared_data_dir(wildcards, d) for d in evaluation_datasets(wildcards)]
 
 
 def prepared_data(wildcards):
-    return {name: f"{prepared_data_dir(wildcards)}/{name}" for name in PREPARED_FILES}
+    names = ("manifest.json", "shots.jsonl", "test.jsonl")
+    return [f"{d}/{name}" for d in prepared_data_dirs(wildcards) for name in names]
 
 
-def prepared_data_all(wildcards):
-    """Every dataset's prepared files for a model's family (evaluation.job_per: model)."""
-    return [f"{prepared_data_dir(wildcards, d)}/{name}" for d in DATASETS for name in PREPARED_FILES]
-
-
-def prepared_data_dir(wildcards, dataset=None):
-    return f"resources/data/{model_spec(wildcards.model)['family']}/{dataset or wildcards.dataset}"
+def evaluation_out_dirs(wildcards):
+    return [f"results/eval/{wildcards.model}/{d}" for d in evaluation_datasets(wildcards)]
 
 
 def evaluation_settings(wildcards):
@@ -163,16 +173,14 @@ def evaluation_gpus(wildcards, input):
     requested = config["evaluation"]["gpus"]
     if requested != "auto":
         return requested
-    model_dir = input.checkpoint
-    # one dataset, or (job_per: model) all of them: the job runs on the largest of their plans
-    data_dirs = [prepared_data_dir(wildcards)] if "dataset" in wildcards.keys() else [
-        prepared_data_dir(wildcards, d) for d in DATASETS]  # fmt: skip
-    needed = [(model_dir, os.path.join(model_dir, "config.json"))]
-    needed += [(os.path.join(d, "manifest.json"),) * 2 for d in data_dirs]
-    for path, needed_file in needed:
+    model_dir, data_dirs = input.checkpoint, prepared_data_dirs(wildcards)
+    needed = {model_dir: os.path.join(model_dir, "config.json")}
+    needed.update((manifest, manifest) for manifest in (os.path.join(d, "manifest.json") for d in data_dirs))
+    for path, needed_file in needed.items():
         if not os.path.exists(needed_file):
             # an input not made yet: Snakemake marks the resource <TBD> and asks again when the job is ready
             raise FileNotFoundError(2, "not yet created", str(path))
+    # several datasets (job_per: model): the job runs on the largest of their plans
     return max(
         ctxplan.plan_from_files(
             model=wildcards.model, checkpoint_dir=model_dir, data_dir=data_dir, shots=SHOTS,
@@ -187,7 +195,7 @@ def evaluation_mem_mb(wildcards, attempt):
 
 
 def evaluation_runtime(wildcards, attempt):
-    return config["evaluation"]["runtime"] * attempt
+    return config["evaluation"]["runtime"] * len(evaluation_datasets(wildcards)) * attempt
 
 
 def shot_files(model, dataset):
