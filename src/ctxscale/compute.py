@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ctxscale.config import built_by_extension
 from ctxscale.errors import UserError, read_json_object
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,10 @@ def table1(config: dict, models_dir="results/models", include_disabled: bool = F
         n_params, tokens = spec.get("non_embedding_params"), None
         if spec.get("pretrain_tokens") is not None:
             tokens = float(spec["pretrain_tokens"]) + float(spec.get("extension_tokens") or 0)
-        if spec.get("source") == "tiny" or n_params is None or tokens is None:
+        measured = spec.get("source") == "tiny" or (
+            built_by_extension(config, name) and config.get("extension", {}).get("compute_tokens", "config") != "config"
+        )
+        if measured or n_params is None or tokens is None:
             info_path = Path(models_dir) / f"{name}.json"
             if info_path.exists():
                 info = read_model_info([info_path])[name]
@@ -209,8 +213,8 @@ def model_info(model: str, spec: dict, checkpoint=None) -> dict:
     if not isinstance(spec, dict):
         raise UserError(f"--spec for {model} must be a JSON object")
     source = spec.get("source")
-    if source not in ("hf", "tiny", "local"):
-        raise UserError(f"model {model}: source must be 'hf', 'tiny' or 'local', got {source!r}")
+    if source not in ("hf", "tiny", "local", "extend"):
+        raise UserError(f"model {model}: source must be 'hf', 'tiny', 'local' or 'extend', got {source!r}")
     if "n_ctx" not in spec:
         raise UserError(f"model {model}: the spec has no n_ctx")
     checkpoint = Path(checkpoint) if checkpoint else None
@@ -230,6 +234,8 @@ def model_info(model: str, spec: dict, checkpoint=None) -> dict:
         if "n_ctx" in training and int(training["n_ctx"]) != int(spec["n_ctx"]):
             log.warning("model %s: trained with n_ctx %s but the config says %s; using the config's",
                         model, training["n_ctx"], spec["n_ctx"])
+    elif source == "extend":
+        n_params, pretrain, extension = _extension_numbers(model, spec, checkpoint)
     else:
         n_params = spec.get("non_embedding_params")
         config_path = checkpoint / "config.json" if checkpoint else None
@@ -247,11 +253,47 @@ def model_info(model: str, spec: dict, checkpoint=None) -> dict:
             raise UserError(f"model {model}: the spec has no pretrain_tokens")
         pretrain, extension = float(spec["pretrain_tokens"]), float(spec.get("extension_tokens") or 0)
     n_params = int(n_params)
+    if source == "extend":
+        extra["compute_tokens"] = spec.get("compute_tokens", "config")
     return {"model": model, "source": source, "family": spec.get("family"), "group": spec.get("group"),
             "base": spec.get("base"), "n_ctx": int(spec["n_ctx"]), "non_embedding_params": n_params,
             "pretrain_tokens": pretrain, "extension_tokens": extension,
             "compute": float(training_compute(n_params, pretrain + extension)),
             "revision": spec.get("revision") if source == "hf" else None, **extra}
+
+
+# What each extension.compute_tokens choice reads from an extension's ctxscale_training.json.
+EXTENSION_TOKEN_KEYS = {"fed": "tokens_fed", "nonzero_lr": "tokens_nonzero_lr"}
+
+
+def _extension_numbers(model: str, spec: dict, checkpoint: Path | None) -> tuple[int, float, float]:
+    """N, pretraining and extension tokens of a model built by ``ctxscale.extend``.
+
+    The config's numbers win where it gives them (the paper's Table 1 values); the rest come from the
+    checkpoint's ``ctxscale_training.json``. ``spec["compute_tokens"]`` (the workflow passes
+    ``extension.compute_tokens``) says which extension-token count feeds C: ``config`` the entry's
+    ``extension_tokens``, ``fed`` the tokens fed in training, ``nonzero_lr`` those fed at a non-zero LR
+    (plus, for both, the extension tokens the base had already seen).
+    """
+    if checkpoint is None or not (checkpoint / TRAINING_FILE).exists():
+        raise UserError(f"model {model}: an extended model needs --checkpoint with {TRAINING_FILE}")
+    training = json.loads((checkpoint / TRAINING_FILE).read_text())
+    n_params = spec.get("non_embedding_params", training.get("non_embedding_params"))
+    pretrain = spec.get("pretrain_tokens", training.get("pretrain_tokens"))
+    if n_params is None or pretrain is None:
+        raise UserError(f"model {model}: give non_embedding_params and pretrain_tokens in the config "
+                        f"({checkpoint / TRAINING_FILE} does not know them for this base)")
+    choice = spec.get("compute_tokens", "config")
+    if choice == "config":
+        if spec.get("extension_tokens") is None:
+            raise UserError(f"model {model}: extension.compute_tokens is config but the entry has no extension_tokens")
+        extension = float(spec["extension_tokens"])
+    else:
+        key = EXTENSION_TOKEN_KEYS[choice]
+        if key not in training:
+            raise UserError(f"{checkpoint / TRAINING_FILE} lacks {key}")
+        extension = float(training.get("base_extension_tokens") or 0) + float(training[key])
+    return int(n_params), float(pretrain), extension
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -129,6 +129,8 @@ def _check_references(config: dict) -> None:
             )
         if "extends" in spec and spec["extends"] not in models:
             raise UserError(f"config error at models.{name}.extends: unknown model '{spec['extends']}'")
+        if built_by_extension(config, name):
+            _check_extension(config, name)
     known = _known_datasets(config)
     for task, datasets in config["tasks"].items():
         for dataset in datasets:
@@ -155,6 +157,49 @@ def _check_references(config: dict) -> None:
         raise UserError(f"config error at figures.fig1_task: unknown task '{fig1_task}'")
     if not enabled_models(config):
         raise UserError("config error at model_groups: no model is in an enabled group")
+
+
+def built_by_extension(config: dict, model: str) -> bool:
+    """Whether the workflow builds ``model`` by context extension (rule extend_model): ``source: extend``, or a
+    downloadable model naming ``extends`` and ``extend`` when ``extension.rebuild_from_base`` is set."""
+    spec = config["models"][model]
+    if spec["source"] == "extend":
+        return True
+    rebuild = config.get("extension", {}).get("rebuild_from_base", False)
+    return rebuild and spec["source"] == "hf" and "extends" in spec and "extend" in spec
+
+
+def model_source(config: dict, model: str) -> str:
+    """The rule that makes ``model``'s checkpoint: ``extend`` for models built by extension, else its source."""
+    return "extend" if built_by_extension(config, model) else config["models"][model]["source"]
+
+
+def extension_spec(config: dict, model: str) -> dict[str, Any]:
+    """The recipe ``ctxscale.extend`` receives: ``models.<model>.extend`` with the schema's defaults filled in,
+    plus the model's ``n_ctx`` and ``rope_scaling``."""
+    spec = config["models"][model]
+    recipe = validate_definition(copy.deepcopy(spec.get("extend") or {}), "extend_spec", f"config error in models.{model}.extend")
+    return {**recipe, "n_ctx": spec["n_ctx"], "rope_scaling": spec.get("rope_scaling")}
+
+
+def _check_extension(config: dict, name: str) -> None:
+    spec = config["models"][name]
+    where = f"config error at models.{name}"
+    if "extend" not in spec:
+        raise UserError(f"{where}.extend: a model built by extension needs its recipe (extend: {{}} for the defaults)")
+    if "extends" not in spec:
+        raise UserError(f"{where}.extends: a model built by extension must name the model it extends")
+    if built_by_extension(config, spec["extends"]):
+        raise UserError(f"{where}.extends: '{spec['extends']}' is itself built by extension; extend a base model")
+    scaling = spec.get("rope_scaling") or {}
+    if scaling.get("rope_type") not in ("yarn", "linear"):
+        raise UserError(f"{where}.rope_scaling: the extension stage trains yarn or linear RoPE scaling, "
+                        f"got {scaling.get('rope_type')!r}")
+    recipe = extension_spec(config, name)
+    source = recipe["data"]["source"]
+    if source != "synthetic" and source not in config.get("extension_data", {}):
+        raise UserError(f"{where}.extend.data.source: '{source}' is not listed under extension_data "
+                        f"(known: {', '.join(sorted(config.get('extension_data', {}))) or 'none'}; or synthetic)")
 
 
 def _known_datasets(config: dict) -> set[str]:

@@ -54,23 +54,40 @@ def _explain(error: Exception, repo_id: str, revision: str) -> str | None:
 
 
 def download(repo_id: str, revision: str, out: Path, *, attempts: int = 4, backoff_s: float = 5.0) -> Path:
-    """Fetch ``repo_id@revision`` into ``out`` (atomically, resumable). Returns ``out``."""
-    from huggingface_hub import list_repo_files, snapshot_download
-
+    """Fetch the checkpoint ``repo_id@revision`` into ``out`` (atomically, resumable). Returns ``out``."""
     out = Path(out)
     if out.exists() and (out / "config.json").exists():
         log.info("%s already present at %s", repo_id, out)
         return out
+
+    def patterns(files: list[str]) -> list[str]:
+        return ALLOW_PATTERNS if any(f.endswith(".safetensors") for f in files) else BIN_PATTERNS
+
+    fetch_snapshot(repo_id, revision, out, patterns, attempts=attempts, backoff_s=backoff_s)
+    if not (out / "config.json").exists():
+        shutil.rmtree(out)
+        raise UserError(f"{repo_id}@{revision} has no config.json: is it a transformers checkpoint?")
+    return out
+
+
+def fetch_snapshot(repo_id: str, revision: str, out: Path, allow_patterns, *, repo_type: str = "model",
+                   attempts: int = 4, backoff_s: float = 5.0) -> Path:
+    """Fetch the files of ``repo_id@revision`` that ``allow_patterns(file list)`` selects into ``out``.
+
+    The files land in ``out.partial`` and the folder is renamed when complete (a rerun resumes the partial
+    folder); transient errors are retried with backoff, a user's (access, id, revision, offline) is one line.
+    """
+    from huggingface_hub import list_repo_files, snapshot_download
+
+    out = Path(out)
     partial = out.with_name(out.name + ".partial")
     token = os.environ.get("HF_TOKEN") or None
     for attempt in range(1, attempts + 1):
         try:
-            files = list_repo_files(repo_id, revision=revision, token=token)
-            patterns = ALLOW_PATTERNS if any(f.endswith(".safetensors") for f in files) else BIN_PATTERNS
+            files = list_repo_files(repo_id, revision=revision, token=token, repo_type=repo_type)
             log.info("downloading %s@%s (attempt %d/%d) into %s", repo_id, revision, attempt, attempts, partial)
-            snapshot_download(
-                repo_id, revision=revision, local_dir=partial, allow_patterns=patterns, token=token
-            )
+            snapshot_download(repo_id, revision=revision, local_dir=partial, allow_patterns=allow_patterns(files),
+                              token=token, repo_type=repo_type)
             break
         except Exception as error:  # noqa: BLE001 - classified below; unknown errors are retried then re-raised
             message = _explain(error, repo_id, revision)
@@ -83,8 +100,6 @@ def download(repo_id: str, revision: str, out: Path, *, attempts: int = 4, backo
             wait = backoff_s * 2 ** (attempt - 1)
             log.warning("download of %s failed (%s); retrying in %.0f s", repo_id, error, wait)
             time.sleep(wait)
-    if not (partial / "config.json").exists():
-        raise UserError(f"{repo_id}@{revision} has no config.json: is it a transformers checkpoint?")
     shutil.rmtree(partial / ".cache", ignore_errors=True)
     if out.exists():
         shutil.rmtree(out)

@@ -41,16 +41,9 @@ def model_spec(model):
     return config["models"][model]
 
 
-def hf_models():
-    return [m for m in MODELS if model_spec(m)["source"] == "hf"]
-
-
-def tiny_models():
-    return [m for m in MODELS if model_spec(m)["source"] == "tiny"]
-
-
-def local_models():
-    return [m for m in MODELS if model_spec(m)["source"] == "local"]
+def models_from(source):
+    """Enabled models whose checkpoint the given rule makes (hf: download, tiny: train, local, extend)."""
+    return [m for m in MODELS if ctxconfig.model_source(config, m) == source]
 
 
 def local_model_path(wildcards):
@@ -79,7 +72,7 @@ def tokenizer_dir(wildcards):
     """Prepared data is tokenizer-specific: tiny models share a built tokenizer, hf families use a checkpoint's."""
     family = wildcards.family
     members = [m for m in MODELS if model_spec(m)["family"] == family]
-    if model_spec(members[0])["source"] == "tiny":
+    if ctxconfig.model_source(config, members[0]) == "tiny":
         return ancient(f"resources/tokenizers/{family}")
     return ancient(f"resources/models/{members[0]}")
 
@@ -96,18 +89,72 @@ def base_checkpoint_dir(wildcards):
 
 
 def model_json(wildcards):
-    return json.dumps(model_spec(wildcards.model), sort_keys=True)
+    """What model-info reads of a model: its entry, with the source that built it and, for an extension, which
+    token count feeds C (extension.compute_tokens)."""
+    model = wildcards.model
+    spec = {**model_spec(model), "source": ctxconfig.model_source(config, model)}
+    if spec["source"] == "extend":
+        spec["compute_tokens"] = config["extension"]["compute_tokens"]
+    return json.dumps(spec, sort_keys=True)
 
 
 def tiny_train_spec(wildcards):
     return json.dumps(model_spec(wildcards.model)["tiny"], sort_keys=True)
 
 
-def tiny_extend_spec(wildcards):
-    spec = model_spec(wildcards.model)
-    return json.dumps(
-        {**spec["tiny"], "n_ctx": spec["n_ctx"], "rope_scaling": spec.get("rope_scaling")}, sort_keys=True
-    )
+def extension_spec(wildcards):
+    """The recipe of one extension (models.<m>.extend, defaults filled, plus n_ctx and rope_scaling)."""
+    return json.dumps(ctxconfig.extension_spec(config, wildcards.model), sort_keys=True)
+
+
+def extension_corpus(model):
+    """The extension_data corpus a model trains on, or None (synthetic data, generated in the job)."""
+    source = ctxconfig.extension_spec(config, model)["data"]["source"]
+    return None if source == "synthetic" else source
+
+
+def extension_data_dir(wildcards):
+    corpus = extension_corpus(wildcards.model)
+    if corpus is None:
+        return []
+    local = config["extension_data"][corpus].get("path")
+    return local if local else f"resources/extension-data/{corpus}"
+
+
+def extension_data_option(wildcards, input):
+    return f"--data-dir {input.data}" if input.get("data") else ""
+
+
+def extension_corpora():
+    corpora = {extension_corpus(m) for m in models_from("extend")} - {None}
+    return sorted(c for c in corpora if not config["extension_data"][c].get("path"))
+
+
+def extension_data_json(wildcards):
+    return json.dumps(config["extension_data"][wildcards.corpus], sort_keys=True)
+
+
+def extension_gpus(wildcards, input):
+    """GPUs of one extend job: extension.gpus, or (auto) the plan's from the base checkpoint (ctxscale.plan)."""
+    requested = config["extension"]["gpus"]
+    if requested != "auto":
+        return requested
+    if not os.path.exists(os.path.join(input.base, "config.json")):
+        # the base is not downloaded yet: Snakemake marks the resource <TBD> and asks again when the job is ready
+        raise FileNotFoundError(2, "not yet created", input.base)
+    return ctxplan.extension_gpus(config, wildcards.model, input.base)
+
+
+def extension_processes(wildcards, resources):
+    return max(1, int(resources.gpu))
+
+
+def extension_mem_mb(wildcards, attempt):
+    return ctxplan.extension_mem_mb(config, wildcards.model) * attempt
+
+
+def extension_runtime(wildcards, attempt):
+    return config["extension"]["runtime"] * attempt
 
 
 def data_settings():

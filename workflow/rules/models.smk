@@ -1,10 +1,12 @@
-# Checkpoints: downloaded from the Hugging Face hub (source: hf), trained by the workflow (source: tiny) or
-# copied/converted from a folder or GGUF file on disk (source: local), then one model-info file each (N, D, C, n_ctx).
+# Checkpoints: downloaded from the Hugging Face hub (source: hf), trained by the workflow (source: tiny),
+# copied/converted from a folder or GGUF file on disk (source: local) or context-extended from another model
+# (source: extend, or hf with extension.rebuild_from_base), then one model-info file each (N, D, C, n_ctx).
 
 
 localrules:
     download_model,
     local_model,
+    fetch_extension_data,
     model_info,
 
 
@@ -18,7 +20,7 @@ rule download_model:
         "logs/download_model/{model}.log",
     retries: 3
     wildcard_constraints:
-        model=model_pattern(hf_models()),
+        model=model_pattern(models_from("hf")),
     conda:
         CONDA_ENV
     shell:
@@ -34,7 +36,7 @@ rule local_model:
     log:
         "logs/local_model/{model}.log",
     wildcard_constraints:
-        model=model_pattern(local_models()),
+        model=model_pattern(models_from("local")),
     conda:
         CONDA_ENV
     shell:
@@ -67,7 +69,7 @@ rule train_tiny_model:
     priority: 10
     threads: 1
     wildcard_constraints:
-        model=model_pattern(m for m in tiny_models() if "extends" not in model_spec(m)),
+        model=model_pattern(models_from("tiny")),
     conda:
         CONDA_ENV
     shell:
@@ -75,26 +77,55 @@ rule train_tiny_model:
         " --threads {threads} --out {output} 2> {log}"
 
 
-rule extend_tiny_model:
-    input:
-        base=base_checkpoint_dir,
+rule fetch_extension_data:
     output:
-        directory("resources/models/{model}"),
+        directory("resources/extension-data/{corpus}"),
     params:
-        spec=tiny_extend_spec,
+        spec=extension_data_json,
     log:
-        "logs/extend_tiny_model/{model}.log",
-    benchmark:
-        "logs/benchmarks/extend_tiny_model/{model}.tsv"
-    # checkpoints gate every evaluation: train them before evaluating those already there
-    priority: 10
-    threads: 1
+        "logs/fetch_extension_data/{corpus}.log",
+    retries: 3
     wildcard_constraints:
-        model=model_pattern(m for m in tiny_models() if "extends" in model_spec(m)),
+        corpus="|".join(extension_corpora()) or "(?!)",
     conda:
         CONDA_ENV
     shell:
-        "python -m ctxscale.tiny extend --base {input.base} --spec {params.spec:q}"
+        "python -m ctxscale.extension_data --spec {params.spec:q} --out {output} 2> {log}"
+
+
+# Context extension (ctxscale.extend): continued training of the base checkpoint at the new length with the
+# model's RoPE scaling, under torchrun with FSDP2 on the job's GPUs (one process on CPU). Resumable: sharded
+# checkpoints in resources/extend-state/{model} (every extend.checkpoint_every updates and on SIGUSR1/SIGTERM,
+# which the SLURM profile sends before the time limit); a rerun continues from the last one.
+rule extend_model:
+    input:
+        base=base_checkpoint_dir,
+        data=extension_data_dir,
+    output:
+        directory("resources/models/{model}"),
+    params:
+        spec=extension_spec,
+        data=extension_data_option,
+        processes=extension_processes,
+    log:
+        "logs/extend_model/{model}.log",
+    benchmark:
+        "logs/benchmarks/extend_model/{model}.tsv"
+    # checkpoints gate every evaluation: train them before evaluating those already there
+    priority: 10
+    threads: config["extension"]["threads"]
+    resources:
+        gpu=extension_gpus,
+        mem_mb=extension_mem_mb,
+        runtime=extension_runtime,
+    wildcard_constraints:
+        model=model_pattern(models_from("extend")),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m ctxscale.gpus --count {resources.gpu} --lock-dir resources/gpu-locks --"
+        " python -m ctxscale.extend --base {input.base} --spec {params.spec:q} {params.data}"
+        " --state-dir resources/extend-state/{wildcards.model} --processes {params.processes}"
         " --threads {threads} --out {output} 2> {log}"
 
 
