@@ -4,12 +4,17 @@ each workflow step receives.
 Validation fails with a one-line :class:`~ctxscale.errors.UserError` that names the offending key, e.g.
 ``config error at evaluation.batch_size: 'eight' is not of type 'integer'``. Defaults from the schema are
 filled in, so every downstream reader sees a complete config.
+
+The schema is package data (``ctxscale/schemas/config.schema.yaml``, read through :mod:`importlib.resources`):
+the library and the workflow (``workflow/rules/common.smk`` validates through :func:`validate_config`) read the
+same file, and an installed ``ctxscale`` (a wheel, ``pip install .``) needs nothing outside its package.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import importlib.resources
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,8 @@ import yaml
 
 from ctxscale.errors import UserError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# The schema's place inside the package (package data, pyproject's [tool.setuptools.package-data]).
+SCHEMA_RESOURCE = "schemas/config.schema.yaml"
 
 # Evaluation keys that size or group the jobs (resources, GPU-plan inputs of ctxscale.plan, job_per), not their
 # results: kept out of the evaluation settings and the cache key, so that changing them never reruns an evaluation.
@@ -63,7 +69,11 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"config error at {_error_path(error)}: {error.message}"
 
 
-def load_schema(path: Path | str = SCHEMA_PATH) -> dict:
+def load_schema(path: Path | str | None = None) -> dict:
+    """The config schema: the package's own (``ctxscale/schemas/config.schema.yaml``) unless ``path`` names
+    another file."""
+    if path is None:
+        return yaml.safe_load(importlib.resources.files("ctxscale").joinpath(SCHEMA_RESOURCE).read_text("utf-8"))
     with open(path) as handle:
         return yaml.safe_load(handle)
 

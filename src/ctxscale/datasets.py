@@ -122,7 +122,7 @@ log = logging.getLogger(__name__)
 
 TASK_CATEGORIES = ("arithmetic", "common-sense", "translation")
 SEPARATOR = "\n\n"
-# The config's data defaults (workflow/schemas/config.schema.yaml is their one source).
+# The config's data defaults (the config schema, src/ctxscale/schemas/config.schema.yaml, is their one source).
 _DATA_DEFAULTS = schema_defaults("data")
 DEFAULT_SEED = _DATA_DEFAULTS["seed"]
 DEFAULT_MAX_LENGTH_PER_EXAMPLE = _DATA_DEFAULTS["max_length_per_example"]

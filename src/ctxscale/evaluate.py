@@ -109,7 +109,7 @@ def _default_settings() -> dict[str, Any]:
 # backend, max_length (explicit window, never inferred), batch_size (fixed, never "auto": scores depend slightly
 # on it), dtype, device (hf; vLLM picks GPUs via CUDA_VISIBLE_DEVICES), seed, tensor_parallel_size (vllm;
 # "auto" is resolved by the job plan), gpu_memory_utilization, enable_prefix_caching, block_size, enforce_eager,
-# max_samples; see workflow/schemas/config.schema.yaml for each one's meaning and default.
+# max_samples; see src/ctxscale/schemas/config.schema.yaml for each one's meaning and default.
 DEFAULT_SETTINGS: dict[str, Any] = _default_settings()
 BACKENDS = ("vllm", "hf")
 DTYPES = ("auto", "bfloat16", "float16", "float32")

@@ -5,7 +5,7 @@
 writes ``shots.jsonl``, ``test.jsonl`` and ``manifest.json`` (docs/architecture.md) through
 :func:`ctxscale.datasets.write_prepared`, so the demo data takes the same lm-eval task path as the real
 datasets. The spec is a JSON object: a config entry of ``data.synthetic``, whose keys, meanings and defaults
-the config schema defines (``$defs/synthetic_spec`` in workflow/schemas/config.schema.yaml: ``kind``, and
+the config schema defines (``$defs/synthetic_spec`` in src/ctxscale/schemas/config.schema.yaml: ``kind``, and
 optionally ``shot_pool``, ``reveal_share``, ``n_symbols``, ``sentence_words``, ``shot_order``; unknown keys are
 refused), plus the keys the workflow adds from the config (:data:`RUN_KEYS`): ``task`` (must be the kind's
 category), ``seed`` (with the dataset name, fixes the secret, shot pool, test set and shot orders),
