@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 import subprocess
 import sys
@@ -247,3 +249,266 @@ def test_tiny_model_checkpoint_plans_from_its_saved_files(tmp_path):
     gpu = plan.plan_job(settings={**PAPER_GPU, "dtype": "auto"}, **common)
     assert (gpu.gpus, gpu.tensor_parallel_size) == (1, 1)
     assert gpu.kv_gib == pytest.approx(906 * 1024 / GIB, abs=0.01) and gpu.weights_gib == pytest.approx(disk / GIB, abs=0.01)
+
+
+# ------------------------------------------------------------------------------ extend jobs (plan_extension)
+
+from ctxscale import plan_extension as extension  # noqa: E402
+
+RECIPE = {"micro_batch": 1, "global_batch": 64, "precision": "bf16", "activation_checkpointing": True,
+          "cpu_offload": False, "loss_chunk_tokens": 4096, "attention": "sdpa"}  # fmt: skip
+
+
+def extend(name: str, n_ctx: int, gpu_gib: float = 79.6, max_gpus: int = 8, gpus="auto",
+           **recipe) -> extension.ExtensionPlan:  # fmt: skip
+    return extension.plan_extension(arch(name), n_ctx=n_ctx, spec={**RECIPE, **recipe}, gpu_memory_gib=gpu_gib,
+                                    max_gpus=max_gpus, gpu_overhead_gib=4.0, gpus=gpus, model=name, base="b")  # fmt: skip
+
+
+def test_extension_memory_of_7b_at_8k_on_8_gpus_hand_worked():
+    a = arch("Llama-2-7b-hf")
+    # one decoder layer: q, k, v, o 4 x 4096^2 + MLP 3 x 4096 x 11008 + 2 norms x 4096 = 202,383,360;
+    # the rest: embedding + LM head 2 x 32000 x 4096 + final norm 4096 = 262,148,096
+    assert extension.layer_split(a) == (202_383_360, 262_148_096)
+    assert 32 * 202_383_360 + 262_148_096 == a.params == 6_738_415_616
+    terms = extension.extension_memory(a, n_ctx=8192, spec=extension.full_spec(RECIPE), gpus=8)
+    assert terms["params"] == 4 * 6_738_415_616 // 8 == 3_369_207_808  # fp32 master shard
+    assert terms["grads"] == 3_369_207_808  # fp32 gradient shard
+    assert terms["optimizer"] == 8 * 6_738_415_616 // 8  # AdamW exp_avg + exp_avg_sq
+    # 2 gathered bf16 layers + one layer's gradient (bf16 + fp32 copy); the root: bf16 params + gradient
+    assert terms["gathered"] == 202_383_360 * (2 * 2 + 2 + 4) + 262_148_096 * (2 + 2 + 4) == 4_121_018_368
+    # 32 checkpointed bf16 hidden states + the final norm's fp32 input and bf16 output, 8192 x 4096 each
+    assert terms["saved"] == 8192 * 4096 * (32 * 2 + 4 + 2) == 2_348_810_240
+    # S per token: norms 2 x 6 x 4096 + q, k, v, out, out copy 5 x 2 x 4096 + LSE 4 x 32 + MLP 4 x 2 x 11008
+    # = 178,304; B = 2 x (3 x 11008 + 2 x 4096) = 82,432
+    assert extension.saved_bytes_per_token(a, 2) == 49_152 + 40_960 + 128 + 88_064 == 178_304
+    assert terms["layer"] == 8192 * (178_304 + 82_432) == 2_135_949_312
+    # a 4096-position chunk of 32000 logits at 2 + 4 + 4 + 4 bytes, + the bf16 gradient of the final hidden states
+    assert terms["loss"] == 4096 * 32000 * 14 + 8192 * 4096 * 2 == 1_902_116_864
+    p = extend("Llama-2-7b-hf", 8192, gpus=8)
+    needed = 2 * 3_369_207_808 + 6_738_415_616 + 4_121_018_368 + 2_348_810_240 + 2_135_949_312 + 4 * GIB
+    assert p.needed_gib == round(needed / GIB, 2) == 24.57  # the layer's backward (2.0 GiB) outweighs the loss (1.8)
+    assert (p.gpus, p.grad_accumulation, p.available_gib) == (8, 8, 79.6)
+    # host: 4 B x N loading copy + 8 processes x 4 GiB (no offload)
+    assert p.host_gib == round((4 * 6_738_415_616 + 8 * 4 * GIB) / GIB, 2)
+
+
+# smallest power-of-two GPU count of one node that fits (None: none does) at 8k, 16k, 32k, 64k, 128k
+@pytest.mark.parametrize(
+    "name, gpu_gib, offload, expected",
+    [
+        # 16 B x 6.74e9 = 100.4 GiB of state: never one 80 GB GPU without offload; 64k needs 4 (2: 50.2 state
+        # + 16.2 checkpoints + 15.9 layer + 3.8 gathered + 4 = 90.1 GiB); at 128k one sequence's activations
+        # (32.2 checkpoints + 31.9 layer) leave too little even at 8 GPUs (87.2 GiB)
+        ("Llama-2-7b-hf", 79.6, False, [2, 2, 2, 4, None]),
+        ("Llama-2-7b-hf", 79.6, True, [1, 1, 1, 1, 1]),  # the official run: 64k, offload (41.2 GiB per GPU)
+        ("Llama-2-7b-hf", 139.8, False, [1, 1, 1, 2, 2]),  # 100.4 + 12 GiB fits one H200 at 8k
+        ("Llama-2-7b-hf", 139.8, True, [1, 1, 1, 1, 1]),
+        # 13B: 16 B x 13.0e9 = 194 GiB of state; 64k activations (26.9 saved + 20.0 layer) need offload on 80 GB
+        ("Llama-2-13b-hf", 79.6, False, [4, 4, 8, None, None]),
+        ("Llama-2-13b-hf", 79.6, True, [1, 1, 1, 1, None]),  # 128k: 103 GiB of activations and working set
+        ("Llama-2-13b-hf", 139.8, False, [2, 2, 2, 4, 8]),
+        ("Llama-2-13b-hf", 139.8, True, [1, 1, 1, 1, 1]),
+    ],
+)
+def test_extension_gpus_of_llama2_7b_13b_from_8k_to_128k(name, gpu_gib, offload, expected):
+    got = []
+    for n_ctx in (8192, 16384, 32768, 65536, 131072):
+        try:
+            p = extend(name, n_ctx, gpu_gib, cpu_offload=offload)
+        except UserError as error:
+            assert "does not fit" in str(error)
+            got.append(None)
+            continue
+        assert p.needed_gib <= gpu_gib and 64 % p.gpus == 0 and p.grad_accumulation * p.gpus == 64
+        if p.gpus > 1:  # the smallest: half as many GPUs would not fit
+            with pytest.raises(UserError, match="does not fit"):
+                extend(name, n_ctx, gpu_gib, max_gpus=p.gpus // 2, cpu_offload=offload)
+        got.append(p.gpus)
+    assert got == expected
+
+
+def test_extension_memory_is_monotone():
+    a = arch("Llama-2-7b-hf")
+
+    def needed(n_ctx=32768, gpus=4, **recipe):
+        terms = extension.extension_memory(a, n_ctx=n_ctx, spec=extension.full_spec({**RECIPE, **recipe}), gpus=gpus)
+        return extension.needed_bytes(terms, 4 * GIB)
+
+    lengths = [needed(n_ctx=n) for n in (4096, 8192, 16384, 32768, 65536, 131072)]
+    assert lengths == sorted(lengths) and len(set(lengths)) == len(lengths)  # more n_ctx, more memory
+    by_gpus = [needed(gpus=g) for g in (1, 2, 4, 8)]
+    assert by_gpus == sorted(by_gpus, reverse=True) and len(set(by_gpus)) == 4  # more GPUs, less
+    offloaded = [needed(gpus=g, cpu_offload=True) for g in (1, 2, 4, 8)]
+    assert len(set(offloaded)) == 1 and offloaded[0] < by_gpus[-1]  # offload: less, whatever the count
+    assert needed(activation_checkpointing=False) > needed() + 30 * GIB  # every layer's saved set: ~170 GiB at 32k
+    assert needed(loss_chunk_tokens=None) > needed()  # 32k x 32000 logits at once
+    assert needed(micro_batch=2) > needed()
+    assert needed(attention="eager") > needed() + 32768**2 * 2  # T x T scores and mask
+    assert needed(precision="fp32") > needed()
+
+
+def test_extension_fixed_gpus_are_checked_as_given():
+    assert extend("Llama-2-7b-hf", 65536, cpu_offload=True, gpus=8).gpus == 8  # the official layout
+    assert extend("Llama-2-7b-hf", 65536, cpu_offload=True, gpus=8).grad_accumulation == 8
+    with pytest.raises(UserError, match="does not fit: .* at 2 GPU"):
+        extend("Llama-2-7b-hf", 65536, gpus=2)
+    with pytest.raises(UserError, match="global_batch 64 is not a multiple of micro_batch 1 x 3 GPUs"):
+        extend("Llama-2-7b-hf", 8192, cpu_offload=True, gpus=3)
+    with pytest.raises(UserError, match="extension.gpus is 16, more than evaluation.max_gpus_per_job 8"):
+        extend("Llama-2-7b-hf", 8192, gpus=16)
+    # auto skips GPU counts the global batch cannot split over: 16 = 4 x 2 x 2 accumulation steps; 12 = 4 x 3
+    # leaves 1 GPU, where 100.4 GiB of state cannot fit
+    assert extend("Llama-2-7b-hf", 8192, global_batch=16, micro_batch=4).gpus == 2
+    with pytest.raises(UserError, match=r"125.0 GiB per GPU at 1 GPU\(s\)"):
+        extend("Llama-2-7b-hf", 8192, global_batch=12, micro_batch=4)
+
+
+def test_extension_that_cannot_fit_fails_in_one_line():
+    with pytest.raises(UserError) as info:
+        extend("Llama-2-13b-hf", 131072)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("Llama-2-13b-hf: the extension of b to n_ctx 131072 does not fit: 127.3 GiB per GPU at "
+                              "8 GPU(s) (24.2 sharded state + ")  # fmt: skip
+    assert "79.6 GiB available (evaluation.gpu_memory_gib); set cpu_offload: true in models.Llama-2-13b-hf.extend" \
+        in message
+    with pytest.raises(UserError, match="103.0 GiB per GPU at 8 GPU.*use larger GPUs .* or a shorter n_ctx"):
+        extend("Llama-2-13b-hf", 131072, cpu_offload=True)
+    with pytest.raises(UserError, match="set micro_batch: 1, a smaller loss_chunk_tokens in"):
+        extend("Llama-2-7b-hf", 131072, cpu_offload=True, micro_batch=2, loss_chunk_tokens=None, global_batch=64)
+
+
+def test_extension_on_the_cpu_takes_no_gpu_and_holds_everything_on_the_host():
+    p = extension.plan_extension(arch("Qwen2.5-0.5B"), n_ctx=2048, spec={"global_batch": 8}, gpu_memory_gib=79.6,
+                                 max_gpus=8, gpu_overhead_gib=4.0, on_gpu=False)  # fmt: skip
+    assert (p.gpus, p.grad_accumulation, p.needed_gib) == (0, 8, None)
+    assert p.host_gib > 20 * 494_032_768 / GIB  # 16 B state + 4 B loading copy per parameter, + activations
+
+
+def _extension_config(tmp_path: Path, **extension_keys) -> tuple[dict, Path]:
+    """The paper's config with the PI models enabled (built by extension; offload off but at 64k) and only the
+    YaRN 7B 8k rebuilt from its base (micro batch 2), stand-in checkpoints of the downloaded models."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["model_groups"]["pi"]["enabled"] = True
+    for name, spec in config["models"].items():
+        if spec["group"] == "yarn" and name != "llama2-7b-8k":
+            spec.pop("extends", None), spec.pop("extend", None)
+        elif "extend" in spec:  # the YAML anchor shares one recipe: copy before editing
+            spec["extend"] = {**spec["extend"], "cpu_offload": name == "llama2-7b-pi-64k"}
+    config["models"]["llama2-7b-8k"]["extend"]["micro_batch"] = 2
+    config["extension"] = {"rebuild_from_base": True, **extension_keys}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    _stand_in_checkpoints(tmp_path, {"models": {m: s for m, s in config["models"].items() if s["source"] == "hf"}})
+    return config, path
+
+
+def _plan_command(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ctxscale.cli", "plan", *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "src")})  # fmt: skip
+
+
+def test_plan_command_prints_the_extend_jobs(tmp_path):
+    config, path = _extension_config(tmp_path)
+    table = _plan_command(tmp_path, "--configfile", str(path))
+    assert table.returncode == 0, table.stderr
+    head, sep, extend_table = table.stdout.partition("\nextend jobs")
+    assert sep and "llama2-7b-pi-16k" in head  # evaluated too, with the base's architecture before it is built
+    lines = [line for line in extend_table.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    rows = {row["model"]: row for row in (dict(zip(header, (c.strip() for c in line.split("|")[1:-1])))
+                                          for line in lines[2:])}  # fmt: skip
+    assert list(rows) == ["llama2-7b-8k", "llama2-7b-pi-8k", "llama2-7b-pi-16k", "llama2-7b-pi-32k", "llama2-7b-pi-64k"]
+    for model, row in rows.items():
+        assert row["base"] == "llama2-7b-4k" and int(row["n_ctx"]) == config["models"][model]["n_ctx"]
+    assert rows["llama2-7b-pi-64k"]["rope"] == "linear x16" and rows["llama2-7b-pi-64k"]["cpu_offload"] == "True"
+    assert [int(rows[m]["gpus"]) for m in rows] == [2, 2, 2, 2, 1]  # 16 B x N over 2 GPUs; offload: 1
+    assert float(rows["llama2-7b-pi-32k"]["needed_gib"]) == extend("Llama-2-7b-hf", 32768).needed_gib
+    assert rows["llama2-7b-8k"]["micro_batch"] == "2" and rows["llama2-7b-8k"]["grad_accumulation"] == "16"
+
+    fixed = _plan_command(tmp_path, "--configfile", str(path), "--json", "--set", "extension.gpus=8", "--set",
+                          "extend.cpu_offload=true", "--set", "gpu_memory_gib=139.8")  # fmt: skip
+    assert fixed.returncode == 0, fixed.stderr
+    records = [json.loads(line) for line in fixed.stdout.splitlines()]
+    jobs = [r for r in records if r["job"] == "extend"]
+    assert len(jobs) == 5 and len(records) == len(jobs) + 16 * 72
+    assert all(j["gpus"] == 8 and j["cpu_offload"] and j["available_gib"] == 139.8 for j in jobs)
+
+    bad = _plan_command(tmp_path, "--configfile", str(path), "--set", "extension.gpus=2", "--set",
+                        "extend.cpu_offload=false")  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert bad.stderr.startswith("error: llama2-7b-pi-64k: the extension of llama2-7b-4k to n_ctx 65536 does not fit")
+    unknown = _plan_command(tmp_path, "--configfile", str(path), "--set", "extend.offload=true")
+    assert unknown.returncode == 2 and "expected KEY=VALUE" in unknown.stderr
+
+
+def test_plan_command_on_the_paper_config_rebuilt_from_base(tmp_path):
+    """The paper's recipe (offload, micro batch 1) for all 14 extensions: 13B at 128k needs more than 80 GB."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    _stand_in_checkpoints(tmp_path, {"models": {m: s for m, s in config["models"].items() if s["source"] == "hf"}})
+    args = ["--configfile", str(REPO / "config" / "config.yaml"), "--set", "extension.rebuild_from_base=true"]
+    result = _plan_command(tmp_path, *args, "--set", "gpu_memory_gib=139.8", "--json")
+    assert result.returncode == 0, result.stderr
+    jobs = [r for r in map(json.loads, result.stdout.splitlines()) if r["job"] == "extend"]
+    assert len(jobs) == 10  # the YaRN models; the PI group is disabled
+    assert all(j["gpus"] == 1 and j["cpu_offload"] for j in jobs)  # with offload the GPU holds no sharded state
+    assert max(j["needed_gib"] for j in jobs) == extend("Llama-2-13b-hf", 131072, 139.8, cpu_offload=True).needed_gib
+    small = _plan_command(tmp_path, *args)
+    assert small.returncode == 2
+    assert small.stderr.startswith("error: llama2-13b-128k: the extension of llama2-13b-4k to n_ctx 131072 does not "
+                                   "fit: 103.0 GiB per GPU at 8 GPU(s)")  # fmt: skip
+
+
+def test_extension_gpus_and_host_memory_for_the_rule(tmp_path, monkeypatch):
+    from ctxscale import config as ctxconfig
+
+    config, path = _extension_config(tmp_path)
+    config = ctxconfig.load_config(path)
+    base = tmp_path / "resources" / "models" / "llama2-7b-4k"
+    with pytest.raises(FileNotFoundError):  # not downloaded yet: Snakemake asks again when the job is ready
+        plan.extension_gpus(config, "llama2-7b-pi-16k", tmp_path / "missing")
+    assert plan.extension_gpus(config, "llama2-7b-pi-16k", base) == 2
+    assert plan.extension_gpus(config, "llama2-7b-pi-64k", base) == 1
+    # without offload: 4 B x 6.74e9 loading copy + 2 x 4 GiB = 35.5 GB < the configured 256,000 MB
+    assert plan.extension_mem_mb(config, "llama2-7b-pi-16k", base) == 256_000
+    # offload: 16 + 4 B x 6.74e9 + 4 GiB = 139.1 GB, still below
+    assert plan.extension_mem_mb(config, "llama2-7b-pi-64k", base) == 256_000
+    config["extension"]["mem_mb"] = 1000
+    host = 20 * 6_738_415_616 + 4 * GIB
+    assert plan.extension_mem_mb(config, "llama2-7b-pi-64k", base) == math.ceil(round(host / GIB, 2) * GIB / 1e6)
+    monkeypatch.chdir(tmp_path)  # the workflow's layout: resources/models/<base>
+    assert plan.extension_mem_mb(config, "llama2-7b-pi-64k") == plan.extension_mem_mb(config, "llama2-7b-pi-64k", base)
+    config["extension"]["gpus"] = 4
+    assert plan.extension_gpus(config, "llama2-7b-pi-16k", base) == 4
+    config["extension"]["gpus"] = 0
+    assert plan.extension_gpus(config, "llama2-7b-pi-16k", base) == 0
+    config["evaluation"].update(backend="hf", device="cpu")
+    assert plan.extension_gpus(config, "llama2-7b-pi-16k", base) == 0
+    config["extension"]["gpus"] = 2  # a fixed count wins over the evaluation's device, as in the rule
+    assert plan.extension_gpus(config, "llama2-7b-pi-16k", base) == 2
+    config["extension"]["gpus"] = "auto"
+    assert plan.extension_gpus(config, "llama2-7b-pi-16k", base) == 0
+    # CPU-only: the whole state, the activations at 16k and the loading copy on the host
+    assert plan.extension_mem_mb(config, "llama2-7b-pi-16k", base) > 20 * 6_738_415_616 / 1e6
+
+
+def test_extension_jobs_of_a_config_and_unknown_architectures(tmp_path, monkeypatch):
+    from ctxscale import config as ctxconfig
+
+    config, path = _extension_config(tmp_path)
+    config = ctxconfig.load_config(path)
+    assert extension.extension_models(config) == ["llama2-7b-8k", "llama2-7b-pi-8k", "llama2-7b-pi-16k",
+                                                  "llama2-7b-pi-32k", "llama2-7b-pi-64k"]  # fmt: skip
+    config["extension"]["rebuild_from_base"] = False
+    assert "llama2-7b-8k" not in extension.extension_models(config)
+    # a base trained by the workflow and not trained yet: the row says so
+    config["models"]["llama2-7b-4k"].update(source="tiny", tiny={})
+    monkeypatch.chdir(tmp_path / "resources")  # no resources/models/llama2-7b-4k from here
+    rows = extension.plan_extension_config(config)
+    assert rows[0].gpus is None
+    assert rows[0].note == "architecture unknown: llama2-7b-4k not built or converted yet (source tiny)"
+    assert "architecture unknown" in extension.format_extension_plan(rows)
+    config["models"]["llama2-7b-pi-32k"]["extend"]["micro_batch"] = 0
+    with pytest.raises(UserError, match="config error in models.llama2-7b-pi-32k.extend at micro_batch"):
+        extension.plan_extension_config(config)

@@ -67,6 +67,11 @@ class Architecture:
     head_dim: int
     checkpoint_dtype: str
     params: int | None  # all parameters, counted from the config (None: unknown model type)
+    # what the training plan (ctxscale.plan_extension) also reads
+    hidden: int = 0
+    intermediate: int | None = None  # MLP width (None: not in the config)
+    vocab: int | None = None
+    non_embedding_params: int | None = None  # decoder layers + final norm (None: unknown model type)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Architecture:
@@ -77,12 +82,13 @@ class Architecture:
             heads = int(config["num_attention_heads"])
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"config.json lacks a usable {error.args[0] if error.args else 'field'}") from None
-        from ctxscale.compute import total_params_from_config
+        from ctxscale.compute import non_embedding_params_from_config, total_params_from_config
 
         try:
             params = total_params_from_config(dict(config))
+            non_embedding = non_embedding_params_from_config(dict(config))
         except (UserError, KeyError):
-            params = None
+            params = non_embedding = None
         dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
         return cls(
             layers=layers,
@@ -91,6 +97,10 @@ class Architecture:
             head_dim=int(config.get("head_dim") or hidden // heads),
             checkpoint_dtype=dtype if dtype in DTYPE_BYTES else "float32",
             params=params,
+            hidden=hidden,
+            intermediate=int(config["intermediate_size"]) if config.get("intermediate_size") else None,
+            vocab=int(config["vocab_size"]) if config.get("vocab_size") else None,
+            non_embedding_params=non_embedding,
         )
 
     def kv_bytes_per_token(self, dtype_bytes: int, tensor_parallel: int = 1) -> int:
@@ -292,8 +302,11 @@ def _architecture_for(config: dict, model: str) -> tuple[Architecture | None, in
         return read_architecture(checkpoint), checkpoint_weight_bytes(checkpoint), "checkpoint"
     if spec["source"] == "local" and (Path(spec["path"]) / "config.json").is_file():  # a folder to be copied
         return read_architecture(spec["path"]), checkpoint_weight_bytes(spec["path"]), "local folder"
+    if spec["source"] == "extend":  # an extension changes RoPE, not the shapes: the base's architecture
+        arch, _, where = _architecture_for(config, spec["extends"])
+        return arch, None, f"{where} of {spec['extends']}" if arch else where
     if spec["source"] != "hf":
-        return None, None, "not built or converted yet"
+        return None, None, f"not built or converted yet (source {spec['source']})"
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -337,6 +350,44 @@ def _needs_gpu(settings: Mapping[str, Any]) -> bool:
     return settings["backend"] == "vllm" or str(settings["device"]).startswith("cuda")
 
 
+def extension_gpus(config: dict, model: str, base_checkpoint_dir: str | Path) -> int:
+    """GPUs of one extend job (the rule's ``gpu`` resource): ``extension.gpus`` when fixed (checked against the
+    plan), else the plan's (:mod:`ctxscale.plan_extension`); 0 on a CPU-only run (``extension.gpus: 0``, or auto
+    with ``evaluation`` on the CPU, the rule of the evaluate jobs). Raises FileNotFoundError while the base checkpoint's
+    config.json does not exist yet (Snakemake then asks again when the job is ready) and a one-line UserError
+    when the job cannot fit."""
+    from ctxscale import plan_extension as extension
+
+    settings = extension.extension_settings(config)
+    if settings["gpus"] == 0 or (settings["gpus"] == "auto" and not settings["on_gpu"]):
+        return 0
+    return int(_extension_plan_from_files(config, model, base_checkpoint_dir).gpus)
+
+
+def extension_mem_mb(config: dict, model: str, base_checkpoint_dir: str | Path | None = None) -> int:
+    """Host memory (MB) of one extend job, first attempt (the rule multiplies by the attempt): the larger of
+    ``extension.mem_mb`` and the plan's host memory (offloaded fp32 state, a loading copy, the processes; all of
+    it on a CPU-only run). ``base_checkpoint_dir`` defaults to the workflow's resources/models/<base>; raises
+    FileNotFoundError while it lacks config.json."""
+    if base_checkpoint_dir is None:
+        base_checkpoint_dir = Path("resources/models") / config["models"][model]["extends"]
+    planned = _extension_plan_from_files(config, model, base_checkpoint_dir).host_gib or 0.0
+    return max(int(config["extension"]["mem_mb"]), math.ceil(planned * GIB / 1e6))
+
+
+def _extension_plan_from_files(config: dict, model: str, base_checkpoint_dir: str | Path):
+    from ctxscale import plan_extension as extension
+
+    if not (Path(base_checkpoint_dir) / "config.json").is_file():  # Snakemake: <TBD> until the input exists
+        raise FileNotFoundError(2, "not yet created", str(base_checkpoint_dir))
+    entry = config["models"][model]
+    return extension.plan_extension_from_files(
+        model=model, base=entry["extends"], base_checkpoint_dir=base_checkpoint_dir, n_ctx=int(entry["n_ctx"]),
+        spec=extension.extend_spec(config, model), settings=extension.extension_settings(config),
+        rope_scaling=entry.get("rope_scaling"),
+    )  # fmt: skip
+
+
 def _max_new_tokens(config: dict, dataset: str) -> int:
     """The generation budget before preparation (synthetic budgets depend on the drawn rule: bounded)."""
     if config["data"]["source"] == "synthetic":
@@ -365,36 +416,60 @@ def format_plan(plans: list[JobPlan], collapse: bool = True) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctxscale plan",
-        description="Print the GPU plan of every evaluate job (max_model_len, tensor parallel size, GPUs) for a "
-        "workflow config. Uses prepared data and downloaded checkpoints where present; otherwise the "
-        "length-filter bound and the hub's config.json.",
+        description="Print the GPU plan of every evaluate job (max_model_len, tensor parallel size, GPUs) and of "
+        "every extend job (GPUs, per-GPU memory; ctxscale.plan_extension) for a workflow config. Uses prepared "
+        "data and downloaded checkpoints where present; otherwise the length-filter bound and the hub's "
+        "config.json.",
     )
     parser.add_argument("--configfile", default="config/config.yaml", help="workflow config (default: the paper)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an evaluation value, e.g. --set gpu_memory_gib=139.8 (repeatable)")
+                        help="override an evaluation value, e.g. --set gpu_memory_gib=139.8; extension.KEY sets "
+                        "an extension value (extension.gpus=4), extend.KEY a recipe value of every extend job "
+                        "(extend.cpu_offload=true) (repeatable)")  # fmt: skip
     parser.add_argument("--per-dataset", action="store_true", help="one row per job instead of grouped rows")
-    parser.add_argument("--json", action="store_true", help="print the plans as JSON lines")
+    parser.add_argument("--json", action="store_true", help="print the plans as JSON lines (key job: evaluate|extend)")
     return parser
+
+
+def _apply_overrides(config: dict, items: list[str]) -> dict[str, Any]:
+    """--set values into ``config`` (evaluation.KEY or extension.KEY); returns the extend.KEY recipe overrides."""
+    from ctxscale.config import schema_defaults
+
+    recipe: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.rpartition(".")
+        section = section if dot else "evaluation"
+        known = schema_defaults("extend_spec") if section == "extend" else config.get(section)
+        if not sep or section not in ("evaluation", "extension", "extend") or name not in (known or {}):
+            raise UserError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(config['evaluation'])}, "
+                            "or extension.KEY, or extend.KEY (a recipe key)")  # fmt: skip
+        target = recipe if section == "extend" else config[section]
+        target[name] = yaml.safe_load(value)  # as the YAML file would read it
+    return recipe
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     from ctxscale import config as ctxconfig
+    from ctxscale import plan_extension as extension
 
     args = build_parser().parse_args(argv)
     config = ctxconfig.load_config(args.configfile)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or key not in config["evaluation"]:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(config['evaluation'])}")
-        config["evaluation"][key] = yaml.safe_load(value)  # as the YAML file would read it
+    recipe = _apply_overrides(config, args.set)
     config = ctxconfig.validate_config(config)
     plans = plan_config(config)
+    extend_plans = extension.plan_extension_config(config, recipe)
     if args.json:
         for p in plans:
-            print(json.dumps(asdict(p), sort_keys=True))
-    else:
-        print(format_plan(plans, collapse=not args.per_dataset))
+            print(json.dumps({"job": "evaluate", **asdict(p)}, sort_keys=True))
+        for e in extend_plans:
+            print(json.dumps({"job": "extend", **asdict(e)}, sort_keys=True))
+        return 0
+    print(format_plan(plans, collapse=not args.per_dataset))
+    if extend_plans:
+        print(f"\nextend jobs (per-GPU GiB; {extension.__name__} documents the terms):\n")
+        print(extension.format_extension_plan(extend_plans))
     return 0
 
 
