@@ -277,20 +277,53 @@ def test_extension_memory_of_7b_at_8k_on_8_gpus_hand_worked():
     assert terms["optimizer"] == 8 * 6_738_415_616 // 8  # AdamW exp_avg + exp_avg_sq
     # 2 gathered bf16 layers + one layer's gradient (bf16 + fp32 copy); the root: bf16 params + gradient
     assert terms["gathered"] == 202_383_360 * (2 * 2 + 2 + 4) + 262_148_096 * (2 + 2 + 4) == 4_121_018_368
-    # 32 checkpointed bf16 hidden states + the final norm's fp32 input and bf16 output, 8192 x 4096 each
-    assert terms["saved"] == 8192 * 4096 * (32 * 2 + 4 + 2) == 2_348_810_240
-    # S per token: norms 2 x 6 x 4096 + q, k, v, out, out copy 5 x 2 x 4096 + LSE 4 x 32 + MLP 4 x 2 x 11008
-    # = 178,304; B = 2 x (3 x 11008 + 2 x 4096) = 82,432
-    assert extension.saved_bytes_per_token(a, 2) == 49_152 + 40_960 + 128 + 88_064 == 178_304
-    assert terms["layer"] == 8192 * (178_304 + 82_432) == 2_135_949_312
+    # 32 checkpointed bf16 hidden states + the final norm's fp32 input, bf16 output and fp32 rsqrt + RoPE cos, sin
+    assert terms["saved"] == 8192 * (4096 * (32 * 2 + 4 + 2) + 4 + 2 * 128 * 2) == 2_353_037_312
+    # S per token: norms 2 x ((4 + 2 + 2) x 4096 + 4) + q, k, v, out 4 x 2 x 4096 + LSE 4 x 32 + MLP 4 x 2 x 11008
+    # = 186,504; B = 2 x (3 x 11008 + 2 x 4096) = 82,432
+    assert extension.saved_bytes_per_token(a, 2) == 65_544 + 32_768 + 128 + 88_064 == 186_504
+    assert terms["layer"] == 8192 * (186_504 + 82_432) == 2_203_123_712
     # a 4096-position chunk of 32000 logits at 2 + 4 + 4 + 4 bytes, + the bf16 gradient of the final hidden states
     assert terms["loss"] == 4096 * 32000 * 14 + 8192 * 4096 * 2 == 1_902_116_864
     p = extend("Llama-2-7b-hf", 8192, gpus=8)
-    needed = 2 * 3_369_207_808 + 6_738_415_616 + 4_121_018_368 + 2_348_810_240 + 2_135_949_312 + 4 * GIB
-    assert p.needed_gib == round(needed / GIB, 2) == 24.57  # the layer's backward (2.0 GiB) outweighs the loss (1.8)
+    needed = 2 * 3_369_207_808 + 6_738_415_616 + 4_121_018_368 + 2_353_037_312 + 2_203_123_712 + 4 * GIB
+    assert p.needed_gib == round(needed / GIB, 2) == 24.63  # the layer's backward (2.1 GiB) outweighs the loss (1.8)
     assert (p.gpus, p.grad_accumulation, p.available_gib) == (8, 8, 79.6)
     # host: 4 B x N loading copy + 8 processes x 4 GiB (no offload)
     assert p.host_gib == round((4 * 6_738_415_616 + 8 * 4 * GIB) / GIB, 2)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_saved_bytes_per_token_are_what_autograd_saves_in_a_llama_layer(attention):
+    """S and RoPE's cos/sin against the tensors autograd keeps for a transformers LlamaDecoderLayer (bf16, CPU)."""
+    import torch
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+    config = LlamaConfig(hidden_size=256, intermediate_size=688, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=1, vocab_size=1000)  # fmt: skip
+    config._attn_implementation = attention
+    layer = LlamaDecoderLayer(config, 0).to(torch.bfloat16)
+    tokens = 512
+    x = torch.randn(1, tokens, 256, dtype=torch.bfloat16, requires_grad=True)
+    positions = torch.arange(tokens)[None]
+    mask = torch.full((tokens, tokens), float("-inf"), dtype=torch.bfloat16).triu(1)[None, None]
+    storages: dict[int, int] = {}  # what autograd saves, by storage (views of one tensor counted once)
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        cos_sin = LlamaRotaryEmbedding(config)(x, positions)
+        layer(x, attention_mask=mask if attention == "eager" else None, position_ids=positions,
+              position_embeddings=cos_sin)  # fmt: skip
+    weights = {p.untyped_storage().data_ptr() for p in layer.parameters()} | {x.untyped_storage().data_ptr()}
+    saved = sum(size for pointer, size in storages.items() if pointer not in weights)
+    small = plan.Architecture(layers=1, heads=4, kv_heads=2, head_dim=64, checkpoint_dtype="bfloat16", params=None,
+                              hidden=256, intermediate=688)  # fmt: skip
+    expected = extension.saved_bytes_per_token(small, 2, attention, tokens) + extension.rope_bytes_per_token(small, 2)
+    assert saved == tokens * expected
 
 
 # smallest power-of-two GPU count of one node that fits (None: none does) at 8k, 16k, 32k, 64k, 128k
@@ -298,15 +331,15 @@ def test_extension_memory_of_7b_at_8k_on_8_gpus_hand_worked():
     "name, gpu_gib, offload, expected",
     [
         # 16 B x 6.74e9 = 100.4 GiB of state: never one 80 GB GPU without offload; 64k needs 4 (2: 50.2 state
-        # + 16.2 checkpoints + 15.9 layer + 3.8 gathered + 4 = 90.1 GiB); at 128k one sequence's activations
-        # (32.2 checkpoints + 31.9 layer) leave too little even at 8 GPUs (87.2 GiB)
+        # + 17.5 saved + 16.4 layer + 3.8 gathered + 4 = 92.0 GiB); at 128k one sequence's activations
+        # (35.1 saved + 32.8 layer) leave too little even at 8 GPUs (88.3 GiB)
         ("Llama-2-7b-hf", 79.6, False, [2, 2, 2, 4, None]),
-        ("Llama-2-7b-hf", 79.6, True, [1, 1, 1, 1, 1]),  # the official run: 64k, offload (41.2 GiB per GPU)
+        ("Llama-2-7b-hf", 79.6, True, [1, 1, 1, 1, 1]),  # the official run: 64k, offload (41.8 GiB per GPU)
         ("Llama-2-7b-hf", 139.8, False, [1, 1, 1, 2, 2]),  # 100.4 + 12 GiB fits one H200 at 8k
         ("Llama-2-7b-hf", 139.8, True, [1, 1, 1, 1, 1]),
-        # 13B: 16 B x 13.0e9 = 194 GiB of state; 64k activations (26.9 saved + 20.0 layer) need offload on 80 GB
+        # 13B: 16 B x 13.0e9 = 194 GiB of state; 64k activations (26.9 saved + 20.6 layer) need offload on 80 GB
         ("Llama-2-13b-hf", 79.6, False, [4, 4, 8, None, None]),
-        ("Llama-2-13b-hf", 79.6, True, [1, 1, 1, 1, None]),  # 128k: 103 GiB of activations and working set
+        ("Llama-2-13b-hf", 79.6, True, [1, 1, 1, 1, None]),  # 128k: 104.4 GiB of activations and working set
         ("Llama-2-13b-hf", 139.8, False, [2, 2, 2, 4, 8]),
         ("Llama-2-13b-hf", 139.8, True, [1, 1, 1, 1, 1]),
     ],
@@ -360,7 +393,7 @@ def test_extension_fixed_gpus_are_checked_as_given():
     # auto skips GPU counts the global batch cannot split over: 16 = 4 x 2 x 2 accumulation steps; 12 = 4 x 3
     # leaves 1 GPU, where 100.4 GiB of state cannot fit
     assert extend("Llama-2-7b-hf", 8192, global_batch=16, micro_batch=4).gpus == 2
-    with pytest.raises(UserError, match=r"125.0 GiB per GPU at 1 GPU\(s\)"):
+    with pytest.raises(UserError, match=r"125.2 GiB per GPU at 1 GPU\(s\)"):
         extend("Llama-2-7b-hf", 8192, global_batch=12, micro_batch=4)
 
 
@@ -369,11 +402,11 @@ def test_extension_that_cannot_fit_fails_in_one_line():
         extend("Llama-2-13b-hf", 131072)
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("Llama-2-13b-hf: the extension of b to n_ctx 131072 does not fit: 127.3 GiB per GPU at "
+    assert message.startswith("Llama-2-13b-hf: the extension of b to n_ctx 131072 does not fit: 128.6 GiB per GPU at "
                               "8 GPU(s) (24.2 sharded state + ")  # fmt: skip
     assert "79.6 GiB available (evaluation.gpu_memory_gib); set cpu_offload: true in models.Llama-2-13b-hf.extend" \
         in message
-    with pytest.raises(UserError, match="103.0 GiB per GPU at 8 GPU.*use larger GPUs .* or a shorter n_ctx"):
+    with pytest.raises(UserError, match="104.4 GiB per GPU at 8 GPU.*use larger GPUs .* or a shorter n_ctx"):
         extend("Llama-2-13b-hf", 131072, cpu_offload=True)
     with pytest.raises(UserError, match="set micro_batch: 1, a smaller loss_chunk_tokens in"):
         extend("Llama-2-7b-hf", 131072, cpu_offload=True, micro_batch=2, loss_chunk_tokens=None, global_batch=64)
@@ -457,7 +490,7 @@ def test_plan_command_on_the_paper_config_rebuilt_from_base(tmp_path):
     small = _plan_command(tmp_path, *args)
     assert small.returncode == 2
     assert small.stderr.startswith("error: llama2-13b-128k: the extension of llama2-13b-4k to n_ctx 131072 does not "
-                                   "fit: 103.0 GiB per GPU at 8 GPU(s)")  # fmt: skip
+                                   "fit: 104.4 GiB per GPU at 8 GPU(s)")  # fmt: skip
 
 
 def test_extension_gpus_and_host_memory_for_the_rule(tmp_path, monkeypatch):

@@ -27,19 +27,20 @@ bf16 compute makes that fp32 compute does not), else 0. Per GPU, in bytes:
   gradient (compute dtype, plus its fp32 copy for the fp32 reduce-scatter), and the root group (embedding,
   LM head, final norm) with its gradient, unsharded through forward and backward (FSDP2 keeps the root
   gathered after forward). The same with offload: the all-gather targets the GPU.
-- **saved**, the activations kept through the whole step. With checkpointing: T h (a x layers + 4 + a),
-  one hidden state per decoder layer (each checkpoint's input) plus what the final RMSNorm keeps (its fp32
-  input copy and normed output, which the loss chunks read). Without checkpointing: T (layers x S + h (4 + a)),
-  every layer's full saved set S (below).
+- **saved**, the activations kept through the whole step. With checkpointing: T (a h x layers + K), one
+  hidden state per decoder layer (each checkpoint's input) plus K = (4 + a) h + 4 + 2 head_dim a: what the
+  final RMSNorm keeps (fp32 input copy, normed output the loss chunks read, fp32 rsqrt) and RoPE's cos and
+  sin, shared by the layers. Without checkpointing: T (layers x S + K), every layer's full saved set S.
 - **layer**, one decoder layer's backward: T (S + B) with checkpointing (its forward recomputed, then the
   backward), T B without (S is already in saved). S, the bytes a Llama-layout layer saves per token:
-  2 (4 + a) h for the two RMSNorms (fp32 input copy, normed output), a (3 q + 2 k) for q and k after RoPE,
-  v, the attention output and its contiguous copy for o_proj, 4 x heads for the attention's fp32
-  log-sum-exp (SDPA/flash attention keep O(T) per layer, never T x T), 4 a I for the MLP (gate, SiLU(gate),
-  up, their product). B = a (3 I + 2 h), the MLP backward's gradients alive at once (of the product, of
-  gate and up; of the incoming and outgoing hidden state). The peak is at the start of the MLP backward,
-  with the whole layer saved; the attention backward that follows holds less (MLP tensors freed; flash's
-  fp32 dq accumulator is 4 h per token < 4 a I).
+  2 ((4 + 2 a) h + 4) for the two RMSNorms (fp32 input copy, normed input of the weight product, the product
+  the projections read, fp32 rsqrt), a (2 q + 2 k) for q and k after RoPE, v and the attention output (which
+  o_proj reads as it is), 4 x heads for the attention's fp32 log-sum-exp (SDPA/flash attention keep O(T) per
+  layer, never T x T), 4 a I for the MLP (gate, SiLU(gate), up, their product). S is what autograd saves in a
+  transformers LlamaDecoderLayer, byte for byte (a test counts it). B = a (3 I + 2 h), the MLP backward's
+  gradients alive at once (of the product, of gate and up; of the incoming and outgoing hidden state). The
+  peak is at the start of the MLP backward, with the whole layer saved; the attention backward that follows
+  holds less (MLP tensors freed; flash's fp32 dq accumulator is 4 h per token < 4 a I).
 - **loss** C V (a + 4 + 4 + u) + T h a, C = min(loss_chunk_tokens, T) (T when null): one chunk's logits in
   compute dtype, their fp32 copy, fp32 log-softmax and its fp32 gradient, and the gradient of the final
   hidden states the chunks fill.
@@ -48,8 +49,8 @@ bf16 compute makes that fp32 compute does not), else 0. Per GPU, in bytes:
 
 Needed = params + grads + optimizer + gathered + saved + max(layer, loss) + overhead: the loss runs before the
 first layer's backward and they never coexist. ``eager`` attention (not auto, sdpa or flash) materializes
-T x n_ctx scores: it adds heads x n_ctx x (4 + a) per token to S and the a x micro_batch x n_ctx^2 causal
-mask to saved. Available = ``gpu_memory_gib``, the whole GPU (training has no vLLM-style utilization
+T x n_ctx scores: it adds heads x n_ctx x (4 + a) per token to S (and drops the log-sum-exp; K and V are
+repeated to every head, k = q), and the a x micro_batch x n_ctx^2 causal mask to saved. Available = ``gpu_memory_gib``, the whole GPU (training has no vLLM-style utilization
 share; the overhead is the reserve). The plan takes the smallest power of two G <= ``max_gpus_per_job``
 (one node) for which needed <= available and ``global_batch`` is a multiple of micro_batch x G (gradient
 accumulation makes up the rest); a fixed ``extension.gpus`` is checked as given. When no G fits, the job
@@ -63,11 +64,12 @@ run (``evaluation`` device cpu with backend hf, or ``extension.gpus: 0``) holds 
 needed at G = 1 without offload, plus the loading copy and one process. The checkpoint writer's staging
 copies are not counted (torch distributed checkpoint writes tensor by tensor).
 
-This is an estimate, upper-leaning by construction (every tensor a phase may hold is counted at its peak),
-derived from the tensors PyTorch/transformers keep, not measured on the target GPUs: expect the allocator's
-peak (``torch.cuda.max_memory_allocated``) within about 10-15% of ``needed - overhead``, and treat a plan
-within 10% of the GPU as marginal. Not modelled: sequence parallelism, torch.compile fusions (they save
-less), Gemma-style extra norms (two RMSNorms per layer assumed).
+This is an estimate. S is counted exactly (on the CPU); the other terms follow from what FSDP2 and autograd
+hold and lean high (every tensor a phase may hold is counted at its peak), but no term has been measured on
+a GPU: compare the extend step's logged peak (``torch.cuda.max_memory_allocated``) with ``needed -
+overhead`` on the first real run, and until then treat a plan within 10% of the GPU as marginal. Not
+modelled: allocator fragmentation beyond the overhead, GPU kernels' workspaces, sequence parallelism,
+torch.compile fusions (they save less), Gemma-style extra norms (two RMSNorms per layer assumed).
 """
 
 from __future__ import annotations
@@ -102,12 +104,19 @@ def layer_split(arch: Architecture) -> tuple[int, int]:
 
 
 def saved_bytes_per_token(arch: Architecture, compute_bytes: int, attention: str = "sdpa", n_ctx: int = 0) -> int:
-    """S: what one decoder layer's forward keeps for its backward, per token (module docstring)."""
+    """S: what one decoder layer's forward keeps for its backward, per token (module docstring); checked against
+    autograd's saved tensors of a transformers LlamaDecoderLayer in the tests."""
     a, q, k = compute_bytes, arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim
-    saved = 2 * (FP32 + a) * arch.hidden + a * (3 * q + 2 * k) + FP32 * arch.heads + 4 * a * int(arch.intermediate)
-    if attention == "eager":  # fp32 softmax probabilities and their compute-dtype copy, T x n_ctx per head
-        saved += arch.heads * n_ctx * (FP32 + a)
-    return saved
+    norms = 2 * ((FP32 + 2 * a) * arch.hidden + FP32)  # fp32 input copy, normed, times weight; fp32 rsqrt
+    mlp = 4 * a * int(arch.intermediate)
+    if attention == "eager":  # K and V repeated to every head; fp32 softmax and its copy, n_ctx keys per head
+        return norms + a * 4 * q + arch.heads * n_ctx * (FP32 + a) + mlp
+    return norms + a * (2 * q + 2 * k) + FP32 * arch.heads + mlp  # SDPA/flash: GQA native, fp32 log-sum-exp
+
+
+def rope_bytes_per_token(arch: Architecture, compute_bytes: int) -> int:
+    """RoPE's cos and sin, computed once per forward and kept (shared by every layer)."""
+    return 2 * arch.head_dim * compute_bytes
 
 
 def extension_memory(arch: Architecture, *, n_ctx: int, spec: Mapping[str, Any], gpus: int) -> dict[str, int]:
@@ -120,11 +129,11 @@ def extension_memory(arch: Architecture, *, n_ctx: int, spec: Mapping[str, Any],
     tokens = micro_batch * n_ctx
     per_layer_saved = saved_bytes_per_token(arch, a, spec["attention"], n_ctx)
     backward = a * (3 * width + 2 * h)
-    final_norm = (FP32 + a) * h
+    kept = (FP32 + a) * h + FP32 + rope_bytes_per_token(arch, a)  # the final norm's saved tensors, cos and sin
     if spec["activation_checkpointing"]:
-        saved, layer = tokens * (arch.layers * h * a + final_norm), tokens * (per_layer_saved + backward)
+        saved, layer = tokens * (arch.layers * h * a + kept), tokens * (per_layer_saved + backward)
     else:
-        saved, layer = tokens * (arch.layers * per_layer_saved + final_norm), tokens * backward
+        saved, layer = tokens * (arch.layers * per_layer_saved + kept), tokens * backward
     if spec["attention"] == "eager":
         saved += a * micro_batch * n_ctx * n_ctx  # the materialized causal mask
     chunk = tokens if spec["loss_chunk_tokens"] is None else min(int(spec["loss_chunk_tokens"]), tokens)
