@@ -44,32 +44,36 @@ bf16 compute makes that fp32 compute does not), else 0. Per GPU, in bytes:
 - **loss** C V (a + 4 + 4 + u) + T h a, C = min(loss_chunk_tokens, T) (T when null): one chunk's logits in
   compute dtype, their fp32 copy, fp32 log-softmax and its fp32 gradient, and the gradient of the final
   hidden states the chunks fill.
-- **overhead**: ``evaluation.gpu_overhead_gib`` (CUDA context, NCCL buffers, cuBLAS workspaces, RoPE tables,
-  allocator fragmentation).
+- **overhead**: ``evaluation.gpu_overhead_gib`` (CUDA context, NCCL buffers, cuBLAS and attention-kernel
+  workspaces, allocator fragmentation).
 
 Needed = params + grads + optimizer + gathered + saved + max(layer, loss) + overhead: the loss runs before the
 first layer's backward and they never coexist. ``eager`` attention (not auto, sdpa or flash) materializes
 T x n_ctx scores: it adds heads x n_ctx x (4 + a) per token to S (and drops the log-sum-exp; K and V are
-repeated to every head, k = q), and the a x micro_batch x n_ctx^2 causal mask to saved. Available = ``gpu_memory_gib``, the whole GPU (training has no vLLM-style utilization
-share; the overhead is the reserve). The plan takes the smallest power of two G <= ``max_gpus_per_job``
-(one node) for which needed <= available and ``global_batch`` is a multiple of micro_batch x G (gradient
-accumulation makes up the rest); a fixed ``extension.gpus`` is checked as given. When no G fits, the job
-fails before any model loads with one line: the model, the memory needed at the largest G and the memory
-available, and what to change (cpu_offload, micro_batch, loss_chunk_tokens, activation_checkpointing).
+repeated to every head, k = q), and the a x micro_batch x n_ctx^2 causal mask to saved. Available =
+``gpu_memory_gib``, the whole GPU (training has no vLLM-style utilization share; the overhead is the
+reserve). The plan takes the smallest power of two G <= ``max_gpus_per_job`` (one node) for which needed <=
+available and ``global_batch`` is a multiple of micro_batch x G (gradient accumulation makes up the rest); a
+fixed ``extension.gpus`` is checked as given. With offload the GPU holds no sharded state, so the smallest G
+is 1 whenever anything fits (fix ``extension.gpus`` for speed). When no G fits, the job fails before any model
+loads with one line: the model, the memory needed at the largest G and the memory available, and what to
+change (cpu_offload, micro_batch, loss_chunk_tokens, activation_checkpointing).
 
-Host memory of the node (``extension_mem_mb``): 16 N with offload (fp32 parameters, gradients and AdamW
-state of the whole model, over all processes) + 4 N (one fp32 copy of the base while it loads and is
-sharded) + :data:`PROCESS_HOST_GIB` per process (Python, CUDA and NCCL libraries, data loading). A CPU-only
-run (``evaluation`` device cpu with backend hf, or ``extension.gpus: 0``) holds everything on the host:
-needed at G = 1 without offload, plus the loading copy and one process. The checkpoint writer's staging
-copies are not counted (torch distributed checkpoint writes tensor by tensor).
+Host memory of the node (``extension_mem_mb``): 16 N with offload (fp32 parameters, gradients and AdamW state
+of the whole model, over all processes) + 4 N (one fp32 copy of the base while it loads and is sharded; add
+(G - 1) x 4 N if every process loads its own) + :data:`PROCESS_HOST_GIB` per process (Python, CUDA and NCCL
+libraries, data loading). A CPU-only run (``extension.gpus: 0``, or auto with ``evaluation`` on the CPU, the
+evaluate jobs' rule) holds everything on the host: needed at G = 1 without offload, plus the loading copy and
+one process. The checkpoint writer's staging copies are not counted (torch distributed checkpoint writes
+tensor by tensor).
 
-This is an estimate. S is counted exactly (on the CPU); the other terms follow from what FSDP2 and autograd
-hold and lean high (every tensor a phase may hold is counted at its peak), but no term has been measured on
-a GPU: compare the extend step's logged peak (``torch.cuda.max_memory_allocated``) with ``needed -
-overhead`` on the first real run, and until then treat a plan within 10% of the GPU as marginal. Not
-modelled: allocator fragmentation beyond the overhead, GPU kernels' workspaces, sequence parallelism,
-torch.compile fusions (they save less), Gemma-style extra norms (two RMSNorms per layer assumed).
+This is an estimate. S is counted exactly for SDPA and eager on the CPU (flash_attention_2 keeps the same
+tensors: q, k, v, output, log-sum-exp); the other terms follow from what FSDP2 and autograd hold and lean high
+(every tensor a phase may hold is counted at its peak), but no term has been measured on a GPU: compare the
+extend step's logged peak (``torch.cuda.max_memory_allocated``) with ``needed - overhead`` on the first real
+run, and until then treat a plan within 10% of the GPU as marginal. Not modelled: allocator fragmentation
+beyond the overhead, GPU kernels' workspaces, sequence parallelism, torch.compile fusions (they save less),
+Gemma-style extra norms (two RMSNorms per layer assumed).
 """
 
 from __future__ import annotations
