@@ -37,10 +37,12 @@ bf16 compute makes that fp32 compute does not), else 0. Per GPU, in bytes:
   the projections read, fp32 rsqrt), a (2 q + 2 k) for q and k after RoPE, v and the attention output (which
   o_proj reads as it is), 4 x heads for the attention's fp32 log-sum-exp (SDPA/flash attention keep O(T) per
   layer, never T x T), 4 a I for the MLP (gate, SiLU(gate), up, their product). S is what autograd saves in a
-  transformers LlamaDecoderLayer, byte for byte (a test counts it). B = a (3 I + 2 h), the MLP backward's
-  gradients alive at once (of the product, of gate and up; of the incoming and outgoing hidden state). The
-  peak is at the start of the MLP backward, with the whole layer saved; the attention backward that follows
-  holds less (MLP tensors freed; flash's fp32 dq accumulator is 4 h per token < 4 a I).
+  transformers LlamaDecoderLayer, byte for byte (a test counts it). B = a (I + 2 h), the backward's own
+  tensors at its peak: the gradient of the MLP product and of the incoming and outgoing hidden state (each
+  node frees what it saved as it runs, so the gradients of gate and up replace saved tensors). Measured on the
+  CPU (glibc's allocator counters, a test): S + B leans 2-6% above the peak of a checkpointed layer's
+  backward; the attention backward, after the MLP's tensors are freed, holds less (flash's fp32 dq accumulator is 4 h
+  per token < 4 a I).
 - **loss** C V (a + 4 + 4 + u) + T h a, C = min(loss_chunk_tokens, T) (T when null): one chunk's logits in
   compute dtype, their fp32 copy, fp32 log-softmax and its fp32 gradient, and the gradient of the final
   hidden states the chunks fill.
@@ -132,7 +134,7 @@ def extension_memory(arch: Architecture, *, n_ctx: int, spec: Mapping[str, Any],
     micro_batch = int(spec["micro_batch"])
     tokens = micro_batch * n_ctx
     per_layer_saved = saved_bytes_per_token(arch, a, spec["attention"], n_ctx)
-    backward = a * (3 * width + 2 * h)
+    backward = a * (width + 2 * h)
     kept = (FP32 + a) * h + FP32 + rope_bytes_per_token(arch, a)  # the final norm's saved tensors, cos and sin
     if spec["activation_checkpointing"]:
         saved, layer = tokens * (arch.layers * h * a + kept), tokens * (per_layer_saved + backward)
