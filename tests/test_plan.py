@@ -475,6 +475,11 @@ def test_extension_memory_is_monotone():
     assert needed(precision="fp32") > needed()
 
 
+def test_extension_plans_close_to_the_gpu_are_flagged():
+    assert extend("Llama-2-7b-hf", 65536, 139.8).note == "marginal: 100% of the GPU"  # 139.5 of 139.8 GiB, 1 GPU
+    assert extend("Llama-2-7b-hf", 65536).note == ""  # 64.2 of 79.6 GiB on 4 GPUs
+
+
 def test_extension_fixed_gpus_are_checked_as_given():
     assert extend("Llama-2-7b-hf", 65536, cpu_offload=True, gpus=8).gpus == 8  # the official layout
     assert extend("Llama-2-7b-hf", 65536, cpu_offload=True, gpus=8).grad_accumulation == 8
