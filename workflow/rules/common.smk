@@ -145,12 +145,8 @@ def extension_gpus(wildcards, input):
     return ctxplan.extension_gpus(config, wildcards.model, input.base)
 
 
-def extension_processes(wildcards, resources):
-    return max(1, int(resources.gpu))
-
-
 def extension_mem_mb(wildcards, attempt):
-    return ctxplan.extension_mem_mb(config, wildcards.model) * attempt
+    return config["extension"]["mem_mb"] * attempt
 
 
 def extension_runtime(wildcards, attempt):
