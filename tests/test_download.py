@@ -92,7 +92,12 @@ def test_pin_revisions_resolves_branches_to_commits_and_keeps_the_file(monkeypat
         asked.append((repo_id, revision))
         return types.SimpleNamespace(sha=f"{abs(hash(repo_id)) % 16**40:040x}")
 
+    def dataset_info(self, repo_id, revision=None, **kwargs):
+        asked.append((repo_id, revision))
+        return types.SimpleNamespace(sha="d" * 40)
+
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
     assert dl.pin_main([str(config)]) == 0  # without --write: print only
     assert config.read_text() == repo_config.read_text()
     assert dl.pin_main([str(config), "--write"]) == 0
@@ -102,8 +107,10 @@ def test_pin_revisions_resolves_branches_to_commits_and_keeps_the_file(monkeypat
     # every model of the paper config (all groups, enabled or not) that comes from the hub
     models = yaml.safe_load(repo_config.read_text())["models"]
     hub = {name: spec for name, spec in models.items() if spec["source"] == "hf" and spec["revision"] == "main"}
-    assert len(changed) == len(hub) > 0
-    assert all(a.strip() == "revision: main" and b.strip().startswith("revision: ") for a, b in changed)
+    assert len(changed) == len(hub) + 1 > 1  # and the extension stage's corpus (a dataset repository)
+    corpus = yaml.safe_load(config.read_text())["extension_data"]["pg_books"]
+    assert corpus["revision"] == "d" * 40 and f"pg_books: main -> {'d' * 40}" in out
+    assert all(a.split("#")[0].strip() == "revision: main" and b.strip().startswith("revision: ") for a, b in changed)
     for name, spec in yaml.safe_load(config.read_text())["models"].items():
         if name in hub:
             assert spec["revision"] == f"{abs(hash(spec['repo_id'])) % 16**40:040x}"
