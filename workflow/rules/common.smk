@@ -280,6 +280,7 @@ FIGURE_EXPERIMENTS = {
     "heldout_compute": ["held-out-compute"],
     "pi_vs_yarn": ["in-distribution"],
     "per_model": ["in-distribution"],
+    "extension_validation": [],
 }
 
 
@@ -288,6 +289,8 @@ def figure_names():
     names = [n for n, needs in FIGURE_EXPERIMENTS.items() if set(needs) <= fitted]
     if not any(model_spec(m)["group"] == "pi" for m in MODELS):
         names = [n for n in names if n != "pi_vs_yarn"]
+    if not any(ctxconfig.extension_spec(config, m)["validation"]["sequences"] for m in models_from("extend")):
+        names = [n for n in names if n != "extension_validation"]
     return names
 
 
