@@ -685,7 +685,9 @@ def extension_validation(inputs: FigureInputs, settings: FigureSettings | None =
         raise UserError("extension_validation needs model-info files of models built by the extension stage "
                         "(source: extend) with validation sequences")
     info = inputs.model_info
-    bases = list(dict.fromkeys(inputs.base(m) for m in models))
+    compute = info["compute"].astype(float)
+    bases = sorted(dict.fromkeys(inputs.base(m) for m in models),
+                   key=lambda b: compute[[m for m in models if inputs.base(m) == b]].min())  # smallest first
     fig = _new_figure(min(PAPER_WIDTH_IN, 2.4 * len(bases) + 0.4), 2.6)
     axes = fig.subplots(1, len(bases), squeeze=False)[0]
     colours = _palette(sorted(models, key=lambda m: info.loc[m, "n_ctx"]))
