@@ -167,8 +167,10 @@ def load_sharded(base_dir, config, device: torch.device, mesh, *, bf16: bool, cp
     for module in wrapper.modules():
         if hasattr(module, "set_gradient_divide_factor"):
             # Sum, not average, over processes: each micro-batch's loss is already divided by the global
-            # batch's token count, so the sum is the global mean whatever the process count.
+            # batch's token count, so the sum is the global mean whatever the process count. A plain SUM
+            # collective (gloo has no PREMUL_SUM; a factor of 1 changes nothing).
             module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
     wrapper.to_empty(device="cpu" if cpu_offload else device)
     reset_rope(lm, config)
     full = {}

@@ -73,6 +73,28 @@ class Run:
             dist.destroy_process_group()
 
 
+def clip_gradients(parameters, max_norm: float) -> float:
+    """Scale the gradients so their global L2 norm is at most ``max_norm``; return the norm before clipping.
+
+    torch's ``clip_grad_norm_`` over sharded (DTensor) gradients adds the shards' norms, in an order that
+    depends on the sharding, so P processes and one process would clip by factors a last bit apart. Here each
+    gradient is gathered whole, one at a time, and measured with torch's own ``get_total_norm`` (per tensor,
+    then over the per-tensor norms, as ``clip_grad_norm_`` does): the same bits for any process count, and the
+    same as ``clip_grad_norm_`` on an unsharded model. The cost, one fp32 all-gather of the gradients per
+    update, is small next to the micro-batches' own all-gathers and reduce-scatters. The scaling is torch's:
+    ``clamp(max_norm / (norm + 1e-6), max=1)``, multiplied into each shard.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    per_tensor = [torch.nn.utils.get_total_norm([g.full_tensor() if hasattr(g, "full_tensor") else g], 2.0)
+                  for g in grads]
+    norm = torch.nn.utils.get_total_norm(per_tensor, 2.0)
+    factor = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for g in grads:
+        local = g.to_local() if hasattr(g, "to_local") else g
+        local.mul_(factor.to(local.device))
+    return float(norm)
+
+
 def read_base_info(base_dir) -> dict | None:
     path = Path(base_dir) / TRAINING_INFO
     return json.loads(path.read_text()) if path.is_file() else None
@@ -149,7 +171,7 @@ def train(spec: dict, base_dir, state_dir, data_dir=None, *, run: Run, tokenizer
             loss_sum += float(loss.detach().double())  # one value per micro-batch, added in micro-batch order
         (loss_value,) = run.all_sum([loss_sum])
         if spec["grad_clip"] is not None:
-            torch.nn.utils.clip_grad_norm_(wrapper.parameters(), spec["grad_clip"])
+            clip_gradients(wrapper.parameters(), spec["grad_clip"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         progress["lr"].append(lr)
