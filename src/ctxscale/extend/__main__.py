@@ -138,7 +138,8 @@ def work(args, spec: dict) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    setup_logging()
+    # under torchrun only rank 0 reports progress; the others log warnings and errors
+    setup_logging(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     spec = checked_spec(args)
     if args.processes > 1 and "WORLD_SIZE" not in os.environ:
         return relaunch(argv, args.processes, Path(args.state_dir))
