@@ -42,9 +42,10 @@ class ParquetCorpus:
         self.groups = []  # (file, row group, first global row, rows)
         start = 0
         for path in self.files:
-            metadata = pq.ParquetFile(path).metadata
-            if column not in metadata.schema.names:
-                raise UserError(f"{path} has no column {column!r} (columns: {', '.join(metadata.schema.names)})")
+            parquet = pq.ParquetFile(path)
+            metadata, names = parquet.metadata, parquet.schema_arrow.names
+            if column not in names:
+                raise UserError(f"{path} has no column {column!r} (columns: {', '.join(names)})")
             for group in range(metadata.num_row_groups):
                 rows = metadata.row_group(group).num_rows
                 self.groups.append((path, group, start, rows))

@@ -135,7 +135,7 @@ def load_plain(base_dir, config, activation_checkpointing: bool, chunk_tokens) -
     """The extended model on the CPU, fp32, unsharded (one process in fp32: the miniature's path)."""
     lm = transformers.AutoModelForCausalLM.from_pretrained(base_dir, config=config, dtype=torch.float32)
     if activation_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.activation_checkpointing_enable({"use_reentrant": False})  # every decoder layer
     assert_rope(lm, config)
     return CausalLMWithLoss(lm, chunk_tokens)
 
@@ -155,7 +155,7 @@ def load_sharded(base_dir, config, device: torch.device, mesh, *, bf16: bool, cp
         lm = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     lm.tie_weights()
     if activation_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.activation_checkpointing_enable({"use_reentrant": False})  # every decoder layer
     wrapper = CausalLMWithLoss(lm, chunk_tokens)
     policy = {"mesh": mesh,
               "mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
