@@ -104,7 +104,11 @@ def tiny_train_spec(wildcards):
 
 def extension_spec(wildcards):
     """The recipe of one extension (models.<m>.extend, defaults filled, plus n_ctx and rope_scaling)."""
-    return json.dumps(ctxconfig.extension_spec(config, wildcards.model), sort_keys=True)
+    spec = ctxconfig.extension_spec(config, wildcards.model)
+    corpus = extension_corpus(wildcards.model)
+    if corpus is not None:  # the token column of the corpus's parquet files
+        spec["data_column"] = config["extension_data"][corpus]["column"]
+    return json.dumps(spec, sort_keys=True)
 
 
 def extension_corpus(model):

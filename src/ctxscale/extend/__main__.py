@@ -32,7 +32,8 @@ def parse_args(argv):
     parser.add_argument("--spec", required=True, help="JSON: the extend mapping plus n_ctx and rope_scaling")
     parser.add_argument("--state-dir", required=True, help="resumable training state (kept until the output is written)")
     parser.add_argument("--data-dir", help="folder of parquet files (data.source other than synthetic)")
-    parser.add_argument("--processes", type=int, default=1, help="training processes (GPUs); default 1")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="training processes (GPUs); default 1; 0 (a CPU-only job's GPU count) means 1")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (weights depend on it)")
     return parser.parse_args(argv)
 
@@ -52,8 +53,9 @@ def checked_spec(args) -> dict:
     if (config.rope_parameters or {}).get("rope_type", "default") != "default":
         raise UserError(f"--base {base} already has RoPE scaling {config.rope_parameters}; extend a base model")
     spec = read_spec(parse_json_option(args.spec, "--spec"), config.max_position_embeddings)
-    if args.processes < 1 or args.threads < 1:
-        raise UserError("--processes and --threads must be at least 1")
+    if args.processes < 0 or args.threads < 1:
+        raise UserError("--processes must be at least 0 (0: one process) and --threads at least 1")
+    args.processes = max(1, args.processes)
     processes = int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ else args.processes
     accumulation_steps(spec, processes)
     if spec["data"]["source"] != SYNTHETIC:
