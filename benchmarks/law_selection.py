@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from ctxscale.experiments import FitSettings, select_cells
-from ctxscale.external import helmet_observations, pythia_observations, ruler_observations
+from ctxscale.external import helmet_observations, mir_observations, pythia_observations, ruler_observations
 from ctxscale.files import atomic_write
 from ctxscale.law import LAWS
 from ctxscale.selection import AUTO, decide, heldout_errors
@@ -39,7 +39,12 @@ CHOICE = {
                                                ["lambada_openai", "arc_easy", "piqa"], [3000, 33000, 143000]),
                ["lambada_openai", "arc_easy", "piqa"], 300, False),
 }
-CONFIRMATION: dict = {}
+FIXTURES = REPO / "tests" / "data" / "external"
+# added after the protocol's commit (5e6b667); stored under tests/data/external (tests/data/README.md)
+CONFIRMATION: dict = {
+    "mir": (lambda ext: mir_observations(pd.read_csv(FIXTURES / "mir_bench_readme.csv")), ["mir-core", "mir-extended"],
+            10000, False),
+}
 
 
 def main() -> None:
