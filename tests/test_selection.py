@@ -87,3 +87,28 @@ def test_auto_recovers_the_generating_variant(law):
     choice = auto_select(select_cells(frame, "sim"), FitSettings(seeds=(0,)), n_replicates=300)
     assert choice["law"] == law, choice["reason"]
     assert choice["reason"]
+
+
+def test_fit_cli_law_auto_prints_and_records_its_choice(tmp_path, capsys):
+    import json
+
+    from ctxscale.cli import main
+
+    extra, _ = GENERATORS["relative-width"]
+    frame = simulate_observations({**TRUTH, **extra}, MODELS, spec=LawSpec(law="relative-width"), n_instances=2000,
+                                  seed=3, task="sim")
+    obs = tmp_path / "obs.csv"
+    frame.drop(columns="truth").to_csv(obs, index=False)
+    out = tmp_path / "fit.json"
+    assert main(["fit", str(obs), "--task", "sim", "--law", "auto", "--seeds", "1", "--out", str(out), "-q"]) == 0
+    stdout = capsys.readouterr().out
+    assert "law auto: chose relative-width (" in stdout and "inner split: trained on n_pmt <" in stdout
+    record = json.loads(out.read_text())
+    assert record["law"]["name"] == "relative-width" and record["law_selection"]["law"] == "relative-width"
+    assert {row["law"] for row in record["law_selection"]["inner"]} >= {"paper", "relative-width", "heavy-tail"}
+    # held-out context: auto sees only the training prompts; a user mistake is an error, not a traceback
+    assert main(["fit", str(obs), "--task", "sim", "--law", "auto", "--experiment", "held-out-context",
+                 "--train-max-n-pmt", "20000", "--seeds", "1", "-q"]) == 0
+    assert "law auto: chose" in capsys.readouterr().out
+    assert main(["fit", str(obs), "--task", "sim", "--law", "auto", "--floor", "0.25"]) == 2
+    assert capsys.readouterr().err.startswith("error: --law auto")

@@ -37,9 +37,11 @@ Law variants (:data:`LAWS`, ``ctxscale fit --law NAME``, config ``fit.law``; def
   ``fitted`` penalty (above), selected as a law so that it can be compared with the others;
 - ``floor-relative-width``: both of the last two (floor and penalty width fitted: six parameters).
 
-:data:`LAW_ALIASES` maps ``recommended`` to ``relative-width``, the variant chosen from the out-of-sample
-comparison of ``docs/laws.md`` (RULER, HELMET, Pythia: the only variant no worse than the paper law on any data
-set's mean leave-one-model-out or held-out-context MAE); :func:`resolve_law` resolves it. Parameters each variant adds are named in
+:data:`LAW_ALIASES` maps ``recommended`` to the variant the selection protocol of ``docs/laws.md``
+(:mod:`ctxscale.selection`) recommends: **``paper``**, because no variant was better than the paper law on the
+choice sets (RULER, HELMET, Pythia) and then confirmed on sets it was not chosen on (MIR-Bench);
+:func:`resolve_law` resolves it. ``ctxscale fit --law auto`` chooses per task on the user's own cells instead.
+Parameters each variant adds are named in
 :data:`EXTRA_PARAMETERS` with their bounds.
 
 Model forms: ``context-aware`` (the law), ``no-penalty`` (the paper's ablation: compute and context factors,
@@ -87,7 +89,7 @@ LAWS = {law.name: law for law in (
                penalty="fitted"),
 )}
 # The variant ``--law recommended`` selects; the evidence is in docs/laws.md.
-LAW_ALIASES = {"recommended": "relative-width"}
+LAW_ALIASES = {"recommended": "paper"}
 LAW_CHOICES = tuple(LAWS) + tuple(LAW_ALIASES)
 # Parameters a variant adds to the identifiable form: name -> (lower, upper) bound, fitted as is.
 EXTRA_PARAMETERS = {"log10_gamma": (-1.0, 3.0), "log10_penalty_width": FITTED_WIDTH_LOG10_BOUNDS,
