@@ -24,6 +24,7 @@ import pandas as pd
 from ctxscale.experiments import FitSettings, select_cells
 from ctxscale.external import helmet_observations, mir_observations, pythia_observations, ruler_observations
 from ctxscale.files import atomic_write
+from ctxscale.fitting import bounds_summary
 from ctxscale.law import LAWS
 from ctxscale.selection import AUTO, decide, heldout_errors
 
@@ -68,8 +69,9 @@ def main() -> None:
             continue
         started = time.perf_counter()
         observations = load(Path(args.external))
-        frames = [heldout_errors(select_cells(observations, task, None, per_dataset), laws, settings, threshold,
-                                 auto=True) for task in tasks]
+        with bounds_summary(name):
+            frames = [heldout_errors(select_cells(observations, task, None, per_dataset), laws, settings, threshold,
+                                     auto=True) for task in tasks]
         errors = pd.concat(frames, ignore_index=True)
         atomic_write(path, errors.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
         errors_by_set[name] = errors

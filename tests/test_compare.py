@@ -79,3 +79,19 @@ def test_recommended_is_the_paper_law_because_no_variant_is_confirmed_on_mir_ben
     assert table.loc["heavy-tail", "n_models"] == 21 and table.loc["heavy-tail", "n_cells"] == 144
     assert (table["hi"] > 0).all() and not table["fails"].any()
     assert table.loc["heavy-tail", "paper_mae"] == pytest.approx(0.134, abs=0.003)
+
+
+def test_compare_summarises_parameters_on_bounds_once(caplog):
+    import logging
+
+    from ctxscale.compare import compare_laws
+
+    # the paper law's data: heavy-tail's gamma runs to its upper bound (the paper form is gamma -> inf)
+    frame = simulate_observations(TRUTH, MODELS, n_instances=1000, seed=4, task="plain")
+    with caplog.at_level(logging.WARNING):
+        compare_laws(frame, ["plain"], ["paper", "heavy-tail"], FitSettings(seeds=(0,)), 10_000)
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not any("sits on its bound" in m for m in messages)
+    summaries = [m for m in messages if "search bounds" in m]
+    assert len(summaries) == 1 and "heavy-tail log10_gamma (" in summaries[0]
+    assert summaries[0].startswith("compare: ") and " of 20 fits " in summaries[0]  # 2 laws x (1 + 8 LOMO + 1)

@@ -36,7 +36,7 @@ import pandas as pd
 
 from ctxscale.errors import UserError
 from ctxscale.experiments import CellSet, FitSettings
-from ctxscale.fitting import FitData, fit_law
+from ctxscale.fitting import FitData, bounds_summary, fit_law
 from ctxscale.law import LAWS, LawSpec, resolve_law
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,8 @@ def auto_select(cellset: CellSet, settings: FitSettings, candidates=None, share:
         return {"law": REFERENCE, "threshold": threshold, "inner": [],
                 "reason": f"only {n_train} training cells below the inner threshold: paper law kept"}
     try:
-        errors = heldout_errors(cellset, candidates, settings, threshold)
+        with bounds_summary(f"law auto, inner fits of {cellset.task}"):
+            errors = heldout_errors(cellset, candidates, settings, threshold)
     except UserError as exc:
         return {"law": REFERENCE, "threshold": threshold, "inner": [], "reason": f"inner fits failed ({exc}): paper law kept"}
     inner = []
