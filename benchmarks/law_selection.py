@@ -45,6 +45,10 @@ FIXTURES = REPO / "tests" / "data" / "external"
 CONFIRMATION: dict = {
     "mir": (lambda ext: mir_observations(pd.read_csv(FIXTURES / "mir_bench_readme.csv")), ["mir-core", "mir-extended"],
             10000, False),
+    # HELMET's long-document categories (not a choice task): a longer input keeps more of the book / document /
+    # cited passages, so the added context carries the answer; same models as the choice set helmet
+    "helmet-doc": (lambda ext: helmet_observations(pd.read_csv(ext / "helmet_by_length.csv"), ["LongQA", "Summ", "Cite"]),
+                   ["LongQA", "Summ", "Cite"], 32768, True),
 }
 
 
