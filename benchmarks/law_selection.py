@@ -49,6 +49,11 @@ CONFIRMATION: dict = {
     # cited passages, so the added context carries the answer; same models as the choice set helmet
     "helmet-doc": (lambda ext: helmet_observations(pd.read_csv(ext / "helmet_by_length.csv"), ["LongQA", "Summ", "Cite"]),
                    ["LongQA", "Summ", "Cite"], 32768, True),
+    # Pythia's other lm-eval tasks (not choice tasks), 0 vs 5 demonstrations: real training compute 6ND of
+    # 16 models x 3 checkpoints; same checkpoints as the choice set pythia
+    "pythia-other": (lambda ext: pythia_observations(pd.read_csv(ext / "pythia_0shot_5shot.csv"),
+                                                     ["arc_challenge", "sciq", "winogrande", "logiqa"], [3000, 33000, 143000]),
+                     ["arc_challenge", "sciq", "winogrande", "logiqa"], 300, False),
 }
 
 
