@@ -26,7 +26,7 @@ from ctxscale.external import helmet_observations, mir_observations, pythia_obse
 from ctxscale.files import atomic_write
 from ctxscale.fitting import bounds_summary
 from ctxscale.law import LAWS
-from ctxscale.selection import AUTO, decide, heldout_errors
+from ctxscale.selection import AUTO, decide, eligible, heldout_errors, per_model_differences, pooled_bootstrap
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -100,6 +100,15 @@ def main() -> None:
     for law, pool in result["choice_pooled"].items():
         if pool is not None:
             lines.append(f"| {law} | {pool.estimate:+.4f} | [{pool.lo:+.4f}, {pool.hi:+.4f}] |")
+    confirmation = [s for s in CONFIRMATION if s in errors_by_set]
+    if confirmation:
+        lines += ["", "| law | pooled diff, confirmation sets | 95% interval |", "|---|---|---|"]
+        for law in laws[1:] + [AUTO]:
+            frames = {s: per_model_differences(errors_by_set[s], law) for s in confirmation}
+            frames = {s: f for s, f in frames.items() if eligible(f)}
+            if frames:
+                pool = pooled_bootstrap(frames, args.replicates)
+                lines.append(f"| {law} | {pool.estimate:+.4f} | [{pool.lo:+.4f}, {pool.hi:+.4f}] |")
     lines += ["", f"candidate from the choice sets: **{result['candidate']}**"]
     if result["confirmation_pooled"] is not None:
         pool = result["confirmation_pooled"]

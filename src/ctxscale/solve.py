@@ -57,7 +57,8 @@ def required_compute(spec: LawSpec, ident: dict, target: float, n_pmt: float, n_
     already reaches it. ``ident`` values may be arrays (replicates): the result has their shape."""
     ident = _params(ident)
     floor = _floor(spec, ident)
-    ceiling = spec.predict(ident, HUGE, n_pmt, n_ctx)  # f_C = 1
+    with np.errstate(over="ignore"):
+        ceiling = spec.predict(ident, HUGE, n_pmt, n_ctx)  # f_C = 1
     g = (ceiling - floor) / (1.0 - floor)
     with np.errstate(divide="ignore", invalid="ignore"):
         f = (target - floor) / ((1.0 - floor) * g)
@@ -222,7 +223,8 @@ def main(argv=None) -> int:
         try:
             if args.question == "compute":
                 estimate = float(required_compute(spec, ident, args.target, args.n_pmt, args.n_ctx))
-                ceiling = float(spec.predict(ident, HUGE, args.n_pmt, args.n_ctx))
+                with np.errstate(over="ignore"):
+                    ceiling = float(spec.predict(ident, HUGE, args.n_pmt, args.n_ctx))
                 lines.append(f"question: training compute for P >= {args.target:g} at n_pmt {args.n_pmt:g}, "
                              f"n_ctx {args.n_ctx:g}")
                 rep_values = None if reps is None else required_compute(spec, reps, args.target, args.n_pmt, args.n_ctx)
