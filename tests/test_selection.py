@@ -76,6 +76,8 @@ GENERATORS = {
     "chance-floor": ({"floor": 0.3}, "chance-floor"),
     "heavy-tail": ({"log10_gamma": np.log10(0.15)}, "heavy-tail"),
     "floor-relative-width": ({"floor": 0.3, "log10_penalty_width": np.log10(0.3)}, "floor-relative-width"),
+    "effective-context": ({"log10_effective_share": np.log10(0.4), "log10_penalty_width": np.log10(0.05)},
+                          "effective-context"),
 }
 
 

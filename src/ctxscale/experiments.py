@@ -469,7 +469,7 @@ experiments:
 penalties: paper = sigma(n_pmt - n_ctx) in raw tokens; relative = width as a fraction of n_ctx
   (--penalty-width); fitted = the width is a fitted parameter
 laws: paper | heavy-tail | chance-floor (--floor to fix it) | relative-width | floor-relative-width |
-  recommended (= paper; docs/laws.md) | auto (chosen per task on the training cells: the longest quarter
+  effective-context | recommended (= paper; docs/laws.md) | auto (chosen per task on the training cells: the longest quarter
   of them held out, paper kept unless another law wins by the margin; ctxscale.selection)
 objectives: mse | mae | robust (soft-L1, --robust-scale) | binomial (likelihood of n_instances)""",
     )  # fmt: skip

@@ -359,9 +359,10 @@ def initial_guess(form: WorkingForm, data: FitData) -> np.ndarray:
         p_ref = float(np.clip(-np.expm1(-np.exp(intercept)), 1e-6, 1 - 1e-12))
         h = math.log(-math.log1p(-math.sqrt(p_ref)))
         z = [h, slope_c, h, slope_n]
-    # extra parameters start near the paper form: a light tail (gamma = 100), a 1% penalty width and a floor
-    # at half the lowest score (a chance floor cannot exceed the worst observed cell)
-    starts = {"log10_gamma": 2.0, "log10_penalty_width": -2.0, "floor": 0.5 * float(np.min(data.score))}
+    # extra parameters start near the paper form: a light tail (gamma = 100), a 1% penalty width, the listed
+    # window as the effective one and a floor at half the lowest score (a chance floor cannot exceed the worst cell)
+    starts = {"log10_gamma": 2.0, "log10_penalty_width": -2.0, "log10_effective_share": 0.0,
+              "floor": 0.5 * float(np.min(data.score))}
     z += [starts[name] for name in spec.extra_names]
     lo, hi = np.array(form.bounds).T
     margin = 1e-6 * (hi - lo)
