@@ -440,7 +440,8 @@ def summary(record: dict) -> str:
 
 def _training_cells(cellset: CellSet, experiment: str, train_max_n_pmt: float, holdout_models, train_models) -> CellSet:
     """The cells an experiment fits on (what ``--law auto`` may look at): the short prompts of held-out-context,
-    the training models of held-out-compute, every cell otherwise."""
+    the training models of held-out-compute, every cell otherwise. For leave-one-model-out the choice is made once
+    on all cells, so it has seen every held-out model and that experiment's test MAE is optimistic for ``auto``."""
     if experiment == "held-out-context":
         return cellset.subset(cellset.cells["n_pmt"].to_numpy(float) < train_max_n_pmt)
     if experiment == "held-out-compute" and (holdout_models or train_models):
