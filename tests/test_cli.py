@@ -210,7 +210,7 @@ def test_fit_help_lists_columns_and_choices(capsys):
 
 
 @pytest.mark.parametrize("law", ["paper", "heavy-tail", "chance-floor", "relative-width", "floor-relative-width",
-                                 "recommended"])
+                                 "effective-context", "recommended"])
 def test_fit_and_predict_with_every_law(law, observations, tmp_path, capsys):
     from ctxscale.law import LawSpec, resolve_law
 

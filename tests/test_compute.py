@@ -164,7 +164,7 @@ def test_model_info_for_hf_models(tmp_path, caplog):
     assert counted["non_embedding_params"] == 12688184320
     with pytest.raises(UserError, match="no non_embedding_params"):
         model_info("x", {**HF_SPEC, "non_embedding_params": None})
-    with pytest.raises(UserError, match="source must be 'hf', 'tiny' or 'local'"):
+    with pytest.raises(UserError, match="source must be 'hf', 'tiny', 'local' or 'extend'"):
         model_info("x", {**HF_SPEC, "source": "s3"})
 
 
@@ -181,6 +181,37 @@ def test_model_info_for_tiny_models_uses_measured_training(tmp_path, caplog):
     assert "trained with n_ctx 512" in caplog.text
     assert info["non_embedding_params"] == 412_160 and info["revision"] is None and info["n_ctx"] == 256
     assert info["compute"] == pytest.approx(6 * 412_160 * 3_065_536)
+
+
+def test_model_info_of_an_extension_counts_the_tokens_extension_compute_tokens_names(tmp_path):
+    """A PI model built by ctxscale.extend: N and D_pretrain from the config; the extension tokens from the config
+    (Table 1's nominal 400 x 64 x n_ctx), or those fed, or those fed at a non-zero LR (the as-run schedule's)."""
+    spec = {**HF_SPEC, "source": "extend", "extends": "llama2-7b-4k", "rope_scaling": {"rope_type": "linear",
+            "factor": 2.0}, "compute_tokens": "config"}  # fmt: skip
+    with pytest.raises(UserError, match="needs --checkpoint"):
+        model_info("pi-8k", spec, tmp_path)
+    validation = {"buckets": [[0, 4096], [4096, 8192]], "before": [2.1, 7.9], "after": [2.0, 2.2]}
+    (tmp_path / "ctxscale_training.json").write_text(json.dumps(
+        {"pretrain_tokens": None, "extension_tokens": 51 * 64 * 8192, "tokens_fed": 51 * 64 * 8192,
+         "tokens_nonzero_lr": 49 * 64 * 8192, "non_embedding_params": 6476271616, "steps": 51, "updates_planned": 400,
+         "processes": 8, "precision": "bf16", "validation": validation}))  # fmt: skip
+    paper = model_info("pi-8k", spec, tmp_path)
+    assert paper["source"] == "extend" and paper["extension_tokens"] == 209715200
+    assert paper["compute"] == pytest.approx(6 * 6476271616 * (2.0e12 + 209715200))
+    assert paper["extension"]["validation"] == validation and paper["extension"]["updates"] == 51
+    fed = model_info("pi-8k", {**spec, "compute_tokens": "fed"}, tmp_path)
+    assert fed["extension_tokens"] == 51 * 64 * 8192
+    nonzero = model_info("pi-8k", {**spec, "compute_tokens": "nonzero_lr"}, tmp_path)
+    assert nonzero["extension_tokens"] == 49 * 64 * 8192
+    assert nonzero["compute"] == pytest.approx(6 * 6476271616 * (2.0e12 + 49 * 64 * 8192))
+    with pytest.raises(UserError, match="has no extension_tokens"):
+        model_info("pi-8k", {**spec, "extension_tokens": None}, tmp_path)
+    tiny = {"group": "yarn", "source": "extend", "family": "tiny", "base": "tiny-m", "n_ctx": 256,
+            "compute_tokens": "fed"}  # the miniature: everything measured, the base's own numbers passed through
+    (tmp_path / "ctxscale_training.json").write_text(json.dumps(
+        {"pretrain_tokens": 3_000_000, "extension_tokens": 204_800, "tokens_fed": 204_800, "tokens_nonzero_lr": 204_800,
+         "non_embedding_params": 412_160}))  # fmt: skip
+    assert model_info("tiny-m-256", tiny, tmp_path)["compute"] == pytest.approx(6 * 412_160 * 3_204_800)
 
 
 def test_model_info_cli(tmp_path, capsys):

@@ -45,13 +45,14 @@ def test_transient_errors_are_retried_then_succeed(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     calls = {"n": 0}
 
-    def flaky_list(repo_id, revision=None, token=None):
+    def flaky_list(repo_id, revision=None, token=None, repo_type="model"):
+        assert repo_type == "model"
         calls["n"] += 1
         if calls["n"] == 1:
             raise ConnectionError("connection reset")
         return ["config.json", "model.safetensors"]
 
-    def fake_snapshot(repo_id, revision, local_dir, allow_patterns, token):
+    def fake_snapshot(repo_id, revision, local_dir, allow_patterns, token, repo_type="model"):
         assert "*.safetensors" in allow_patterns and "*.bin" not in allow_patterns
         Path(local_dir).mkdir(parents=True, exist_ok=True)
         (Path(local_dir) / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -91,7 +92,12 @@ def test_pin_revisions_resolves_branches_to_commits_and_keeps_the_file(monkeypat
         asked.append((repo_id, revision))
         return types.SimpleNamespace(sha=f"{abs(hash(repo_id)) % 16**40:040x}")
 
+    def dataset_info(self, repo_id, revision=None, **kwargs):
+        asked.append((repo_id, revision))
+        return types.SimpleNamespace(sha="d" * 40)
+
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
     assert dl.pin_main([str(config)]) == 0  # without --write: print only
     assert config.read_text() == repo_config.read_text()
     assert dl.pin_main([str(config), "--write"]) == 0
@@ -101,8 +107,10 @@ def test_pin_revisions_resolves_branches_to_commits_and_keeps_the_file(monkeypat
     # every model of the paper config (all groups, enabled or not) that comes from the hub
     models = yaml.safe_load(repo_config.read_text())["models"]
     hub = {name: spec for name, spec in models.items() if spec["source"] == "hf" and spec["revision"] == "main"}
-    assert len(changed) == len(hub) > 0
-    assert all(a.strip() == "revision: main" and b.strip().startswith("revision: ") for a, b in changed)
+    assert len(changed) == len(hub) + 1 > 1  # and the extension stage's corpus (a dataset repository)
+    corpus = yaml.safe_load(config.read_text())["extension_data"]["pg_books"]
+    assert corpus["revision"] == "d" * 40 and f"pg_books: main -> {'d' * 40}" in out
+    assert all(a.split("#")[0].strip() == "revision: main" and b.strip().startswith("revision: ") for a, b in changed)
     for name, spec in yaml.safe_load(config.read_text())["models"].items():
         if name in hub:
             assert spec["revision"] == f"{abs(hash(spec['repo_id'])) % 16**40:040x}"
@@ -126,3 +134,35 @@ def test_pin_revisions_hub_errors_are_one_line(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="WangResearchLab/Llama-2-7b-hf was not found"):
         dl.pin_revisions(config, write=True)
     assert "revision: main" in config.read_text()
+
+
+def test_extension_corpus_fetches_only_the_split_parquet_files_atomically(monkeypatch, tmp_path):
+    """ctxscale.extension_data: a dataset repository at its revision, only the files the glob names."""
+    from ctxscale.extension_data import fetch_corpus
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    listed = ["README.md", "data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet",
+              "data/validation-00000-of-00001.parquet"]
+    fetched = {}
+
+    def fake_list(repo_id, revision=None, token=None, repo_type="model"):
+        fetched.update(repo_id=repo_id, revision=revision, repo_type=repo_type)
+        return listed
+
+    def fake_snapshot(repo_id, revision, local_dir, allow_patterns, token, repo_type="model"):
+        fetched["files"] = list(allow_patterns)
+        for name in allow_patterns:
+            (Path(local_dir) / name).parent.mkdir(parents=True, exist_ok=True)
+            (Path(local_dir) / name).write_bytes(b"PAR1")
+
+    monkeypatch.setattr("huggingface_hub.list_repo_files", fake_list)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot)
+    spec = {"repo_id": "org/corpus", "revision": "abc123", "files": "data/train-*.parquet"}
+    out = fetch_corpus(spec, tmp_path / "corpus")
+    assert fetched == {"repo_id": "org/corpus", "revision": "abc123", "repo_type": "dataset",
+                       "files": listed[1:3]}  # fmt: skip
+    assert sorted(p.name for p in out.rglob("*.parquet")) == ["train-00000-of-00002.parquet",
+                                                               "train-00001-of-00002.parquet"]  # fmt: skip
+    assert not (tmp_path / "corpus.partial").exists()
+    with pytest.raises(UserError, match="has no file matching 'train/\\*.parquet'"):
+        fetch_corpus({**spec, "files": "train/*.parquet"}, tmp_path / "other")

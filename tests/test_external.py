@@ -48,3 +48,17 @@ def test_external_cli_converts_ruler_and_rejects_another_table(tmp_path, capsys)
     capsys.readouterr()
     assert main(["external", "helmet", str(source), "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_mir_bench_rows_become_shot_cells_with_the_stated_stand_ins():
+    from pathlib import Path
+
+    from ctxscale.external import MIR_COMPUTE, mir_observations
+
+    raw = pd.read_csv(Path(__file__).parent / "data" / "external" / "mir_bench_readme.csv")
+    obs = mir_observations(raw)
+    assert sorted(obs["task"].unique()) == ["mir-core", "mir-extended"] and obs["model"].nunique() == 21
+    row = obs[(obs["model"] == "GPT-4o-0806") & (obs["task"] == "mir-core") & (obs["n_shots"] == 2048)].iloc[0]
+    # README: 50.56 at 2048 shots; n_pmt = 100 + 2048 x 60; the listed 128k window
+    assert row["score"] == pytest.approx(0.5056) and row["n_pmt"] == 100 + 2048 * 60 and row["n_ctx"] == 128000
+    assert (obs["compute"] == MIR_COMPUTE).all() and (obs["n_pmt"] <= obs["n_ctx"]).all()

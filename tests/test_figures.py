@@ -68,9 +68,14 @@ def model_infos(scale: str) -> list[dict]:
     else:
         for base, compute in (("tiny-s", 2e12), ("tiny-m", 1.5e13), ("tiny-l", 1e14)):
             for i, n_ctx in enumerate((128, 256, 512)):
-                infos.append(dict(model=f"{base}-{n_ctx}", source="tiny", family="tiny", group="yarn", base=base,
-                                  n_ctx=n_ctx, non_embedding_params=int(compute / 6 / 1e9), pretrain_tokens=1e9,
-                                  extension_tokens=0.01e9 * i, compute=compute * (1 + 0.01 * i)))
+                infos.append(dict(model=f"{base}-{n_ctx}", source="extend" if i else "tiny", family="tiny",
+                                  group="yarn", base=base, n_ctx=n_ctx, non_embedding_params=int(compute / 6 / 1e9),
+                                  pretrain_tokens=1e9, extension_tokens=0.01e9 * i, compute=compute * (1 + 0.01 * i)))
+                if i:  # what ctxscale.extend records: loss by position bucket before and after the extension
+                    buckets = [[start, start + 128] for start in range(0, n_ctx, 128)]
+                    before = [2.0 + 0.5 * b * b for b in range(len(buckets))]
+                    infos[-1]["extension"] = {"validation": {"buckets": buckets, "before": before,
+                                                             "after": [2.0 + 0.05 * b for b in range(len(buckets))]}}
     return infos
 
 
@@ -358,6 +363,20 @@ def test_miniature_defaults_pick_its_own_context_limits(tiny):
     assert "fitted cell (n_pmt < 200)" in legend_texts(fig)
 
 
+def test_extension_validation_draws_each_extension_before_and_after_by_position(tiny, paper):
+    fig = figures.extension_validation(tiny)
+    axes = panels(fig)
+    assert [ax.get_title() for ax in axes] == ["tiny-s", "tiny-m", "tiny-l"]
+    lines = {line.get_label(): line for line in axes[0].get_lines() if not line.get_label().startswith("_")}
+    assert sorted(lines) == ["tiny-s-256 after", "tiny-s-256 before", "tiny-s-512 after", "tiny-s-512 before"]
+    after = lines["tiny-s-512 after"]
+    assert list(after.get_xdata()) == [64, 192, 320, 448] and after.get_linestyle() == "-"
+    assert list(after.get_ydata()) == pytest.approx([2.0, 2.05, 2.1, 2.15])
+    assert list(lines["tiny-s-512 before"].get_ydata()) == pytest.approx([2.0, 2.5, 4.0, 6.5])
+    with pytest.raises(figures.UserError, match="extension_validation needs model-info files"):
+        figures.extension_validation(paper)  # downloaded models: no extension record
+
+
 def test_cli_renders_every_available_figure_and_skips_the_others(tiny_run, tmp_path, capsys, caplog):
     out = tmp_path / "figures"
     argv = ["--observations", str(tiny_run / "by_task.csv"), "--fits-dir", str(tiny_run / "fits"),
@@ -366,8 +385,8 @@ def test_cli_renders_every_available_figure_and_skips_the_others(tiny_run, tmp_p
     with caplog.at_level(logging.WARNING, logger="ctxscale.figures"):
         assert figures.main(argv + ["-q"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["fig1.pdf", "fig1.png", "fig2.pdf", "fig2.png", "heldout_context.pdf", "heldout_context.png",
-                     "per_model.pdf", "per_model.png"]
+    assert names == ["extension_validation.pdf", "extension_validation.png", "fig1.pdf", "fig1.png", "fig2.pdf",
+                     "fig2.png", "heldout_context.pdf", "heldout_context.png", "per_model.pdf", "per_model.png"]
     assert all(p.stat().st_size > 10_000 for p in out.iterdir())
     assert "skipping heldout_compute" in caplog.text and "skipping pi_vs_yarn" in caplog.text
     capsys.readouterr()

@@ -169,7 +169,8 @@ def test_relative_width_law_is_the_fitted_penalty():
 def test_registry_aliases_and_schema_agree():
     from ctxscale.config import load_schema
 
-    assert set(LAWS) == {"paper", "heavy-tail", "chance-floor", "relative-width", "floor-relative-width"}
+    assert set(LAWS) == {"paper", "heavy-tail", "chance-floor", "relative-width", "floor-relative-width",
+                         "effective-context"}
     both = LawSpec(law="floor-relative-width")
     assert both.extra_names == ("log10_penalty_width", "floor") and both.n_free == 6
     assert LawSpec(law="recommended").law == LAW_ALIASES["recommended"] in LAWS
@@ -183,7 +184,9 @@ def test_registry_aliases_and_schema_agree():
 
 
 @pytest.mark.parametrize("law,extra", [("heavy-tail", {"log10_gamma": 0.0}), ("chance-floor", {"floor": 0.25}),
-                                       ("relative-width", {"log10_penalty_width": -1.5})])
+                                       ("relative-width", {"log10_penalty_width": -1.5}),
+                                       ("effective-context", {"log10_effective_share": -0.3,
+                                                              "log10_penalty_width": -1.3})])
 def test_every_variant_is_recovered_by_the_fit(law, extra):
     from ctxscale.fitting import FitData, fit_law
 

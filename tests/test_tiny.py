@@ -160,10 +160,10 @@ def test_extension_refuses_inconsistent_rope_scaling(tmp_path, base_checkpoint, 
 
     spec = {"n_ctx": 128, "rope_scaling": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32}}
     assert extend(spec) == 2
-    assert "n_ctx 128 is not rope_scaling.factor 2.0 x the base n_ctx 32" in capsys.readouterr().err
+    assert "n_ctx 128 is not rope_scaling.factor 2.0 x the base context 32" in capsys.readouterr().err
     spec = {"n_ctx": 64, "rope_scaling": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 128}}
     assert extend(spec) == 2
-    assert "original_max_position_embeddings is 128 but the base model's n_ctx is 32" in capsys.readouterr().err
+    assert "original_max_position_embeddings is 128 but the base checkpoint's context (max_position_embeddings) is 32" in capsys.readouterr().err
     spec = {"n_ctx": 64, "hidden_size": 64,
             "rope_scaling": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32}}
     assert extend(spec) == 2

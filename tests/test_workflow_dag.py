@@ -40,7 +40,14 @@ def expected_counts(config: dict) -> dict[str, int]:
     """What the DAG must hold, derived from the config independently of the rules' helper code."""
     groups = config["model_groups"]
     models = [m for m, s in config["models"].items() if groups[s["group"]]["enabled"]]
-    source = {m: config["models"][m]["source"] for m in models}
+    rebuild = config.get("extension", {}).get("rebuild_from_base", False)
+    source = {}
+    for m in models:
+        spec = config["models"][m]
+        built = spec["source"] == "extend" or rebuild and spec["source"] == "hf" and {"extends", "extend"} <= set(spec)
+        source[m] = "extend" if built else spec["source"]
+    corpora = {(config["models"][m]["extend"].get("data") or {"source": "pg_books"})["source"]
+               for m in models if source[m] == "extend"} - {"synthetic"}  # fmt: skip
     families = {config["models"][m]["family"] for m in models}
     from ctxscale.datasets import DEEPMIND_MATH_CONFIGS
 
@@ -58,8 +65,9 @@ def expected_counts(config: dict) -> dict[str, int]:
     counts = {
         "download_model": sum(source[m] == "hf" for m in models),
         "tiny_tokenizer": len({config["models"][m]["family"] for m in tiny}),
-        "train_tiny_model": sum("extends" not in config["models"][m] for m in tiny),
-        "extend_tiny_model": sum("extends" in config["models"][m] for m in tiny),
+        "train_tiny_model": len(tiny),
+        "fetch_extension_data": len(corpora),
+        "extend_model": sum(source[m] == "extend" for m in models),
         "prepare_dataset" if config["data"]["source"] == "hf" else "synthesize_dataset": len(families) * datasets,
         # evaluation.job_per: one job per (model, dataset), or per model over all its datasets
         "evaluate": len(models) * (datasets if config["evaluation"].get("job_per", "dataset") == "dataset" else 1),
@@ -86,7 +94,7 @@ def _paper_checks(code: int, output: str, paper_config: dict) -> None:
     assert counts == expected_counts(paper_config)
     # 12 Llama-2 checkpoints x (3 + 56 + 8 + 5) datasets, as the paper's configs give; no miniature job
     assert counts["evaluate"] == 12 * 72 and sum(counts.values()) == 980
-    assert not {"tiny_tokenizer", "train_tiny_model", "extend_tiny_model", "synthesize_dataset"} & set(counts)
+    assert not {"tiny_tokenizer", "train_tiny_model", "extend_model", "synthesize_dataset"} & set(counts)
     assert "tiny-" not in output
 
 
@@ -222,12 +230,39 @@ def test_enabling_ood_adds_only_its_jobs(clone_dir, paper_config):
     assert counts["model_info"] - base["model_info"] == len(ood)
 
 
-def test_enabling_pi_adds_only_its_jobs(clone_dir, paper_config):
+def _extend_resources(output: str) -> dict[str, str]:
+    """model -> the resources line of each planned extend job."""
+    return {re.search(r"wildcards: model=(\S+)", block).group(1): re.search(r"resources: (.*)", block).group(1)
+            for block in output.split("rule extend_model:")[1:]}  # fmt: skip
+
+
+def test_enabling_pi_builds_its_models_by_extension(clone_dir, paper_config):
+    """The PI models come from the extension stage (from llama2-7b-4k, linear RoPE): 4 extend jobs and one fetch of
+    the training corpus, no download of a guessed repository id."""
     base, config, counts = _enable_group(clone_dir, paper_config, "pi")
     pi = [m for m, s in config["models"].items() if s["group"] == "pi"]
-    assert counts["download_model"] - base["download_model"] == len(pi) > 0
+    assert counts["extend_model"] == len(pi) == 4 and counts["fetch_extension_data"] == 1
+    assert counts["download_model"] == base["download_model"]
     assert counts["evaluate"] - base["evaluate"] == len(pi) * 72  # same llama2 family: no new data preparation
     assert counts["prepare_dataset"] == base["prepare_dataset"] and counts["fit"] == base["fit"]
+    code, output = dry_run(clone_dir, config, "--printshellcmds")
+    assert code == 0 and "PI-Llama" not in output
+    assert "repo_id=emozilla/pg_books-tokenized-bos-eos-chunked-65536" in output.replace('"', "").replace(": ", "=")
+    resources = _extend_resources(output)
+    assert sorted(resources) == sorted(pi)
+    # the base is not downloaded in this clone: the GPU request waits for its config.json
+    assert all("gpu=<TBD>" in r.split(", ") for r in resources.values()), resources
+    assert "--base resources/models/llama2-7b-4k" in output and "--data-dir resources/extension-data/pg_books" in output
+
+
+def test_rebuild_from_base_extends_the_yarn_models_instead_of_downloading_them(clone_dir, paper_config):
+    config = copy.deepcopy(paper_config)
+    config["extension"]["rebuild_from_base"] = True
+    code, output = dry_run(clone_dir, config)
+    assert code == 0, output[-3000:]
+    counts = job_counts(output)
+    assert counts == expected_counts(config)
+    assert counts["download_model"] == 2 and counts["extend_model"] == 10 and counts["fetch_extension_data"] == 1
 
 
 @pytest.mark.parametrize(
@@ -240,6 +275,9 @@ def test_enabling_pi_adds_only_its_jobs(clone_dir, paper_config):
         (lambda c: c["fit"].__setitem__("objective", "huber"), "fit.objective"),
         (lambda c: c["fit"].__setitem__("max_exponent", 0), "fit.max_exponent"),
         (lambda c: c["evaluation"].__setitem__("job_per", "task"), "evaluation.job_per"),
+        (lambda c: c["models"]["llama2-7b-pi-8k"]["extend"].__setitem__("lr_schedul", "x"), "models.llama2-7b-pi-8k.extend"),
+        (lambda c: c["models"]["llama2-7b-pi-8k"]["extend"].__setitem__("data", {"source": "pg19"}), "'pg19' is not listed under extension_data"),
+        (lambda c: c["extension"].__setitem__("compute_tokens", "all"), "extension.compute_tokens"),
     ],
 )
 def test_bad_config_fails_before_any_job_naming_the_key(clone_dir, paper_config, edit, message):

@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "fit": ("ctxscale.experiments", "fit_main", "fit the law to an observations table (one task, one experiment)"),
     "predict": ("ctxscale.fitting", "predict_main", "predict performance from a saved fit"),
+    "solve": ("ctxscale.solve", "main", "planning queries with intervals: compute for a target, shortest prompt, window"),
     "ingest": ("ctxscale.ingest", "main", "lm-evaluation-harness output folders (--log_samples) -> observations table"),
     "external": ("ctxscale.external", "main", "convert an external result table (RULER, HELMET, Pythia) to observations"),
     "compare": ("ctxscale.compare", "main", "compare the law variants out of sample (law_comparison table)"),

@@ -82,8 +82,11 @@ def compare_task(cellset, laws=None, settings: FitSettings | None = None,
 def compare_laws(observations: pd.DataFrame, tasks, laws=None, settings: FitSettings | None = None,
                  train_max_n_pmt: float = DEFAULT_TRAIN_MAX_N_PMT, models=None, per_dataset: bool = False):
     """:func:`compare_task` for every task, one table."""
-    frames = [compare_task(select_cells(observations, task, None, per_dataset, models), laws, settings,
-                           train_max_n_pmt) for task in tasks]
+    from ctxscale.fitting import bounds_summary
+
+    with bounds_summary("compare"):
+        frames = [compare_task(select_cells(observations, task, None, per_dataset, models), laws, settings,
+                               train_max_n_pmt) for task in tasks]
     return pd.concat(frames, ignore_index=True)
 
 

@@ -18,7 +18,9 @@ Model info step (``python -m ctxscale.compute model-info``; contract in docs/arc
 ``source: hf`` the numbers come from the model's config entry; with ``--checkpoint DIR`` holding a
 ``config.json`` N is also counted and a disagreement is logged (the config value is kept, it is what
 the paper used); ``source: local`` likewise, N counted from the checkpoint when the entry has none. For ``source: tiny`` the checkpoint's ``ctxscale_training.json`` gives the numbers
-actually measured in training.
+actually measured in training. For ``source: extend`` (built by ``ctxscale.extend``) the config's N and
+pretraining tokens win where given, the extension tokens follow ``extension.compute_tokens``, and the record
+keeps the training's tokens fed, tokens at a non-zero LR and validation loss by position bucket (``extension``).
 """
 
 from __future__ import annotations
@@ -235,7 +237,7 @@ def model_info(model: str, spec: dict, checkpoint=None) -> dict:
             log.warning("model %s: trained with n_ctx %s but the config says %s; using the config's",
                         model, training["n_ctx"], spec["n_ctx"])
     elif source == "extend":
-        n_params, pretrain, extension = _extension_numbers(model, spec, checkpoint)
+        n_params, pretrain, extension, extra["extension"] = _extension_numbers(model, spec, checkpoint)
     else:
         n_params = spec.get("non_embedding_params")
         config_path = checkpoint / "config.json" if checkpoint else None
@@ -253,8 +255,6 @@ def model_info(model: str, spec: dict, checkpoint=None) -> dict:
             raise UserError(f"model {model}: the spec has no pretrain_tokens")
         pretrain, extension = float(spec["pretrain_tokens"]), float(spec.get("extension_tokens") or 0)
     n_params = int(n_params)
-    if source == "extend":
-        extra["compute_tokens"] = spec.get("compute_tokens", "config")
     return {"model": model, "source": source, "family": spec.get("family"), "group": spec.get("group"),
             "base": spec.get("base"), "n_ctx": int(spec["n_ctx"]), "non_embedding_params": n_params,
             "pretrain_tokens": pretrain, "extension_tokens": extension,
@@ -262,38 +262,43 @@ def model_info(model: str, spec: dict, checkpoint=None) -> dict:
             "revision": spec.get("revision") if source == "hf" else None, **extra}
 
 
-# What each extension.compute_tokens choice reads from an extension's ctxscale_training.json.
-EXTENSION_TOKEN_KEYS = {"fed": "tokens_fed", "nonzero_lr": "tokens_nonzero_lr"}
+def _extension_numbers(model: str, spec: dict, checkpoint: Path | None) -> tuple[int, float, float, dict]:
+    """N, pretraining and extension tokens of a model built by ``ctxscale.extend``, and what model info keeps
+    of its training record.
 
-
-def _extension_numbers(model: str, spec: dict, checkpoint: Path | None) -> tuple[int, float, float]:
-    """N, pretraining and extension tokens of a model built by ``ctxscale.extend``.
-
-    The config's numbers win where it gives them (the paper's Table 1 values); the rest come from the
-    checkpoint's ``ctxscale_training.json``. ``spec["compute_tokens"]`` (the workflow passes
+    The config's N and pretraining tokens win where it gives them (the paper's Table 1 values); the rest come
+    from the checkpoint's ``ctxscale_training.json``. ``spec["compute_tokens"]`` (the workflow passes
     ``extension.compute_tokens``) says which extension-token count feeds C: ``config`` the entry's
-    ``extension_tokens``, ``fed`` the tokens fed in training, ``nonzero_lr`` those fed at a non-zero LR
-    (plus, for both, the extension tokens the base had already seen).
+    ``extension_tokens``, ``fed`` the tokens fed in training, ``nonzero_lr`` those fed at a non-zero LR (both
+    plus the extension tokens the base had already seen).
     """
     if checkpoint is None or not (checkpoint / TRAINING_FILE).exists():
         raise UserError(f"model {model}: an extended model needs --checkpoint with {TRAINING_FILE}")
-    training = json.loads((checkpoint / TRAINING_FILE).read_text())
-    n_params = spec.get("non_embedding_params", training.get("non_embedding_params"))
+    path = checkpoint / TRAINING_FILE
+    training = json.loads(path.read_text())
+    missing = [k for k in ("extension_tokens", "tokens_fed", "tokens_nonzero_lr", "non_embedding_params")
+               if k not in training]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}")
+    n_params = spec.get("non_embedding_params", training["non_embedding_params"])
     pretrain = spec.get("pretrain_tokens", training.get("pretrain_tokens"))
-    if n_params is None or pretrain is None:
-        raise UserError(f"model {model}: give non_embedding_params and pretrain_tokens in the config "
-                        f"({checkpoint / TRAINING_FILE} does not know them for this base)")
+    if pretrain is None:
+        raise UserError(f"model {model}: give pretrain_tokens in the config ({path} does not know them for this base)")
+    before = float(training["extension_tokens"]) - float(training["tokens_fed"])  # the base's own extension
     choice = spec.get("compute_tokens", "config")
     if choice == "config":
         if spec.get("extension_tokens") is None:
             raise UserError(f"model {model}: extension.compute_tokens is config but the entry has no extension_tokens")
         extension = float(spec["extension_tokens"])
+    elif choice == "fed":
+        extension = before + float(training["tokens_fed"])
     else:
-        key = EXTENSION_TOKEN_KEYS[choice]
-        if key not in training:
-            raise UserError(f"{checkpoint / TRAINING_FILE} lacks {key}")
-        extension = float(training.get("base_extension_tokens") or 0) + float(training[key])
-    return int(n_params), float(pretrain), extension
+        extension = before + float(training["tokens_nonzero_lr"])
+    record = {"compute_tokens": choice, "tokens_fed": training["tokens_fed"],
+              "tokens_nonzero_lr": training["tokens_nonzero_lr"], "updates": training.get("steps"),
+              "updates_planned": training.get("updates_planned"), "processes": training.get("processes"),
+              "precision": training.get("precision"), "validation": training.get("validation")}
+    return int(n_params), float(pretrain), extension, record
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -307,7 +312,7 @@ def model_info_main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ctxscale model-info", description="Write a model-info JSON (N, D, C).")
     parser.add_argument("--model", required=True, help="model name (key of the config's models:)")
     parser.add_argument("--spec", required=True, help="the model's config entry as a JSON string")
-    parser.add_argument("--checkpoint", help="checkpoint directory (tiny: required; hf: optional N cross-check)")
+    parser.add_argument("--checkpoint", help="checkpoint directory (tiny, extend: required; hf: optional N cross-check)")
     parser.add_argument("--out", required=True, help="output JSON path")
     args = parser.parse_args(argv)
     setup_logging()

@@ -115,12 +115,14 @@ _MODEL_LINE = re.compile(r"^  (?P<name>[A-Za-z0-9_.-]+):\s*(#.*)?$")
 _REVISION_LINE = re.compile(r"^(?P<indent>    )revision:\s*(?P<value>[^\s#]+)(?P<rest>\s*(#.*)?)$")
 
 
-def resolve_revision(repo_id: str, revision: str) -> str:
+def resolve_revision(repo_id: str, revision: str, repo_type: str = "model") -> str:
     """The commit sha that ``revision`` (a branch or tag) of ``repo_id`` points to now."""
     from huggingface_hub import HfApi
 
+    api = HfApi(token=os.environ.get("HF_TOKEN") or None)
+    info = api.dataset_info if repo_type == "dataset" else api.model_info
     try:
-        sha = HfApi(token=os.environ.get("HF_TOKEN") or None).model_info(repo_id, revision=revision).sha
+        sha = info(repo_id, revision=revision).sha
     except Exception as error:  # noqa: BLE001 - hub errors are explained, anything else re-raised
         message = _explain(error, repo_id, revision)
         if message is None:
@@ -132,31 +134,33 @@ def resolve_revision(repo_id: str, revision: str) -> str:
 
 
 def pin_revisions(config_path: Path, *, write: bool) -> list[tuple[str, str, str]]:
-    """Resolve every hub model's branch/tag revision to its commit; with ``write``, edit the file in place.
+    """Resolve every hub model's and extension corpus's branch/tag revision to its commit; with ``write``, edit
+    the file in place.
 
-    Only the ``revision:`` lines change (comments and layout are kept). Returns (model, old, new) per change.
+    Only the ``revision:`` lines change (comments and layout are kept). Returns (name, old, new) per change.
     """
     from ctxscale.config import load_config
 
     config = load_config(config_path)
     lines = config_path.read_text().splitlines(keepends=True)
-    changes, model, in_models = [], None, False
+    changes, model, section = [], None, None
     for i, line in enumerate(lines):
         if re.match(r"^\S", line):
-            in_models, model = line.startswith("models:"), None
+            section, model = line.split(":", 1)[0], None
             continue
         match = _MODEL_LINE.match(line.rstrip("\n"))
-        if in_models and match:
+        if section in ("models", "extension_data") and match:
             model = match.group("name")
             continue
         match = _REVISION_LINE.match(line.rstrip("\n"))
-        if not (in_models and model and match):
+        if not (section in ("models", "extension_data") and model and match):
             continue
-        spec = config["models"].get(model, {})
+        spec = config[section].get(model, {})
         current = match.group("value")
-        if spec.get("source") != "hf" or COMMIT_SHA.match(current):
+        downloaded = section == "extension_data" and not spec.get("path") or spec.get("source") == "hf"
+        if not downloaded or COMMIT_SHA.match(current):
             continue
-        sha = resolve_revision(spec["repo_id"], current)
+        sha = resolve_revision(spec["repo_id"], current, "dataset" if section == "extension_data" else "model")
         lines[i] = f"{match.group('indent')}revision: {sha}{match.group('rest')}\n"
         changes.append((model, current, sha))
     if write and changes:

@@ -438,6 +438,18 @@ def summary(record: dict) -> str:
     return "\n".join(lines)
 
 
+def _training_cells(cellset: CellSet, experiment: str, train_max_n_pmt: float, holdout_models, train_models) -> CellSet:
+    """The cells an experiment fits on (what ``--law auto`` may look at): the short prompts of held-out-context,
+    the training models of held-out-compute, every cell otherwise. For leave-one-model-out the choice is made once
+    on all cells, so it has seen every held-out model and that experiment's test MAE is optimistic for ``auto``."""
+    if experiment == "held-out-context":
+        return cellset.subset(cellset.cells["n_pmt"].to_numpy(float) < train_max_n_pmt)
+    if experiment == "held-out-compute" and (holdout_models or train_models):
+        in_named = cellset.cells["model"].isin(holdout_models or train_models).to_numpy()
+        return cellset.subset(in_named if train_models else ~in_named)
+    return cellset
+
+
 def fit_main(argv=None) -> int:
     """``ctxscale fit OBS.csv --task TASK [...] --out FIT.json`` (``python -m ctxscale.experiments`` too)."""
     from ctxscale.errors import handle_user_errors, setup_logging, verbosity_level
@@ -458,7 +470,8 @@ experiments:
 penalties: paper = sigma(n_pmt - n_ctx) in raw tokens; relative = width as a fraction of n_ctx
   (--penalty-width); fitted = the width is a fitted parameter
 laws: paper | heavy-tail | chance-floor (--floor to fix it) | relative-width | floor-relative-width |
-  recommended (= relative-width; docs/laws.md); see ctxscale.law
+  effective-context | recommended (= paper; docs/laws.md) | auto (chosen per task on the training cells: the longest quarter
+  of them held out, paper kept unless another law wins by the margin; ctxscale.selection)
 objectives: mse | mae | robust (soft-L1, --robust-scale) | binomial (likelihood of n_instances)""",
     )  # fmt: skip
     parser.add_argument("observations", help="observations table (CSV or Parquet)")
@@ -475,8 +488,9 @@ objectives: mse | mae | robust (soft-L1, --robust-scale) | binomial (likelihood 
                         help="fit one point per (model, dataset, shots) instead of averaging over the task's datasets")
     parser.add_argument("--penalty", default=DEFAULT_PENALTY, choices=PENALTIES)
     parser.add_argument("--penalty-width", type=float, help="relative penalty: width as a fraction of n_ctx (0.01)")
-    parser.add_argument("--law", default=DEFAULT_LAW, choices=LAW_CHOICES,
-                        help="law variant (ctxscale.law.LAWS; recommended = docs/laws.md's choice; default paper)")
+    parser.add_argument("--law", default=DEFAULT_LAW, choices=LAW_CHOICES + ("auto",),
+                        help="law variant (ctxscale.law.LAWS; recommended = docs/laws.md's choice; auto = chosen on "
+                             "the training cells by an inner held-out-context split, see ctxscale.selection; default paper)")
     parser.add_argument("--floor", type=float, help="chance-floor law: fix the floor (e.g. 0.25) instead of fitting it")
     parser.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=OBJECTIVES)
     parser.add_argument("--robust-scale", type=float, default=ROBUST_SCALE, help="robust objective: soft-L1 scale")
@@ -504,7 +518,12 @@ objectives: mse | mae | robust (soft-L1, --robust-scale) | binomial (likelihood 
             raise UserError(f"--level must be between 0 and 1, got {args.level}")
         if args.out and Path(args.out).is_dir():  # checked before the fit, not after minutes of work
             raise UserError(f"--out {args.out} is a directory; give the fit file's path, e.g. {args.out}/fit.json")
-        settings = FitSettings(penalty=args.penalty, penalty_width=args.penalty_width, law=args.law, floor=args.floor,
+        auto = args.law == "auto"
+        if auto and (args.floor is not None or args.penalty != DEFAULT_PENALTY or args.penalty_width is not None):
+            raise UserError("--law auto chooses among the laws with their fitted parameters; drop --floor, --penalty "
+                            "and --penalty-width (or name a law)")
+        settings = FitSettings(penalty=args.penalty, penalty_width=args.penalty_width,
+                               law=DEFAULT_LAW if auto else args.law, floor=args.floor,
                                objective=args.objective,
                                seeds=tuple(range(args.seeds)), bootstrap=args.bootstrap or 0,
                                bootstrap_seed=args.bootstrap_seed, bootstrap_unit=args.bootstrap_unit,
@@ -515,8 +534,21 @@ objectives: mse | mae | robust (soft-L1, --robust-scale) | binomial (likelihood 
         datasets = [d for item in args.dataset or () for d in _names(item)]
         cellset = select_cells(observations, args.task, datasets or None, args.per_dataset,
                                _names(args.models), _names(args.exclude_models))
+        selection = None
+        if auto:
+            from dataclasses import replace
+
+            from ctxscale.selection import auto_select
+
+            train = _training_cells(cellset, args.experiment, args.train_max_n_pmt, _names(args.holdout_models),
+                                    _names(args.train_models))
+            selection = auto_select(train, settings)
+            settings = replace(settings, law=selection["law"])
+            print(f"law auto: chose {selection['law']} ({selection['reason']})")
         record = run_experiment(args.experiment, cellset, settings, train_max_n_pmt=args.train_max_n_pmt,
                                 holdout_models=_names(args.holdout_models), train_models=_names(args.train_models))
+        if selection is not None:
+            record["law_selection"] = _json_safe({"requested": "auto", **selection})
         source = Path(args.observations)
         record["data"]["source"] = str(source)
         record["data"]["sha256"] = hashlib.sha256(source.read_bytes()).hexdigest()

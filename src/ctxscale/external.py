@@ -19,6 +19,13 @@ comparison between models or lengths:
   as ``(1 + n_shots) x 100`` tokens (a 100-token query and 100-token demonstrations); prompts never approach
   the 2048 limit, so this source tests the compute factor and a coarse shot effect only. Step-0
   checkpoints (compute 0) are dropped; only checkpoints evaluated at both shot counts are kept.
+- **MIR-Bench** (``mir``): the many-shot inductive-reasoning leaderboard (exact-match accuracy of 21 models at
+  4..2048 demonstrations; tasks ``mir-core`` and ``mir-extended``), where every added demonstration is another
+  input-output example of the function to induce. No token counts: ``n_pmt`` stands in as
+  ``MIR_QUERY_TOKENS + n_shots x MIR_TOKENS_PER_SHOT`` (100 + 60 n: 2048 shots are about 123k tokens, just inside the
+  128k windows, as the benchmark sizes its prompts to fit them). ``n_ctx`` is each model's listed window (copied
+  into the CSV with the scores). No training compute (API models): one stand-in ``MIR_COMPUTE`` for every model,
+  so the compute factor is a constant and the set tests the context factor and the penalty only.
 
 ``n_instances`` is 1 in every converted table: the sources give means only, so the binomial objective and
 instance bootstrap are not meaningful on them (the MSE fit never reads it).
@@ -37,6 +44,8 @@ from ctxscale.observations import OBSERVATION_COLUMNS, validate_observations
 
 NOMINAL_TRAIN_TOKENS = 1e12  # the same stand-in D for every model of RULER and HELMET
 PYTHIA_TOKENS_PER_EXAMPLE = 100  # the stand-in query and demonstration length of Pythia prompts
+MIR_QUERY_TOKENS, MIR_TOKENS_PER_SHOT = 100, 60  # stand-in prompt lengths of MIR-Bench (module docstring)
+MIR_COMPUTE = 1e25  # the same stand-in compute for every MIR-Bench model
 
 
 def _table(frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -93,7 +102,20 @@ def pythia_observations(raw: pd.DataFrame, tasks=None, steps=None) -> pd.DataFra
     return _table(frame, "pythia")
 
 
-CONVERTERS = {"ruler": ruler_observations, "helmet": helmet_observations, "pythia": pythia_observations}
+def mir_observations(raw: pd.DataFrame) -> pd.DataFrame:
+    """``mir_bench_readme.csv`` -> observations, tasks ``mir-core`` and ``mir-extended`` (module docstring)."""
+    raw = raw[raw["score"].notna()]
+    task = "mir-" + raw["split"].astype(str)
+    frame = pd.DataFrame({
+        "model": raw["model"], "task": task, "dataset": task, "n_shots": raw["n_shots"].astype(int),
+        "n_pmt": MIR_QUERY_TOKENS + raw["n_shots"].astype(float) * MIR_TOKENS_PER_SHOT,
+        "n_ctx": raw["context_limit_tokens"].astype(float), "compute": MIR_COMPUTE,
+        "score": raw["score"].astype(float) / 100.0, "n_instances": 1})
+    return _table(frame, "mir")
+
+
+CONVERTERS = {"ruler": ruler_observations, "helmet": helmet_observations, "pythia": pythia_observations,
+              "mir": mir_observations}
 
 
 def main(argv=None) -> int:

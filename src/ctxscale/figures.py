@@ -74,7 +74,7 @@ from ctxscale.tables import (format_flops, format_tokens, load_fits, load_model_
 log = logging.getLogger(__name__)
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting logs every table at INFO
 
-FIGURE_NAMES = ("fig1", "fig2", "heldout_context", "heldout_compute", "pi_vs_yarn", "per_model")
+FIGURE_NAMES = ("fig1", "fig2", "heldout_context", "heldout_compute", "pi_vs_yarn", "per_model", "extension_validation")
 FORMATS = ("png", "pdf", "svg")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 PAPER_WIDTH_IN = 7.0  # a two-column paper's text width
@@ -670,8 +670,50 @@ def per_model(inputs: FigureInputs, settings: FigureSettings | None = None) -> F
     return fig
 
 
+def extended_models(inputs: FigureInputs) -> list[str]:
+    """Models built by the extension stage whose training recorded validation losses by position bucket."""
+    info = inputs.model_info
+    return [m for m, record in zip(info["model"], info["extension"])
+            if isinstance(record, dict) and (record.get("validation") or {}).get("after")]
+
+
+def extension_validation(inputs: FigureInputs, settings: FigureSettings | None = None) -> Figure:
+    """Did the extension work? Held-out loss by position bucket before and after each model's continued training,
+    one panel per base model, its extended models in one colour each."""
+    models = extended_models(inputs)
+    if not models:
+        raise UserError("extension_validation needs model-info files of models built by the extension stage "
+                        "(source: extend) with validation sequences")
+    info = inputs.model_info
+    compute = info["compute"].astype(float)
+    bases = sorted(dict.fromkeys(inputs.base(m) for m in models),
+                   key=lambda b: compute[[m for m in models if inputs.base(m) == b]].min())  # smallest first
+    fig = _new_figure(min(PAPER_WIDTH_IN, 2.4 * len(bases) + 0.4), 2.6)
+    axes = fig.subplots(1, len(bases), squeeze=False)[0]
+    colours = _palette(sorted(models, key=lambda m: info.loc[m, "n_ctx"]))
+    for ax, base in zip(axes, bases):
+        for model in sorted((m for m in models if inputs.base(m) == base), key=lambda m: info.loc[m, "n_ctx"]):
+            validation = info.loc[model, "extension"]["validation"]
+            middles = [(start + end) / 2 for start, end in validation["buckets"]]
+            for key, style in (("before", ":"), ("after", "-")):
+                losses = [np.nan if v is None else v for v in validation[key] or []]
+                if losses:
+                    ax.plot(middles, losses, linestyle=style, marker="o", markersize=3, color=colours[model],
+                            label=f"{model} {key}")
+            _mark_n_ctx(ax, info.loc[model, "n_ctx"], label=False, colour=colours[model])
+        ax.set_title(base, fontsize=8.5)
+        ax.set_xlabel("position in the sequence (tokens)")
+        ax.set_xscale("log", base=2)
+    axes[0].set_ylabel("held-out loss (nats per token)")
+    handles = [Line2D([], [], color=colours[m], label=m) for m in colours]
+    handles += [Line2D([], [], color="0.3", linestyle=":", label="before extension (base weights, new RoPE)"),
+                Line2D([], [], color="0.3", linestyle="-", label="after extension")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=7)
+    return fig
+
+
 FIGURES = {"fig1": fig1, "fig2": fig2, "heldout_context": heldout_context, "heldout_compute": heldout_compute,
-           "pi_vs_yarn": pi_vs_yarn, "per_model": per_model}
+           "pi_vs_yarn": pi_vs_yarn, "per_model": per_model, "extension_validation": extension_validation}
 
 # ------------------------------------------------------------------------------------------------ output
 

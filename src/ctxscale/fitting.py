@@ -58,6 +58,8 @@ import logging
 import math
 import sys
 import time
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,6 +101,45 @@ LOCAL_TOLERANCE = 1e-12
 # parameters (log10 scales and exponents) to this absolute precision.
 AGREEMENT_LOSS_RTOL = 1e-6
 AGREEMENT_PARAM_ATOL = 1e-3
+
+
+BOUND_MESSAGE = "parameter %s of the %s fit (law %s) sits on its bound; the optimum may lie outside the search box"
+_FITS_MADE = 0  # fits made by fit_law in this process (bounds_summary counts its own)
+
+
+class _BoundCollector(logging.Filter):
+    """Swallows the per-fit "sits on its bound" warnings and counts them per (law, parameter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = Counter()
+        self.fits, self._last_fit = 0, None
+
+    def filter(self, record) -> bool:
+        if record.msg is BOUND_MESSAGE:
+            self.counts[(record.args[2], record.args[0])] += 1
+            if _FITS_MADE != self._last_fit:  # the warnings of one fit come together, after its count
+                self.fits, self._last_fit = self.fits + 1, _FITS_MADE
+            return False
+        return True
+
+
+@contextmanager
+def bounds_summary(what: str):
+    """Within the block, fits do not warn one by one about parameters on their bounds; at its end one warning
+    summarises them (``ctxscale compare``: many fits, one summary)."""
+    collector = _BoundCollector()
+    log.addFilter(collector)
+    started = _FITS_MADE
+    try:
+        yield collector
+    finally:
+        log.removeFilter(collector)
+        if collector.counts:
+            parts = ", ".join(f"{law} {name} ({count})" for (law, name), count in sorted(collector.counts.items()))
+            log.warning("%s: %d of %d fits put parameters on their search bounds (law parameter (fits): %s); the "
+                        "optimum may lie outside the search box (each fit's diagnostics.at_bounds names them)", what,
+                        collector.fits, _FITS_MADE - started, parts)
 
 
 def check_max_exponent(value) -> float:
@@ -318,9 +359,10 @@ def initial_guess(form: WorkingForm, data: FitData) -> np.ndarray:
         p_ref = float(np.clip(-np.expm1(-np.exp(intercept)), 1e-6, 1 - 1e-12))
         h = math.log(-math.log1p(-math.sqrt(p_ref)))
         z = [h, slope_c, h, slope_n]
-    # extra parameters start near the paper form: a light tail (gamma = 100), a 1% penalty width and a floor
-    # at half the lowest score (a chance floor cannot exceed the worst observed cell)
-    starts = {"log10_gamma": 2.0, "log10_penalty_width": -2.0, "floor": 0.5 * float(np.min(data.score))}
+    # extra parameters start near the paper form: a light tail (gamma = 100), a 1% penalty width, the listed
+    # window as the effective one and a floor at half the lowest score (a chance floor cannot exceed the worst cell)
+    starts = {"log10_gamma": 2.0, "log10_penalty_width": -2.0, "log10_effective_share": 0.0,
+              "floor": 0.5 * float(np.min(data.score))}
     z += [starts[name] for name in spec.extra_names]
     lo, hi = np.array(form.bounds).T
     margin = 1e-6 * (hi - lo)
@@ -387,9 +429,10 @@ def fit_law(data: FitData, spec: LawSpec | None = None, *, objective: str = "mse
         log.debug("seed %d: DE loss %.6g after %d generations, refined %.6g", seed, de.fun, de.nit, loss)
     best = min(runs, key=lambda r: r["loss"])
     agreement = _agreement(runs, best, form)
+    global _FITS_MADE
+    _FITS_MADE += 1
     for name in agreement["at_bounds"]:
-        log.warning("parameter %s of the %s fit sits on its bound; the optimum may lie outside the search box",
-                    name, spec.model_form)
+        log.warning(BOUND_MESSAGE, name, spec.model_form, spec.law)
     if not agreement["seeds_agree"]:
         log.info("seeds reached different optima (loss spread %.3g); the objective is flat along some direction",
                  agreement["loss_spread"])

@@ -35,11 +35,16 @@ Law variants (:data:`LAWS`, ``ctxscale fit --law NAME``, config ``fit.law``; def
   below guessing; ``floor`` fitted in [0, 0.6] or given (``--floor``, e.g. 0.25 for four choices);
 - ``relative-width``: the penalty ``sigma((n_ctx - n_pmt) / (w n_ctx))`` with ``w`` fitted: this is the
   ``fitted`` penalty (above), selected as a law so that it can be compared with the others;
-- ``floor-relative-width``: both of the last two (floor and penalty width fitted: six parameters).
+- ``floor-relative-width``: both of the last two (floor and penalty width fitted: six parameters);
+- ``effective-context``: the relative-width penalty around an effective context ``kappa n_ctx`` instead of the
+  listed one, ``sigma((kappa n_ctx - n_pmt) / (w kappa n_ctx))``, ``log10 kappa`` fitted in [-1.5, 0] (six
+  parameters; ``kappa = 1`` is ``relative-width``): models whose scores fall well before their listed window.
 
-:data:`LAW_ALIASES` maps ``recommended`` to ``relative-width``, the variant chosen from the out-of-sample
-comparison of ``docs/laws.md`` (RULER, HELMET, Pythia: the only variant no worse than the paper law on any data
-set's mean leave-one-model-out or held-out-context MAE); :func:`resolve_law` resolves it. Parameters each variant adds are named in
+:data:`LAW_ALIASES` maps ``recommended`` to the variant the selection protocol of ``docs/laws.md``
+(:mod:`ctxscale.selection`) recommends: **``paper``**, because no variant was better than the paper law on the
+choice sets (RULER, HELMET, Pythia) and then confirmed on sets it was not chosen on (MIR-Bench);
+:func:`resolve_law` resolves it. ``ctxscale fit --law auto`` chooses per task on the user's own cells instead.
+Parameters each variant adds are named in
 :data:`EXTRA_PARAMETERS` with their bounds.
 
 Model forms: ``context-aware`` (the law), ``no-penalty`` (the paper's ablation: compute and context factors,
@@ -74,6 +79,7 @@ class LawVariant:
     heavy_tail: bool = False
     floor: bool = False
     penalty: str | None = None  # a penalty the variant fixes; None: as --penalty selects
+    effective: bool = False  # the penalty acts around an effective context kappa n_ctx, kappa fitted
 
 
 LAWS = {law.name: law for law in (
@@ -85,13 +91,15 @@ LAWS = {law.name: law for law in (
                penalty="fitted"),
     LawVariant("floor-relative-width", "chance-floor and relative-width together (6 parameters)", floor=True,
                penalty="fitted"),
+    LawVariant("effective-context", "penalty sigma((kappa n_ctx - n_pmt) / (w kappa n_ctx)) around an effective "
+               "context below the listed one, kappa and w fitted (6 parameters)", penalty="fitted", effective=True),
 )}
 # The variant ``--law recommended`` selects; the evidence is in docs/laws.md.
-LAW_ALIASES = {"recommended": "relative-width"}
+LAW_ALIASES = {"recommended": "paper"}
 LAW_CHOICES = tuple(LAWS) + tuple(LAW_ALIASES)
 # Parameters a variant adds to the identifiable form: name -> (lower, upper) bound, fitted as is.
 EXTRA_PARAMETERS = {"log10_gamma": (-1.0, 3.0), "log10_penalty_width": FITTED_WIDTH_LOG10_BOUNDS,
-                    "floor": (0.0, 0.6)}
+                    "log10_effective_share": (-1.5, 0.0), "floor": (0.0, 0.6)}
 
 
 def resolve_law(name: str) -> str:
@@ -212,6 +220,10 @@ class LawSpec:
         return self.uses_context and self.variant.heavy_tail
 
     @property
+    def fits_effective_share(self) -> bool:
+        return self.uses_penalty and self.variant.effective
+
+    @property
     def fits_floor(self) -> bool:
         return self.variant.floor and self.floor is None
 
@@ -219,7 +231,7 @@ class LawSpec:
     def extra_names(self) -> tuple[str, ...]:
         """Parameters beyond the four of the identifiable core, in the order the optimiser sees them."""
         flags = (("log10_gamma", self.fits_gamma), ("log10_penalty_width", self.fits_penalty_width),
-                 ("floor", self.fits_floor))
+                 ("log10_effective_share", self.fits_effective_share), ("floor", self.fits_floor))
         return tuple(name for name, wanted in flags if wanted)
 
     @property
@@ -249,7 +261,10 @@ class LawSpec:
             p = p * saturating_factor(context_hazard, extra.get("log10_gamma") if self.fits_gamma else None)
         if self.uses_penalty:
             if self.fits_penalty_width:
-                overflow = (np.asarray(n_pmt, float) - np.asarray(n_ctx, float)) / np.asarray(n_ctx, float)
+                limit = np.asarray(n_ctx, float)
+                if self.fits_effective_share:
+                    limit = limit * 10.0 ** extra["log10_effective_share"]
+                overflow = (np.asarray(n_pmt, float) - limit) / limit
                 p = p * expit(-overflow / 10.0 ** extra["log10_penalty_width"])
             else:
                 p = p * (context_penalty(n_pmt, n_ctx, self.penalty, self.penalty_width) if penalty is None
@@ -284,6 +299,9 @@ def identifiable_from_paper(params: dict) -> dict:
     if params.get("penalty_width") is not None:
         _check_positive(params, ("penalty_width",))
         ident["log10_penalty_width"] = math.log10(params["penalty_width"])
+    if params.get("effective_share") is not None:
+        _check_positive(params, ("effective_share",))
+        ident["log10_effective_share"] = math.log10(params["effective_share"])
     if params.get("gamma") is not None:
         _check_positive(params, ("gamma",))
         ident["log10_gamma"] = math.log10(params["gamma"])
@@ -309,6 +327,8 @@ def paper_from_identifiable(ident: dict) -> dict:
         params.update(B=1.0, n_pmt_c=_pow10(ident["log10_n50"]), beta=float(ident["beta"]))
     if "log10_penalty_width" in ident:
         params["penalty_width"] = _pow10(ident["log10_penalty_width"])
+    if "log10_effective_share" in ident:
+        params["effective_share"] = _pow10(ident["log10_effective_share"])
     if "log10_gamma" in ident:
         params["gamma"] = _pow10(ident["log10_gamma"])
     if "floor" in ident:

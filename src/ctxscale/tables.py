@@ -77,7 +77,7 @@ TABLE_NAMES = ("table1", "parameters", "mae_in_distribution", "mae_heldout_conte
                "mae_heldout_compute", "mae_leave_one_model_out", "mae_summary")
 
 MODEL_INFO_COLUMNS = ["model", "source", "family", "group", "base", "n_ctx", "non_embedding_params",
-                      "pretrain_tokens", "extension_tokens", "compute"]
+                      "pretrain_tokens", "extension_tokens", "compute", "extension"]
 
 
 # ------------------------------------------------------------------------------------------ shared loaders

@@ -9,7 +9,9 @@ Command line (each a workflow step; errors a user can fix print ``error: ...`` a
 ``train`` spec keys (defaults: ``$defs/tiny_train`` of the config schema, read into :data:`TRAIN_DEFAULTS`): ``hidden_size, num_layers, num_heads,
 intermediate_size, n_ctx, steps, batch_size, lr, warmup, seed, mix``. ``extend`` spec keys
 (``$defs/tiny_extend``, :data:`EXTEND_DEFAULTS`): ``n_ctx, rope_scaling, steps, batch_size, lr, warmup, seed, mix``; extra keys of
-the base spec (``hidden_size`` ...) are accepted and must agree with the base checkpoint.
+the base spec (``hidden_size`` ...) are accepted and must agree with the base checkpoint. ``extend`` is a thin
+call into :mod:`ctxscale.extend` (the one implementation of context extension) with the recipe of
+:func:`extend_spec`; its weights are byte for byte those of the implementation it replaced.
 
 Each output folder is a normal Hugging Face checkpoint (``save_pretrained`` of a ``LlamaForCausalLM`` and
 its tokenizer, loadable by ``AutoModelForCausalLM`` and lm-eval's ``HFLM(pretrained=DIR)``) plus
@@ -320,25 +322,6 @@ def train(spec: dict, tokenizer=None, threads: int = 1):
     return model, tokenizer, info
 
 
-def _check_rope_scaling(rope_scaling, base_n_ctx: int, n_ctx: int) -> dict:
-    if not isinstance(rope_scaling, dict) or "rope_type" not in rope_scaling or "factor" not in rope_scaling:
-        raise UserError(
-            "extend needs spec rope_scaling = {rope_type: yarn, factor: F, original_max_position_embeddings: N}"
-        )
-    rope_scaling = dict(rope_scaling)
-    original = rope_scaling.setdefault("original_max_position_embeddings", base_n_ctx)
-    if original != base_n_ctx:
-        raise UserError(
-            f"rope_scaling.original_max_position_embeddings is {original} but the base model's n_ctx is {base_n_ctx}"
-        )
-    if not math.isclose(float(rope_scaling["factor"]) * base_n_ctx, n_ctx):
-        raise UserError(
-            f"n_ctx {n_ctx} is not rope_scaling.factor {rope_scaling['factor']} x the base n_ctx {base_n_ctx}"
-        )
-    rope_scaling["factor"] = float(rope_scaling["factor"])
-    return rope_scaling
-
-
 def read_training_info(checkpoint_dir) -> dict:
     path = Path(checkpoint_dir) / TRAINING_INFO
     if not path.is_file():
@@ -346,54 +329,48 @@ def read_training_info(checkpoint_dir) -> dict:
     return json.loads(path.read_text())
 
 
-def extend(base_dir, spec: dict, threads: int = 1):
-    """A context-extended variant of a base checkpoint; returns ``(model, tokenizer, training_info)``."""
+def extend_spec(spec: dict, base_dir=None) -> dict:
+    """The :mod:`ctxscale.extend` spec (``$defs/extend_spec`` + ``n_ctx``, ``rope_scaling``) of a tiny extension spec.
+
+    The miniature's recipe in the extension module's terms: one micro-batch of ``batch_size`` sequences per
+    update, warm-up ``max(1, round(warmup x steps))`` updates, then cosine decay to 10 %, fp32, unchunked loss,
+    SDPA, the synthetic episodes. Validation: 8 held-out sequences (a data stream of their own, so the training
+    data is unchanged), buckets of 64 positions. With a ``base_dir``, architecture keys of the spec must agree
+    with the base checkpoint's.
+    """
     spec = _spec_with_defaults(spec, EXTEND_DEFAULTS, extra_allowed=ARCHITECTURE_KEYS)
-    _set_determinism(threads)
-    base_dir = Path(base_dir)
-    base_info = read_training_info(base_dir)
-    base_spec = base_info["spec"]
-    for key in ARCHITECTURE_KEYS:
-        if key in spec and spec[key] != base_spec[key]:
-            raise UserError(f"spec {key}={spec[key]} disagrees with the base checkpoint ({base_spec[key]})")
+    if base_dir is not None:
+        base_spec = read_training_info(base_dir)["spec"]
+        for key in ARCHITECTURE_KEYS:
+            if key in spec and spec[key] != base_spec[key]:
+                raise UserError(f"spec {key}={spec[key]} disagrees with the base checkpoint ({base_spec[key]})")
     if spec["n_ctx"] is None:
         raise UserError("extend needs spec n_ctx (the extended context length)")
-    if base_info["stage"] != "pretrain":
-        raise UserError(f"{base_dir} is already an extended model; extend a base model")
-    rope_scaling = _check_rope_scaling(spec["rope_scaling"], base_info["n_ctx"], spec["n_ctx"])
-
-    tokenizer = _load_tokenizer(base_dir)
-    base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = init_model(tokenizer, **architecture(base_spec), n_ctx=spec["n_ctx"], seed=spec["seed"],
-                       rope_scaling=rope_scaling)
-    model.load_state_dict(base.state_dict())
-    del base
-    log.info("extending %s from %d to %d tokens with %s, %d steps of %d x %d tokens", base_dir,
-             base_info["n_ctx"], spec["n_ctx"], rope_scaling, spec["steps"], spec["batch_size"], spec["n_ctx"])
-    # stream n_ctx: a data stream of its own, never the pretraining one
-    rng = np.random.default_rng([spec["seed"], spec["n_ctx"]])
-    started = time.perf_counter()
-    losses, tokens = run_training(
-        model, tokenizer, rng, steps=spec["steps"], batch_size=spec["batch_size"], seq_len=spec["n_ctx"],
-        lr=spec["lr"], warmup=spec["warmup"], mix=spec["mix"], label=f"extend x{rope_scaling['factor']:g}",
-    )
-    info = {
-        "stage": "extension",
-        "pretrain_tokens": base_info["pretrain_tokens"],
-        "extension_tokens": base_info["extension_tokens"] + tokens,
-        "non_embedding_params": count_non_embedding_params(model),
-        "n_ctx": spec["n_ctx"],
-        "steps": spec["steps"],
-        "seed": spec["seed"],
-        "threads": threads,
-        "seconds": round(time.perf_counter() - started, 3),
-        "rope_scaling": rope_scaling,
-        "spec": {**spec, "rope_scaling": rope_scaling},
-        "base": {"n_ctx": base_info["n_ctx"], "steps": base_info["steps"], "seed": base_info["seed"],
-                 "seconds": base_info["seconds"], "spec": base_spec},
-        "losses": losses,
+    return {
+        "updates": spec["steps"], "global_batch": spec["batch_size"], "micro_batch": spec["batch_size"],
+        "lr": spec["lr"], "warmup_updates": max(1, round(spec["warmup"] * spec["steps"])), "lr_schedule": "cosine",
+        "min_lr_ratio": 0.1, "seed": spec["seed"], "precision": "fp32", "activation_checkpointing": False,
+        "loss_chunk_tokens": None, "attention": "sdpa", "data": {"source": "synthetic", "mix": spec["mix"]},
+        "validation": {"sequences": 8, "bucket_tokens": 64},
+        "n_ctx": spec["n_ctx"], "rope_scaling": spec["rope_scaling"],
     }
-    return model, tokenizer, info
+
+
+def extend(base_dir, spec: dict, out_dir, threads: int = 1) -> int:
+    """Extend a tiny base checkpoint into ``out_dir`` with :mod:`ctxscale.extend` (the one implementation).
+
+    A thin call: the tiny spec becomes an extension spec (:func:`extend_spec`), the training state lives in a
+    temporary folder. Returns the extension's exit code.
+    """
+    import tempfile
+
+    from ctxscale.extend.__main__ import main as extend_main
+
+    if not Path(base_dir).is_dir():
+        raise UserError(f"base checkpoint {base_dir} does not exist")
+    with tempfile.TemporaryDirectory(prefix="ctxscale-tiny-extend-") as state_dir:
+        return extend_main(["--base", str(base_dir), "--out", str(out_dir), "--state-dir", state_dir,
+                            "--spec", json.dumps(extend_spec(spec, base_dir)), "--threads", str(threads)])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -420,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     train_cmd.add_argument("--tokenizer", help="tokenizer directory (default: build the character tokenizer)")
     train_cmd.add_argument("--threads", type=int, default=1, help="torch threads (weights depend on it)")
     train_cmd.add_argument("--out", required=True)
-    extend_cmd = commands.add_parser("extend", help="YaRN context extension of a base model")
+    extend_cmd = commands.add_parser("extend", help="YaRN context extension of a base model (via ctxscale.extend)")
     extend_cmd.add_argument("--base", required=True, help="base checkpoint directory")
     extend_cmd.add_argument("--spec", required=True, help="JSON object with n_ctx and rope_scaling")
     extend_cmd.add_argument("--threads", type=int, default=1)
@@ -432,12 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         build_tokenizer().save_pretrained(args.out)
         log.info("saved the character tokenizer to %s", args.out)
         return 0
-    if args.command == "train":
-        model, tokenizer, info = train(_parse_spec(args.spec), _load_tokenizer(args.tokenizer), args.threads)
-    else:
-        if not Path(args.base).is_dir():
-            raise UserError(f"base checkpoint {args.base} does not exist")
-        model, tokenizer, info = extend(args.base, _parse_spec(args.spec), args.threads)
+    if args.command == "extend":
+        return extend(args.base, _parse_spec(args.spec), args.out, args.threads)
+    model, tokenizer, info = train(_parse_spec(args.spec), _load_tokenizer(args.tokenizer), args.threads)
     save_checkpoint(model, tokenizer, args.out, info)
     log.info("saved %s (%d tokens in %.1f s, final loss %.4f)", args.out,
              info["pretrain_tokens"] + info["extension_tokens"], info["seconds"], info["losses"][-1])

@@ -104,7 +104,11 @@ def tiny_train_spec(wildcards):
 
 def extension_spec(wildcards):
     """The recipe of one extension (models.<m>.extend, defaults filled, plus n_ctx and rope_scaling)."""
-    return json.dumps(ctxconfig.extension_spec(config, wildcards.model), sort_keys=True)
+    spec = ctxconfig.extension_spec(config, wildcards.model)
+    corpus = extension_corpus(wildcards.model)
+    if corpus is not None:  # the token column of the corpus's parquet files
+        spec["data_column"] = config["extension_data"][corpus]["column"]
+    return json.dumps(spec, sort_keys=True)
 
 
 def extension_corpus(model):
@@ -145,12 +149,8 @@ def extension_gpus(wildcards, input):
     return ctxplan.extension_gpus(config, wildcards.model, input.base)
 
 
-def extension_processes(wildcards, resources):
-    return max(1, int(resources.gpu))
-
-
 def extension_mem_mb(wildcards, attempt):
-    return ctxplan.extension_mem_mb(config, wildcards.model) * attempt
+    return config["extension"]["mem_mb"] * attempt
 
 
 def extension_runtime(wildcards, attempt):
@@ -284,6 +284,7 @@ FIGURE_EXPERIMENTS = {
     "heldout_compute": ["held-out-compute"],
     "pi_vs_yarn": ["in-distribution"],
     "per_model": ["in-distribution"],
+    "extension_validation": [],
 }
 
 
@@ -292,6 +293,8 @@ def figure_names():
     names = [n for n, needs in FIGURE_EXPERIMENTS.items() if set(needs) <= fitted]
     if not any(model_spec(m)["group"] == "pi" for m in MODELS):
         names = [n for n in names if n != "pi_vs_yarn"]
+    if not any(ctxconfig.extension_spec(config, m)["validation"]["sequences"] for m in models_from("extend")):
+        names = [n for n in names if n != "extension_validation"]
     return names
 
 

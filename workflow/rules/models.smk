@@ -94,7 +94,7 @@ rule fetch_extension_data:
 
 
 # Context extension (ctxscale.extend): continued training of the base checkpoint at the new length with the
-# model's RoPE scaling, under torchrun with FSDP2 on the job's GPUs (one process on CPU). Resumable: sharded
+# model's RoPE scaling, under torchrun with FSDP2 on the job's GPUs (--processes 0: one process on the CPU). Resumable: sharded
 # checkpoints in resources/extend-state/{model} (every extend.checkpoint_every updates and on SIGUSR1/SIGTERM,
 # which the SLURM profile sends before the time limit); a rerun continues from the last one.
 rule extend_model:
@@ -106,7 +106,6 @@ rule extend_model:
     params:
         spec=extension_spec,
         data=extension_data_option,
-        processes=extension_processes,
     log:
         "logs/extend_model/{model}.log",
     benchmark:
@@ -125,7 +124,7 @@ rule extend_model:
     shell:
         "python -m ctxscale.gpus --count {resources.gpu} --lock-dir resources/gpu-locks --"
         " python -m ctxscale.extend --base {input.base} --spec {params.spec:q} {params.data}"
-        " --state-dir resources/extend-state/{wildcards.model} --processes {params.processes}"
+        " --state-dir resources/extend-state/{wildcards.model} --processes {resources.gpu}"
         " --threads {threads} --out {output} 2> {log}"
 
 

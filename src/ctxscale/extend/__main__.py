@@ -1,0 +1,152 @@
+"""Context extension of a Llama checkpoint (paper-spec §3.3; see the :mod:`ctxscale.extend` package).
+
+    python -m ctxscale.extend --base DIR --out DIR --spec JSON --state-dir DIR [--data-dir DIR]
+                              [--processes N] [--threads N]
+
+``--spec``: the model's ``extend`` mapping (``$defs/extend_spec``) plus ``n_ctx``, ``rope_scaling`` and
+optionally ``data_column``. ``--processes N`` (N > 1, not already under torchrun) re-launches this command under
+``torch.distributed.run --standalone`` with N processes; SIGUSR1/SIGTERM to this parent are passed to the
+workers, which finish the current update, save a checkpoint in ``--state-dir`` and exit non-zero (rerun to
+continue). User mistakes print one line ``error: ...`` and exit 2, checked before any process is launched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
+
+log = logging.getLogger("ctxscale.extend")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m ctxscale.extend", description=__doc__.split("\n")[0])
+    parser.add_argument("--base", required=True, help="base checkpoint folder (Hugging Face Llama)")
+    parser.add_argument("--out", required=True, help="output checkpoint folder")
+    parser.add_argument("--spec", required=True, help="JSON: the extend mapping plus n_ctx and rope_scaling")
+    parser.add_argument("--state-dir", required=True, help="resumable training state (kept until the output is written)")
+    parser.add_argument("--data-dir", help="folder of parquet files (data.source other than synthetic)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="training processes (GPUs); default 1; 0 (a CPU-only job's GPU count) means 1")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (weights depend on it)")
+    return parser.parse_args(argv)
+
+
+def checked_spec(args) -> dict:
+    """The validated spec; every user mistake is found here, before any process is launched."""
+    import transformers
+
+    from ctxscale.extend.recipe import SYNTHETIC, accumulation_steps, read_spec
+
+    base = Path(args.base)
+    if not (base / "config.json").is_file():
+        raise UserError(f"--base {base} is not a Hugging Face checkpoint folder (no config.json)")
+    config = transformers.AutoConfig.from_pretrained(base)
+    if getattr(config, "model_type", None) != "llama":
+        raise UserError(f"--base {base} is a {config.model_type!r} model; the extension supports llama")
+    if (config.rope_parameters or {}).get("rope_type", "default") != "default":
+        raise UserError(f"--base {base} already has RoPE scaling {config.rope_parameters}; extend a base model")
+    spec = read_spec(parse_json_option(args.spec, "--spec"), config.max_position_embeddings)
+    if args.processes < 0 or args.threads < 1:
+        raise UserError("--processes must be at least 0 (0: one process) and --threads at least 1")
+    args.processes = max(1, args.processes)
+    processes = int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ else args.processes
+    accumulation_steps(spec, processes)
+    if spec["data"]["source"] != SYNTHETIC:
+        if not args.data_dir:
+            raise UserError(f"data.source {spec['data']['source']!r} needs --data-dir (a folder of parquet files)")
+        if not Path(args.data_dir).is_dir():
+            raise UserError(f"--data-dir {args.data_dir} does not exist")
+    return spec
+
+
+def relaunch(argv: list[str], processes: int, state_dir: Path) -> int:
+    """Run this command under ``torch.distributed.run --standalone`` with ``processes`` workers.
+
+    torchrun's agent runs in a session of its own; a stop signal to this process is sent to the workers
+    (their pids in ``state_dir/pids``), never to the agent.
+    """
+    from ctxscale.extend.state import STOP_SIGNALS, PID_DIR, worker_pids
+
+    pid_dir = state_dir / PID_DIR
+    for stale in pid_dir.glob("*.pid") if pid_dir.is_dir() else []:
+        stale.unlink()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "ctxscale.extend", *argv]
+    child = subprocess.Popen(command, start_new_session=True)
+
+    def forward(signum, frame):
+        pids = worker_pids(state_dir)
+        log.warning("passing %s to the %d workers", signal.Signals(signum).name, len(pids))
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, forward)
+    return child.wait()
+
+
+def work(args, spec: dict) -> int:
+    """One training process (alone, or one worker under torchrun)."""
+    import torch
+
+    from ctxscale.datasets import load_tokenizer
+    from ctxscale.extend import state, train
+    from ctxscale.numerics import pin_cpu_code_paths
+
+    pin_cpu_code_paths()  # before the first tensor operation, as ctxscale.tiny does
+    torch.set_num_threads(args.threads)
+    if torch.cuda.is_available():
+        # cuBLAS needs this workspace setting for deterministic results; CUDA attention kernels with no
+        # deterministic variant warn instead of failing
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(True)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stop = state.StopFlag()
+    stop.install()
+    run = train.Run(spec)
+    try:
+        state.write_pid(state_dir)
+        tokenizer = load_tokenizer(args.base)
+        result = train.train(spec, args.base, state_dir, args.data_dir, run=run, tokenizer=tokenizer, stop=stop)
+        if result is None:
+            return state.EXIT_INTERRUPTED
+        train.write_output(args.out, args.base, spec, result, run, tokenizer, args.threads)
+        if run.rank == 0:
+            train.clear_state(state_dir)
+            log.info("saved %s (%d updates, final loss %.4f)", args.out, result["progress"]["updates_done"],
+                     result["progress"]["loss"][-1])
+        return 0
+    finally:
+        run.close()
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    # under torchrun only rank 0 reports progress; the others log warnings and errors
+    setup_logging(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+    spec = checked_spec(args)
+    if args.processes > 1 and "WORLD_SIZE" not in os.environ:
+        return relaunch(argv, args.processes, Path(args.state_dir))
+    return work(args, spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
