@@ -250,8 +250,8 @@ def test_enabling_pi_builds_its_models_by_extension(clone_dir, paper_config):
     assert "repo_id=emozilla/pg_books-tokenized-bos-eos-chunked-65536" in output.replace('"', "").replace(": ", "=")
     resources = _extend_resources(output)
     assert sorted(resources) == sorted(pi)
-    # the base is not downloaded in this clone: the GPU request waits for its config.json
-    assert all("gpu=<TBD>" in r.split(", ") for r in resources.values()), resources
+    # the base is not downloaded in this clone: the GPU and memory requests wait for its config.json
+    assert all({"gpu=<TBD>", "mem_mb=<TBD>"} <= set(r.split(", ")) for r in resources.values()), resources
     assert "--base resources/models/llama2-7b-4k" in output and "--data-dir resources/extension-data/pg_books" in output
 
 

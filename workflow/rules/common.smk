@@ -150,7 +150,9 @@ def extension_gpus(wildcards, input):
 
 
 def extension_mem_mb(wildcards, attempt):
-    return config["extension"]["mem_mb"] * attempt
+    """Host memory of one extend job: extension.mem_mb, or more when the plan's (offloaded fp32 state, the loading
+    copy, the processes; ctxscale.plan) needs it, times the attempt; <TBD> until the base checkpoint exists."""
+    return ctxplan.extension_mem_mb(config, wildcards.model) * attempt
 
 
 def extension_runtime(wildcards, attempt):
