@@ -139,13 +139,9 @@ def extension_data_json(wildcards):
 
 
 def extension_gpus(wildcards, input):
-    """GPUs of one extend job: extension.gpus, or (auto) the plan's from the base checkpoint (ctxscale.plan)."""
-    requested = config["extension"]["gpus"]
-    if requested != "auto":
-        return requested
-    if not os.path.exists(os.path.join(input.base, "config.json")):
-        # the base is not downloaded yet: Snakemake marks the resource <TBD> and asks again when the job is ready
-        raise FileNotFoundError(2, "not yet created", input.base)
+    """GPUs of one extend job (ctxscale.plan.extension_gpus): the plan's, or a fixed extension.gpus checked against
+    it (a job that cannot fit fails here, in one line, before any model loads); 0 on a CPU-only run. <TBD> until
+    the base checkpoint's config.json exists: Snakemake asks again when the job is ready."""
     return ctxplan.extension_gpus(config, wildcards.model, input.base)
 
 
