@@ -148,6 +148,35 @@ def test_past_n_ctx_matches_hf(engines, tmp_path, letters, rope_scaling):
     assert max(abs(a - b) for a, b in zip(on_vllm, on_hf, strict=True)) < 1e-3
 
 
+@pytest.mark.parametrize("rope_type", ["linear", "yarn"], ids=["pi", "yarn"])
+def test_extended_checkpoint_past_its_base_context_matches_hf(engines, tmp_path, letters, rope_type):
+    """A checkpoint of the extension stage (ctxscale.extend: PI or YaRN x2 from a 64-token base, a few updates)
+    loads in both engines and is evaluated past its base context, and past its own, with the same predictions."""
+    from ctxscale.extend.__main__ import main as extend
+
+    base = tiny_checkpoint(tmp_path / "base")
+    scaling = {"rope_type": rope_type, "factor": 2.0, "original_max_position_embeddings": N_CTX}
+    spec = {"updates": 4, "global_batch": 2, "micro_batch": 2, "lr": 1e-3, "warmup_updates": 1, "lr_schedule": "cosine",
+            "precision": "fp32", "activation_checkpointing": False, "loss_chunk_tokens": None, "attention": "sdpa",
+            "seed": 0, "data": {"source": "synthetic"}, "validation": {"sequences": 0},
+            "n_ctx": 2 * N_CTX, "rope_scaling": scaling}  # fmt: skip
+    model_dir = tmp_path / "extended"
+    assert extend(["--base", str(base), "--out", str(model_dir), "--spec", json.dumps(spec), "--state-dir",
+                   str(tmp_path / "state")]) == 0  # fmt: skip
+    config = json.loads((model_dir / "config.json").read_text())
+    rope = config.get("rope_parameters") or config.get("rope_scaling")
+    assert rope["rope_type"] == rope_type and rope["factor"] == 2.0 and config["max_position_embeddings"] == 2 * N_CTX
+    assert len(json.loads((model_dir / "ctxscale_training.json").read_text())["loss"]) == 4
+    backend, results = compare_backends(engines, tmp_path, model_dir, letters, TINY_SHOTS, len(LETTERS_TEST))
+    longest = max(i["prompt_tokens"] for i in results[TINY_SHOTS[-1]]["instances"])
+    assert longest >= 2 * N_CTX  # past the base context, up to the extended one
+    tokens = build_tokenizer()("".join(f"Question: {r['input']}\nAnswer: {r['reference']}\n\n" for r in
+                                       LETTERS_POOL * 2)[: MAX_LENGTH - 10]).input_ids
+    assert len(tokens) > 2.5 * (2 * N_CTX)  # past the extended context too
+    on_vllm, on_hf = prompt_logprobs_vllm(backend, tokens), prompt_logprobs_hf(model_dir, tokens)
+    assert max(abs(a - b) for a, b in zip(on_vllm, on_hf, strict=True)) < 1e-3
+
+
 SMOLLM_SHOTS = [0, 1, 3]
 ARITHMETIC_MANIFEST = LETTERS_MANIFEST | {
     "dataset": "arithmetic", "task": "math", "metric": "math_equiv", "max_new_tokens": 6,
