@@ -6,7 +6,6 @@ subprocess.
 """
 
 import json
-import math
 import os
 import signal
 import subprocess

@@ -145,7 +145,8 @@ def load_sharded(base_dir, config, device: torch.device, mesh, *, bf16: bool, cp
     """The extended model sharded with FSDP2 over ``mesh``: built on the meta device, materialised, loaded.
 
     Only rank 0 reads the base weights (fp32 on the CPU); ``set_model_state_dict(broadcast_from_rank0=True)``
-    sends each process its shards, so host memory holds one full copy, not one per process.
+    sends each process its shards, so host memory holds one full copy, not one per process. ``base_dir`` None:
+    the weights are left uninitialised for the caller to fill (the device benchmark's random model).
     """
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -173,16 +174,19 @@ def load_sharded(base_dir, config, device: torch.device, mesh, *, bf16: bool, cp
             module.set_force_sum_reduction_for_comms(True)
     wrapper.to_empty(device="cpu" if cpu_offload else device)
     reset_rope(lm, config)
+    if cpu_offload:
+        # to_empty put everything on the CPU; the rotary buffers are used in the forward on the GPU
+        for rotary in rotary_modules(lm):
+            rotary.to(device)
+    if base_dir is None:
+        assert_rope(lm, config)
+        return wrapper
     full = {}
     if dist.get_rank() == 0:
         base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         full = {f"lm.{k}": v for k, v in base.state_dict().items()}
         del base
     set_model_state_dict(wrapper, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    if cpu_offload:
-        # to_empty put everything on the CPU; the rotary buffers are used in the forward on the GPU
-        for rotary in rotary_modules(lm):
-            rotary.to(device)
     assert_rope(lm, config)
     return wrapper
 

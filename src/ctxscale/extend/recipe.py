@@ -126,7 +126,8 @@ def check_mix(mix) -> dict:
 
     known = set(synthetic.KINDS)
     if not isinstance(mix, dict) or not mix:
-        raise UserError(f"data.mix must be a non-empty mapping of sources to weights (sources: {', '.join(sorted(known))})")
+        raise UserError("data.mix must be a non-empty mapping of sources to weights "
+                        f"(sources: {', '.join(sorted(known))})")
     unknown = sorted(set(mix) - known)
     if unknown:
         raise UserError(f"unknown training source {unknown[0]!r} in data.mix (known: {', '.join(sorted(known))})")

@@ -37,6 +37,23 @@ TRAINING_INFO = "ctxscale_training.json"
 LOG_EVERY_SECONDS = 5.0
 
 
+def configure_torch(threads: int) -> None:
+    """Deterministic kernels and a fixed thread count, as ``ctxscale.tiny`` (same spec and threads: same bits).
+
+    On a GPU, cuBLAS needs its workspace setting for deterministic results, and kernels without a
+    deterministic variant (some attention backward passes) warn instead of failing.
+    """
+    from ctxscale.numerics import pin_cpu_code_paths
+
+    pin_cpu_code_paths()  # before the first tensor operation, so the bits do not depend on the CPU model
+    torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(True)
+
+
 class Run:
     """Where this process stands: rank, process count, device, and whether the model is sharded."""
 
@@ -121,23 +138,24 @@ def build(spec: dict, base_dir, run: Run):
     return wrapper, config
 
 
-def train(spec: dict, base_dir, state_dir, data_dir=None, *, run: Run, tokenizer=None, stop=None) -> dict | None:
-    """Train to the end (or until ``stop`` is requested); return the training record, or None if stopped.
+def train(spec: dict, base_dir, state_dir, data_dir=None, *, run: Run, tokenizer=None, stop=None, model=None,
+          stream=None) -> dict | None:
+    """Train to the end (or until ``stop`` is requested); return ``{progress, wrapper, config}``, or None if stopped.
 
-    ``stop``: a :class:`ctxscale.extend.state.StopFlag`. The record is complete on every rank; the weights are
-    in ``record['wrapper']`` (removed before writing).
+    ``stop``: a :class:`ctxscale.extend.state.StopFlag`. ``model`` (``(wrapper, config)``) and ``stream``
+    replace the base checkpoint's model and the spec's data (the device benchmark's random 7B model and tokens).
     """
     state_dir = Path(state_dir)
     torch.manual_seed(spec["seed"])
-    wrapper, config = build(spec, base_dir, run)
+    wrapper, config = model if model is not None else build(spec, base_dir, run)
     optimizer = torch.optim.AdamW(wrapper.parameters(), lr=spec["lr"], betas=tuple(spec["betas"]),
                                   eps=spec["eps"], weight_decay=spec["weight_decay"])
     accumulation = accumulation_steps(spec, run.processes)
-    stream = _stream(spec, tokenizer, data_dir)
+    stream = stream if stream is not None else _stream(spec, tokenizer, data_dir)
     total = updates_to_run(spec)
     validation = spec["validation"]
-    progress = {"updates_done": 0, "lr": [], "loss": [], "tokens_fed": 0, "tokens_nonzero_lr": 0, "seconds": 0.0,
-                "validation_before": None, "stream": stream.state()}
+    progress = {"updates_done": 0, "lr": [], "loss": [], "update_seconds": [], "tokens_fed": 0,
+                "tokens_nonzero_lr": 0, "seconds": 0.0, "validation_before": None, "stream": stream.state()}
     held_out = stream.validation() if validation["sequences"] else []
     resume_from = training_state.latest_checkpoint(state_dir)
     if resume_from is not None:
@@ -157,6 +175,7 @@ def train(spec: dict, base_dir, state_dir, data_dir=None, *, run: Run, tokenizer
     first = progress["updates_done"]
     tokens_before = progress["tokens_fed"]
     for update in range(first, total):
+        update_started = time.perf_counter()
         lr = learning_rate(spec, update)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -180,6 +199,7 @@ def train(spec: dict, base_dir, state_dir, data_dir=None, *, run: Run, tokenizer
         progress["tokens_nonzero_lr"] += int(tokens) if lr > 0 else 0
         progress["updates_done"] = update + 1
         now = time.perf_counter()
+        progress["update_seconds"].append(round(now - update_started, 3))
         progress["seconds"] = round(seconds_before + now - started, 3)
         if run.rank == 0 and (now - last_log >= LOG_EVERY_SECONDS or update in (first, total - 1)):
             done = update + 1 - first
@@ -228,6 +248,7 @@ def write_output(out_dir, base_dir, spec: dict, result: dict, run: Run, tokenize
     lm.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     base_info = read_base_info(base_dir)
+    original = spec["rope_scaling"]["original_max_position_embeddings"]
     tokens_fed = progress["tokens_fed"]
     info = {
         "stage": "extension",
@@ -246,12 +267,13 @@ def write_output(out_dir, base_dir, spec: dict, result: dict, run: Run, tokenize
         "spec": spec,
         "base": ({"path": str(base_dir), "n_ctx": base_info.get("n_ctx"), "steps": base_info.get("steps"),
                   "seed": base_info.get("seed"), "seconds": base_info.get("seconds"), "spec": base_info.get("spec")}
-                 if base_info else {"path": str(base_dir), "n_ctx": spec["rope_scaling"]["original_max_position_embeddings"]}),
+                 if base_info else {"path": str(base_dir), "n_ctx": original}),
         "tokens_fed": tokens_fed,
         "tokens_nonzero_lr": progress["tokens_nonzero_lr"],
         "lr": progress["lr"],
         "loss": progress["loss"],
         "losses": progress["loss"],
+        "update_seconds": progress["update_seconds"],
         "validation": progress["validation"],
     }
     (out_dir / TRAINING_INFO).write_text(json.dumps(info, indent=1) + "\n")
