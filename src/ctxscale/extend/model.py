@@ -34,11 +34,11 @@ from ctxscale.extend.data import IGNORE_INDEX
 log = logging.getLogger("ctxscale.extend")
 
 
-def choose_attention(setting: str, device: torch.device) -> str:
-    """``auto``: flash_attention_2 when installed and on a GPU, else sdpa."""
+def choose_attention(setting: str, device: torch.device, precision: str = "bf16") -> str:
+    """``auto``: flash_attention_2 when installed, on a GPU, in bf16 (it has no fp32 kernels), else sdpa."""
     if setting != "auto":
         return setting
-    if device.type == "cuda" and transformers.utils.is_flash_attn_2_available():
+    if device.type == "cuda" and precision == "bf16" and transformers.utils.is_flash_attn_2_available():
         return "flash_attention_2"
     return "sdpa"
 

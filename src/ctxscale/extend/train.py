@@ -8,6 +8,11 @@ asks for bf16 or CPU offload). Every update: set the LR of the schedule, run thi
 loss. The global batch is ``global_batch`` sequences whatever the process count (64 = the official 8 GPUs x
 1 x 8 accumulation).
 
+Equivalence: in fp32, P processes give one process's weights bit for bit when each process runs one
+micro-batch per update (tested with 2); with more micro-batches per process the gradient sum is re-associated
+(``(g0+g1)+(g2+g3)`` against ``((g0+g1)+g2)+g3``) and agrees up to float rounding. The gradient norm for clipping
+is measured on whole gradients (:func:`clip_gradients`) so it does not depend on the sharding.
+
 Gradients are reduced (summed) after every micro-batch rather than only after the last one: the sharded fp32
 gradient accumulates them, where skipping the reduction would accumulate unsharded gradients in bf16.
 """
@@ -35,6 +40,7 @@ log = logging.getLogger("ctxscale.extend")
 
 TRAINING_INFO = "ctxscale_training.json"
 LOG_EVERY_SECONDS = 5.0
+TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
 
 
 def configure_torch(threads: int) -> None:
@@ -126,7 +132,7 @@ def _stream(spec: dict, tokenizer, data_dir):
 
 def build(spec: dict, base_dir, run: Run):
     """The model (wrapped with its loss) and its extended config."""
-    attention = modeling.choose_attention(spec["attention"], run.device)
+    attention = modeling.choose_attention(spec["attention"], run.device, spec["precision"])
     config = modeling.extended_config(base_dir, spec["rope_scaling"], spec["n_ctx"], attention)
     chunk = spec["loss_chunk_tokens"]
     if run.sharded:
@@ -239,14 +245,16 @@ def write_output(out_dir, base_dir, spec: dict, result: dict, run: Run, tokenize
     if run.sharded:
         with torch.device("meta"):
             lm = transformers.AutoModelForCausalLM.from_config(config, dtype=save_dtype)
-        lm.load_state_dict({k: v.to(save_dtype) for k, v in full.items()}, assign=True, strict=False)
+        lm.load_state_dict({k: v.to(save_dtype) for k, v in full.items()}, assign=True)
         lm.tie_weights()
         modeling.reset_rope(lm, config)
+        if (Path(base_dir) / "generation_config.json").is_file():
+            lm.generation_config = transformers.GenerationConfig.from_pretrained(base_dir)
     else:
         lm = wrapper.lm
     lm.config.dtype = save_dtype
     lm.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    copy_tokenizer(base_dir, out_dir, tokenizer)
     base_info = read_base_info(base_dir)
     original = spec["rope_scaling"]["original_max_position_embeddings"]
     tokens_fed = progress["tokens_fed"]
@@ -279,7 +287,19 @@ def write_output(out_dir, base_dir, spec: dict, result: dict, run: Run, tokenize
     (out_dir / TRAINING_INFO).write_text(json.dumps(info, indent=1) + "\n")
 
 
+def copy_tokenizer(base_dir, out_dir, tokenizer) -> None:
+    """Copy the base checkpoint's tokenizer files verbatim (Llama's ``tokenizer.model`` included); a base
+    without any gets the loaded tokenizer's ``save_pretrained``."""
+    names = [p for p in Path(base_dir).iterdir() if p.is_file() and (p.name.startswith("tokenizer")
+             or p.name in TOKENIZER_FILES)]
+    for path in names:
+        shutil.copyfile(path, Path(out_dir) / path.name)
+    if not names:
+        tokenizer.save_pretrained(out_dir)
+
+
 def clear_state(state_dir) -> None:
-    """Remove the checkpoints once the output is written (a 7B run's optimizer state is ~80 GB)."""
-    for folder in Path(state_dir).glob("update-*"):
+    """Remove the checkpoints (and worker pid files) once the output is written (a 7B run's optimizer state is
+    ~80 GB)."""
+    for folder in [*Path(state_dir).glob("update-*"), Path(state_dir) / training_state.PID_DIR]:
         shutil.rmtree(folder, ignore_errors=True)
