@@ -131,9 +131,10 @@ def count_non_embedding_params(lm) -> int:
     return sum(p.numel() for i, p in unique.items() if i not in embeddings)
 
 
-def load_plain(base_dir, config, activation_checkpointing: bool, chunk_tokens) -> CausalLMWithLoss:
-    """The extended model on the CPU, fp32, unsharded (one process in fp32: the miniature's path)."""
-    lm = transformers.AutoModelForCausalLM.from_pretrained(base_dir, config=config, dtype=torch.float32)
+def load_plain(base_dir, config, activation_checkpointing: bool, chunk_tokens,
+               device: torch.device = torch.device("cpu")) -> CausalLMWithLoss:
+    """The extended model in fp32, unsharded, on ``device`` (one process in fp32: the miniature's path)."""
+    lm = transformers.AutoModelForCausalLM.from_pretrained(base_dir, config=config, dtype=torch.float32).to(device)
     if activation_checkpointing:
         lm.activation_checkpointing_enable({"use_reentrant": False})  # every decoder layer
     assert_rope(lm, config)

@@ -69,7 +69,9 @@ class Run:
             else torch.device("cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        # On GPUs, gloo as well for CPU tensors: CPU offload keeps gradients and optimizer state on the CPU,
+        # and the checkpoint's metadata exchange runs there
+        backend = "cpu:gloo,cuda:nccl" if self.device.type == "cuda" else "gloo"
         self.sharded = self.launched or spec["precision"] == "bf16" or spec["cpu_offload"]
         if self.launched:
             dist.init_process_group(backend, device_id=self.device if self.device.type == "cuda" else None)
@@ -96,7 +98,20 @@ class Run:
             dist.destroy_process_group()
 
 
-def clip_gradients(parameters, max_norm: float) -> float:
+def _whole(grad: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The whole gradient on ``device`` (a sharded DTensor gathered there; CPU-offloaded shards moved first)."""
+    if not hasattr(grad, "full_tensor"):
+        return grad.to(device)
+    local = grad.to_local()
+    if local.device != device:
+        from torch.distributed.tensor import DTensor
+
+        grad = DTensor.from_local(local.to(device), grad.device_mesh, grad.placements, shape=grad.shape,
+                                  stride=grad.stride())
+    return grad.full_tensor()
+
+
+def clip_gradients(parameters, max_norm: float, device: torch.device) -> float:
     """Scale the gradients so their global L2 norm is at most ``max_norm``; return the norm before clipping.
 
     torch's ``clip_grad_norm_`` over sharded (DTensor) gradients adds the shards' norms, in an order that
@@ -108,8 +123,7 @@ def clip_gradients(parameters, max_norm: float) -> float:
     ``clamp(max_norm / (norm + 1e-6), max=1)``, multiplied into each shard.
     """
     grads = [p.grad for p in parameters if p.grad is not None]
-    per_tensor = [torch.nn.utils.get_total_norm([g.full_tensor() if hasattr(g, "full_tensor") else g], 2.0)
-                  for g in grads]
+    per_tensor = [torch.nn.utils.get_total_norm([_whole(g, device)], 2.0) for g in grads]
     norm = torch.nn.utils.get_total_norm(per_tensor, 2.0)
     factor = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     for g in grads:
@@ -140,7 +154,7 @@ def build(spec: dict, base_dir, run: Run):
                                         cpu_offload=spec["cpu_offload"], chunk_tokens=chunk,
                                         activation_checkpointing=spec["activation_checkpointing"])
     else:
-        wrapper = modeling.load_plain(base_dir, config, spec["activation_checkpointing"], chunk)
+        wrapper = modeling.load_plain(base_dir, config, spec["activation_checkpointing"], chunk, run.device)
     return wrapper, config
 
 
@@ -196,7 +210,7 @@ def train(spec: dict, base_dir, state_dir, data_dir=None, *, run: Run, tokenizer
             loss_sum += float(loss.detach().double())  # one value per micro-batch, added in micro-batch order
         (loss_value,) = run.all_sum([loss_sum])
         if spec["grad_clip"] is not None:
-            clip_gradients(wrapper.parameters(), spec["grad_clip"])
+            clip_gradients(wrapper.parameters(), spec["grad_clip"], run.device)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         progress["lr"].append(lr)
