@@ -43,6 +43,21 @@ def base(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def hf_base(tmp_path_factory):
+    """A base like a downloaded Llama-2: untied embeddings, no ctxscale_training.json, context 32."""
+    out = tmp_path_factory.mktemp("hf_base")
+    tokenizer = tiny.build_tokenizer()
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                      max_position_embeddings=BASE_CTX, tie_word_embeddings=False,
+                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(1)
+    transformers.LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A parquet stand-in for a tokenized corpus: 2 files, row groups of 5, rows of 20-100 token ids."""
     folder = tmp_path_factory.mktemp("corpus")
@@ -89,9 +104,11 @@ def info(folder) -> dict:
 # ------------------------------------------------------------------------------------------ processes
 
 
-def test_two_processes_give_one_process_weights_fp32_yarn_corpus(tmp_path, base, corpus):
+def test_two_processes_give_one_process_weights_fp32_yarn_corpus(tmp_path, hf_base, corpus):
     """fp32: bit for bit, with a parquet corpus (rows of uneven length, padded), chunked loss, activation
-    checkpointing, gradient clipping, and the as-run schedule (stride 4 of 16 updates: 4 updates, then LR 0)."""
+    checkpointing, gradient clipping, and the as-run schedule (stride 4 of 16 updates: 4 updates, then LR 0);
+    the base has untied embeddings and no ctxscale_training.json, like a downloaded Llama-2."""
+    base = hf_base
     spec = spec_of(data={"source": "books"}, micro_batch=2, global_batch=4, loss_chunk_tokens=24,
                    activation_checkpointing=True, lr_schedule="as-run", as_run_stride=4, updates=16,
                    warmup_updates=2, grad_clip=0.5)
@@ -110,6 +127,9 @@ def test_two_processes_give_one_process_weights_fp32_yarn_corpus(tmp_path, base,
     # rows are cut to min(n_ctx, row length): the corpus rows (20-99 tokens) give fewer than 4 x 64 tokens
     assert 4 * 4 * 20 <= one["tokens_fed"] == two["tokens_fed"] < 4 * 4 * 64
     assert 0 < one["tokens_nonzero_lr"] < one["tokens_fed"]  # update 0 (LR 0) fed tokens that do not count
+    assert one["pretrain_tokens"] is None and one["extension_tokens"] == one["tokens_fed"]
+    assert "lm_head.weight" in a and not torch.equal(a["lm_head.weight"], a["model.embed_tokens.weight"])
+    assert (tmp_path / "two" / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
 
 
 BF16_LOSS_TOLERANCE = 1e-4  # relative, per update; observed: equal
