@@ -164,30 +164,42 @@ def test_two_processes_match_one_bf16_linear(tmp_path, base):
     assert record["validation"]["buckets"][-1] == [112, 128] and len(record["validation"]["after"]) == 8
 
 
-def test_stopped_by_signal_and_rerun_ends_with_uninterrupted_weights(tmp_path, base):
-    """SIGTERM to the parent of 2 processes after the first checkpoint: the workers finish the update, save and
-    exit non-zero; the rerun resumes and ends with the weights (bit for bit) of an uninterrupted run."""
-    spec = spec_of(updates=20, checkpoint_every=4, validation={"sequences": 2, "bucket_tokens": 32})
-    run_extend(base, tmp_path / "whole", tmp_path / "s1", spec)
+RESUME_SPEC = spec_of(updates=20, checkpoint_every=4, validation={"sequences": 2, "bucket_tokens": 32})
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, base):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run_extend(base, out / "whole", out / "state", RESUME_SPEC)
+    return out / "whole"
+
+
+@pytest.mark.parametrize("processes, sent", [(1, signal.SIGUSR1), (2, signal.SIGTERM)],
+                         ids=["1-process-SIGUSR1", "2-processes-SIGTERM"])
+def test_stopped_by_signal_and_rerun_ends_with_uninterrupted_weights(tmp_path, base, uninterrupted, processes, sent):
+    """A stop signal after the first checkpoint (with 2 processes: SIGTERM to the parent, passed on to the
+    workers as SIGUSR1): finish the update, save, exit non-zero; the rerun resumes and ends with the weights
+    (bit for bit) of an uninterrupted one-process run."""
+    spec = RESUME_SPEC
     state = tmp_path / "s2"
-    process = subprocess.Popen(command(base, tmp_path / "resumed", state, spec, "--processes", 2),
+    process = subprocess.Popen(command(base, tmp_path / "resumed", state, spec, "--processes", processes),
                                env=environment(), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (state / "update-000004").is_dir() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sent)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0, "the run ended before the signal; make it longer"
     assert "stopping on SIGUSR1" in stderr
     saved = sorted(p.name for p in state.glob("update-*"))
     assert len(saved) == 1 and 4 <= int(saved[0][-6:]) < 20
     assert not (tmp_path / "resumed").exists()
-    rerun = run_extend(base, tmp_path / "resumed", state, spec, "--processes", 2)
+    rerun = run_extend(base, tmp_path / "resumed", state, spec, "--processes", processes)
     assert f"resuming after {int(saved[0][-6:])} updates" in rerun.stderr
-    whole, resumed = info(tmp_path / "whole"), info(tmp_path / "resumed")
+    whole, resumed = info(uninterrupted), info(tmp_path / "resumed")
     assert whole["loss"] == resumed["loss"] and whole["lr"] == resumed["lr"] and len(whole["lr"]) == 20
     assert whole["validation"] == resumed["validation"]
-    a, b = weights(tmp_path / "whole"), weights(tmp_path / "resumed")
+    a, b = weights(uninterrupted), weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not list(state.glob("update-*"))  # removed once the output is written
 
