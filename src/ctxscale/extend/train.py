@@ -213,6 +213,8 @@ def train(spec: dict, base_dir, state_dir, data_dir=None, *, run: Run, tokenizer
             clip_gradients(wrapper.parameters(), spec["grad_clip"], run.device)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if update == first:  # the RoPE buffers survived a (mixed-precision) forward, backward and step
+            modeling.assert_rope(wrapper.lm, config)
         progress["lr"].append(lr)
         progress["loss"].append(round(loss_value, 6))
         progress["tokens_fed"] += int(tokens)
