@@ -318,13 +318,15 @@ def test_corpus_rows_cut_held_out_and_permuted(corpus):
     ({"n_ctx": 100}, [], "n_ctx 100 is not rope_scaling.factor 2.0 x the base context 32"),
     ({"rope_scaling": {**YARN, "original_max_position_embeddings": 16}}, [], "is 16 but the base checkpoint's context"),
     ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, [], "rope_scaling = {rope_type: yarn|linear"),
-    ({"global_batch": 3}, ["--processes", "2"], "global_batch 3 is not a multiple of micro_batch 1 x processes 2"),
+    ({"global_batch": 3}, [], "global_batch 3 is not a multiple of micro_batch 1 x processes 2"),
     ({"data": {"source": "books"}}, [], "needs --data-dir"),
+    ({"data": {"source": "books"}, "data_column": "tokens"}, ["--data-dir", "CORPUS"], "has no column 'tokens'"),
     ({"lr_schedule": "step"}, [], "--spec"),
 ])
-def test_user_errors_exit_2_with_one_line(tmp_path, base, capsys, change, extra, message):
+def test_user_errors_exit_2_with_one_line(tmp_path, base, corpus, capsys, change, extra, message):
+    extra = [str(corpus) if item == "CORPUS" else item for item in extra]
     argv = ["--base", str(base), "--out", str(tmp_path / "o"), "--state-dir", str(tmp_path / "s"),
-            "--spec", json.dumps(spec_of(**change)), *extra]
+            "--spec", json.dumps(spec_of(**change)), *extra, "--processes", "2"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err

@@ -62,6 +62,12 @@ def checked_spec(args) -> dict:
             raise UserError(f"data.source {spec['data']['source']!r} needs --data-dir (a folder of parquet files)")
         if not Path(args.data_dir).is_dir():
             raise UserError(f"--data-dir {args.data_dir} does not exist")
+        from ctxscale.extend.data import ParquetCorpus
+
+        rows = ParquetCorpus(args.data_dir, spec["data_column"]).rows  # files and column, from the metadata only
+        if rows <= spec["validation"]["sequences"]:
+            raise UserError(f"--data-dir {args.data_dir} has {rows} rows, not more than the "
+                            f"{spec['validation']['sequences']} validation sequences")
     return spec
 
 
