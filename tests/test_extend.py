@@ -6,7 +6,6 @@ subprocess.
 """
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -40,6 +39,21 @@ def base(tmp_path_factory):
     out = tmp_path_factory.mktemp("base")
     spec = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "n_ctx": BASE_CTX, "steps": 3, "batch_size": 2}
     assert tiny.main(["train", "--spec", json.dumps(spec), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf_base(tmp_path_factory):
+    """A base like a downloaded Llama-2: untied embeddings, no ctxscale_training.json, context 32."""
+    out = tmp_path_factory.mktemp("hf_base")
+    tokenizer = tiny.build_tokenizer()
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                      max_position_embeddings=BASE_CTX, tie_word_embeddings=False,
+                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(1)
+    transformers.LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
 
 
@@ -90,9 +104,11 @@ def info(folder) -> dict:
 # ------------------------------------------------------------------------------------------ processes
 
 
-def test_two_processes_give_one_process_weights_fp32_yarn_corpus(tmp_path, base, corpus):
+def test_two_processes_give_one_process_weights_fp32_yarn_corpus(tmp_path, hf_base, corpus):
     """fp32: bit for bit, with a parquet corpus (rows of uneven length, padded), chunked loss, activation
-    checkpointing, gradient clipping, and the as-run schedule (stride 4 of 16 updates: 4 updates, then LR 0)."""
+    checkpointing, gradient clipping, and the as-run schedule (stride 4 of 16 updates: 4 updates, then LR 0);
+    the base has untied embeddings and no ctxscale_training.json, like a downloaded Llama-2."""
+    base = hf_base
     spec = spec_of(data={"source": "books"}, micro_batch=2, global_batch=4, loss_chunk_tokens=24,
                    activation_checkpointing=True, lr_schedule="as-run", as_run_stride=4, updates=16,
                    warmup_updates=2, grad_clip=0.5)
@@ -111,6 +127,9 @@ def test_two_processes_give_one_process_weights_fp32_yarn_corpus(tmp_path, base,
     # rows are cut to min(n_ctx, row length): the corpus rows (20-99 tokens) give fewer than 4 x 64 tokens
     assert 4 * 4 * 20 <= one["tokens_fed"] == two["tokens_fed"] < 4 * 4 * 64
     assert 0 < one["tokens_nonzero_lr"] < one["tokens_fed"]  # update 0 (LR 0) fed tokens that do not count
+    assert one["pretrain_tokens"] is None and one["extension_tokens"] == one["tokens_fed"]
+    assert "lm_head.weight" in a and not torch.equal(a["lm_head.weight"], a["model.embed_tokens.weight"])
+    assert (tmp_path / "two" / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
 
 
 BF16_LOSS_TOLERANCE = 1e-4  # relative, per update; observed: equal
@@ -145,30 +164,42 @@ def test_two_processes_match_one_bf16_linear(tmp_path, base):
     assert record["validation"]["buckets"][-1] == [112, 128] and len(record["validation"]["after"]) == 8
 
 
-def test_stopped_by_signal_and_rerun_ends_with_uninterrupted_weights(tmp_path, base):
-    """SIGTERM to the parent of 2 processes after the first checkpoint: the workers finish the update, save and
-    exit non-zero; the rerun resumes and ends with the weights (bit for bit) of an uninterrupted run."""
-    spec = spec_of(updates=40, checkpoint_every=3, validation={"sequences": 2, "bucket_tokens": 32})
-    run_extend(base, tmp_path / "whole", tmp_path / "s1", spec)
+RESUME_SPEC = spec_of(updates=20, checkpoint_every=4, validation={"sequences": 2, "bucket_tokens": 32})
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, base):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run_extend(base, out / "whole", out / "state", RESUME_SPEC)
+    return out / "whole"
+
+
+@pytest.mark.parametrize("processes, sent", [(1, signal.SIGUSR1), (2, signal.SIGTERM)],
+                         ids=["1-process-SIGUSR1", "2-processes-SIGTERM"])
+def test_stopped_by_signal_and_rerun_ends_with_uninterrupted_weights(tmp_path, base, uninterrupted, processes, sent):
+    """A stop signal after the first checkpoint (with 2 processes: SIGTERM to the parent, passed on to the
+    workers as SIGUSR1): finish the update, save, exit non-zero; the rerun resumes and ends with the weights
+    (bit for bit) of an uninterrupted one-process run."""
+    spec = RESUME_SPEC
     state = tmp_path / "s2"
-    process = subprocess.Popen(command(base, tmp_path / "resumed", state, spec, "--processes", 2),
+    process = subprocess.Popen(command(base, tmp_path / "resumed", state, spec, "--processes", processes),
                                env=environment(), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (state / "update-000003").is_dir() and process.poll() is None and time.monotonic() < deadline:
+    while not (state / "update-000004").is_dir() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sent)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0, "the run ended before the signal; make it longer"
     assert "stopping on SIGUSR1" in stderr
     saved = sorted(p.name for p in state.glob("update-*"))
-    assert len(saved) == 1 and 3 <= int(saved[0][-6:]) < 40
+    assert len(saved) == 1 and 4 <= int(saved[0][-6:]) < 20
     assert not (tmp_path / "resumed").exists()
-    rerun = run_extend(base, tmp_path / "resumed", state, spec, "--processes", 2)
+    rerun = run_extend(base, tmp_path / "resumed", state, spec, "--processes", processes)
     assert f"resuming after {int(saved[0][-6:])} updates" in rerun.stderr
-    whole, resumed = info(tmp_path / "whole"), info(tmp_path / "resumed")
-    assert whole["loss"] == resumed["loss"] and whole["lr"] == resumed["lr"] and len(whole["lr"]) == 40
+    whole, resumed = info(uninterrupted), info(tmp_path / "resumed")
+    assert whole["loss"] == resumed["loss"] and whole["lr"] == resumed["lr"] and len(whole["lr"]) == 20
     assert whole["validation"] == resumed["validation"]
-    a, b = weights(tmp_path / "whole"), weights(tmp_path / "resumed")
+    a, b = weights(uninterrupted), weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not list(state.glob("update-*"))  # removed once the output is written
 
@@ -287,13 +318,15 @@ def test_corpus_rows_cut_held_out_and_permuted(corpus):
     ({"n_ctx": 100}, [], "n_ctx 100 is not rope_scaling.factor 2.0 x the base context 32"),
     ({"rope_scaling": {**YARN, "original_max_position_embeddings": 16}}, [], "is 16 but the base checkpoint's context"),
     ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, [], "rope_scaling = {rope_type: yarn|linear"),
-    ({"global_batch": 3}, ["--processes", "2"], "global_batch 3 is not a multiple of micro_batch 1 x processes 2"),
+    ({"global_batch": 3}, [], "global_batch 3 is not a multiple of micro_batch 1 x processes 2"),
     ({"data": {"source": "books"}}, [], "needs --data-dir"),
+    ({"data": {"source": "books"}, "data_column": "tokens"}, ["--data-dir", "CORPUS"], "has no column 'tokens'"),
     ({"lr_schedule": "step"}, [], "--spec"),
 ])
-def test_user_errors_exit_2_with_one_line(tmp_path, base, capsys, change, extra, message):
+def test_user_errors_exit_2_with_one_line(tmp_path, base, corpus, capsys, change, extra, message):
+    extra = [str(corpus) if item == "CORPUS" else item for item in extra]
     argv = ["--base", str(base), "--out", str(tmp_path / "o"), "--state-dir", str(tmp_path / "s"),
-            "--spec", json.dumps(spec_of(**change)), *extra]
+            "--spec", json.dumps(spec_of(**change)), *extra, "--processes", "2"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err

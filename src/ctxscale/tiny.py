@@ -199,15 +199,9 @@ def training_batch(tokenizer, rng: np.random.Generator, mix: dict, batch_size: i
 
 
 def _check_mix(mix) -> dict:
-    known = set(synthetic.KINDS)
-    if not isinstance(mix, dict) or not mix:
-        raise UserError(f"mix must be a non-empty mapping of sources to weights (sources: {', '.join(sorted(known))})")
-    unknown = sorted(set(mix) - known)
-    if unknown:
-        raise UserError(f"unknown training source {unknown[0]!r} in mix (known: {', '.join(sorted(known))})")
-    if any(not isinstance(w, (int, float)) or w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
-        raise UserError("mix weights must be non-negative numbers with a positive sum")
-    return {k: float(v) for k, v in mix.items()}
+    from ctxscale.extend.recipe import check_mix  # one check for pretraining and extension data
+
+    return check_mix(mix, "mix")
 
 
 # ---------------------------------------------------------------------------------------------------------

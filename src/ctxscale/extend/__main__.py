@@ -30,7 +30,8 @@ def parse_args(argv):
     parser.add_argument("--base", required=True, help="base checkpoint folder (Hugging Face Llama)")
     parser.add_argument("--out", required=True, help="output checkpoint folder")
     parser.add_argument("--spec", required=True, help="JSON: the extend mapping plus n_ctx and rope_scaling")
-    parser.add_argument("--state-dir", required=True, help="resumable training state (kept until the output is written)")
+    parser.add_argument("--state-dir", required=True,
+                        help="resumable training state (removed once the output is written)")
     parser.add_argument("--data-dir", help="folder of parquet files (data.source other than synthetic)")
     parser.add_argument("--processes", type=int, default=1,
                         help="training processes (GPUs); default 1; 0 (a CPU-only job's GPU count) means 1")
@@ -63,6 +64,12 @@ def checked_spec(args) -> dict:
             raise UserError(f"data.source {spec['data']['source']!r} needs --data-dir (a folder of parquet files)")
         if not Path(args.data_dir).is_dir():
             raise UserError(f"--data-dir {args.data_dir} does not exist")
+        from ctxscale.extend.data import ParquetCorpus
+
+        rows = ParquetCorpus(args.data_dir, spec["data_column"]).rows  # files and column, from the metadata only
+        if rows <= spec["validation"]["sequences"]:
+            raise UserError(f"--data-dir {args.data_dir} has {rows} rows, not more than the "
+                            f"{spec['validation']['sequences']} validation sequences")
     return spec
 
 
@@ -97,21 +104,10 @@ def relaunch(argv: list[str], processes: int, state_dir: Path) -> int:
 
 def work(args, spec: dict) -> int:
     """One training process (alone, or one worker under torchrun)."""
-    import torch
-
     from ctxscale.datasets import load_tokenizer
     from ctxscale.extend import state, train
-    from ctxscale.numerics import pin_cpu_code_paths
 
-    pin_cpu_code_paths()  # before the first tensor operation, as ctxscale.tiny does
-    torch.set_num_threads(args.threads)
-    if torch.cuda.is_available():
-        # cuBLAS needs this workspace setting for deterministic results; CUDA attention kernels with no
-        # deterministic variant warn instead of failing
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch.use_deterministic_algorithms(True)
+    train.configure_torch(args.threads)
     import transformers
 
     transformers.logging.set_verbosity_error()

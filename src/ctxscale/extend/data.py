@@ -110,7 +110,8 @@ class SyntheticStream:
 
     def sequence(self, position: int) -> torch.Tensor:
         if position != self.next_position:
-            raise RuntimeError(f"synthetic sequences are drawn in order: asked for {position}, next is {self.next_position}")
+            raise RuntimeError(f"synthetic sequences are drawn in order: asked for {position}, "
+                               f"next is {self.next_position}")
         self.next_position += 1
         return self._draw(self.rng)
 

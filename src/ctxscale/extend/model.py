@@ -34,11 +34,11 @@ from ctxscale.extend.data import IGNORE_INDEX
 log = logging.getLogger("ctxscale.extend")
 
 
-def choose_attention(setting: str, device: torch.device) -> str:
-    """``auto``: flash_attention_2 when installed and on a GPU, else sdpa."""
+def choose_attention(setting: str, device: torch.device, precision: str = "bf16") -> str:
+    """``auto``: flash_attention_2 when installed, on a GPU, in bf16 (it has no fp32 kernels), else sdpa."""
     if setting != "auto":
         return setting
-    if device.type == "cuda" and transformers.utils.is_flash_attn_2_available():
+    if device.type == "cuda" and precision == "bf16" and transformers.utils.is_flash_attn_2_available():
         return "flash_attention_2"
     return "sdpa"
 
@@ -131,9 +131,10 @@ def count_non_embedding_params(lm) -> int:
     return sum(p.numel() for i, p in unique.items() if i not in embeddings)
 
 
-def load_plain(base_dir, config, activation_checkpointing: bool, chunk_tokens) -> CausalLMWithLoss:
-    """The extended model on the CPU, fp32, unsharded (one process in fp32: the miniature's path)."""
-    lm = transformers.AutoModelForCausalLM.from_pretrained(base_dir, config=config, dtype=torch.float32)
+def load_plain(base_dir, config, activation_checkpointing: bool, chunk_tokens,
+               device: torch.device = torch.device("cpu")) -> CausalLMWithLoss:
+    """The extended model in fp32, unsharded, on ``device`` (one process in fp32: the miniature's path)."""
+    lm = transformers.AutoModelForCausalLM.from_pretrained(base_dir, config=config, dtype=torch.float32).to(device)
     if activation_checkpointing:
         lm.activation_checkpointing_enable({"use_reentrant": False})  # every decoder layer
     assert_rope(lm, config)
@@ -145,7 +146,8 @@ def load_sharded(base_dir, config, device: torch.device, mesh, *, bf16: bool, cp
     """The extended model sharded with FSDP2 over ``mesh``: built on the meta device, materialised, loaded.
 
     Only rank 0 reads the base weights (fp32 on the CPU); ``set_model_state_dict(broadcast_from_rank0=True)``
-    sends each process its shards, so host memory holds one full copy, not one per process.
+    sends each process its shards, so host memory holds one full copy, not one per process. ``base_dir`` None:
+    the weights are left uninitialised for the caller to fill (the device benchmark's random model).
     """
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -173,16 +175,19 @@ def load_sharded(base_dir, config, device: torch.device, mesh, *, bf16: bool, cp
             module.set_force_sum_reduction_for_comms(True)
     wrapper.to_empty(device="cpu" if cpu_offload else device)
     reset_rope(lm, config)
+    if cpu_offload:
+        # to_empty put everything on the CPU; the rotary buffers are used in the forward on the GPU
+        for rotary in rotary_modules(lm):
+            rotary.to(device)
+    if base_dir is None:
+        assert_rope(lm, config)
+        return wrapper
     full = {}
     if dist.get_rank() == 0:
         base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         full = {f"lm.{k}": v for k, v in base.state_dict().items()}
         del base
     set_model_state_dict(wrapper, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    if cpu_offload:
-        # to_empty put everything on the CPU; the rotary buffers are used in the forward on the GPU
-        for rotary in rotary_modules(lm):
-            rotary.to(device)
     assert_rope(lm, config)
     return wrapper
 

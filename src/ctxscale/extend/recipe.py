@@ -121,17 +121,19 @@ def check_rope_scaling(rope_scaling, base_context: int, n_ctx: int) -> dict:
     return scaling
 
 
-def check_mix(mix) -> dict:
+def check_mix(mix, where: str = "data.mix") -> dict:
+    """Sampling weights of the synthetic training sources (the miniature's training data), as floats."""
     from ctxscale import synthetic  # the synthetic kinds; imported here so a corpus run does not need them
 
     known = set(synthetic.KINDS)
     if not isinstance(mix, dict) or not mix:
-        raise UserError(f"data.mix must be a non-empty mapping of sources to weights (sources: {', '.join(sorted(known))})")
+        raise UserError(f"{where} must be a non-empty mapping of sources to weights "
+                        f"(sources: {', '.join(sorted(known))})")
     unknown = sorted(set(mix) - known)
     if unknown:
-        raise UserError(f"unknown training source {unknown[0]!r} in data.mix (known: {', '.join(sorted(known))})")
+        raise UserError(f"unknown training source {unknown[0]!r} in {where} (known: {', '.join(sorted(known))})")
     if any(not isinstance(w, (int, float)) or w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
-        raise UserError("data.mix weights must be non-negative numbers with a positive sum")
+        raise UserError(f"{where} weights must be non-negative numbers with a positive sum")
     return {k: float(v) for k, v in mix.items()}
 
 

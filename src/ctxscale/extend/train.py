@@ -8,6 +8,11 @@ asks for bf16 or CPU offload). Every update: set the LR of the schedule, run thi
 loss. The global batch is ``global_batch`` sequences whatever the process count (64 = the official 8 GPUs x
 1 x 8 accumulation).
 
+Equivalence: in fp32, P processes give one process's weights bit for bit when each process runs one
+micro-batch per update (tested with 2); with more micro-batches per process the gradient sum is re-associated
+(``(g0+g1)+(g2+g3)`` against ``((g0+g1)+g2)+g3``) and agrees up to float rounding. The gradient norm for clipping
+is measured on whole gradients (:func:`clip_gradients`) so it does not depend on the sharding.
+
 Gradients are reduced (summed) after every micro-batch rather than only after the last one: the sharded fp32
 gradient accumulates them, where skipping the reduction would accumulate unsharded gradients in bf16.
 """
@@ -35,6 +40,24 @@ log = logging.getLogger("ctxscale.extend")
 
 TRAINING_INFO = "ctxscale_training.json"
 LOG_EVERY_SECONDS = 5.0
+TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
+
+
+def configure_torch(threads: int) -> None:
+    """Deterministic kernels and a fixed thread count, as ``ctxscale.tiny`` (same spec and threads: same bits).
+
+    On a GPU, cuBLAS needs its workspace setting for deterministic results, and kernels without a
+    deterministic variant (some attention backward passes) warn instead of failing.
+    """
+    from ctxscale.numerics import pin_cpu_code_paths
+
+    pin_cpu_code_paths()  # before the first tensor operation, so the bits do not depend on the CPU model
+    torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(True)
 
 
 class Run:
@@ -46,7 +69,9 @@ class Run:
             else torch.device("cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        # On GPUs, gloo as well for CPU tensors: CPU offload keeps gradients and optimizer state on the CPU,
+        # and the checkpoint's metadata exchange runs there
+        backend = "cpu:gloo,cuda:nccl" if self.device.type == "cuda" else "gloo"
         self.sharded = self.launched or spec["precision"] == "bf16" or spec["cpu_offload"]
         if self.launched:
             dist.init_process_group(backend, device_id=self.device if self.device.type == "cuda" else None)
@@ -73,7 +98,20 @@ class Run:
             dist.destroy_process_group()
 
 
-def clip_gradients(parameters, max_norm: float) -> float:
+def _whole(grad: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The whole gradient on ``device`` (a sharded DTensor gathered there; CPU-offloaded shards moved first)."""
+    if not hasattr(grad, "full_tensor"):
+        return grad.to(device)
+    local = grad.to_local()
+    if local.device != device:
+        from torch.distributed.tensor import DTensor
+
+        grad = DTensor.from_local(local.to(device), grad.device_mesh, grad.placements, shape=grad.shape,
+                                  stride=grad.stride())
+    return grad.full_tensor()
+
+
+def clip_gradients(parameters, max_norm: float, device: torch.device) -> float:
     """Scale the gradients so their global L2 norm is at most ``max_norm``; return the norm before clipping.
 
     torch's ``clip_grad_norm_`` over sharded (DTensor) gradients adds the shards' norms, in an order that
@@ -85,8 +123,7 @@ def clip_gradients(parameters, max_norm: float) -> float:
     ``clamp(max_norm / (norm + 1e-6), max=1)``, multiplied into each shard.
     """
     grads = [p.grad for p in parameters if p.grad is not None]
-    per_tensor = [torch.nn.utils.get_total_norm([g.full_tensor() if hasattr(g, "full_tensor") else g], 2.0)
-                  for g in grads]
+    per_tensor = [torch.nn.utils.get_total_norm([_whole(g, device)], 2.0) for g in grads]
     norm = torch.nn.utils.get_total_norm(per_tensor, 2.0)
     factor = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     for g in grads:
@@ -109,7 +146,7 @@ def _stream(spec: dict, tokenizer, data_dir):
 
 def build(spec: dict, base_dir, run: Run):
     """The model (wrapped with its loss) and its extended config."""
-    attention = modeling.choose_attention(spec["attention"], run.device)
+    attention = modeling.choose_attention(spec["attention"], run.device, spec["precision"])
     config = modeling.extended_config(base_dir, spec["rope_scaling"], spec["n_ctx"], attention)
     chunk = spec["loss_chunk_tokens"]
     if run.sharded:
@@ -117,27 +154,28 @@ def build(spec: dict, base_dir, run: Run):
                                         cpu_offload=spec["cpu_offload"], chunk_tokens=chunk,
                                         activation_checkpointing=spec["activation_checkpointing"])
     else:
-        wrapper = modeling.load_plain(base_dir, config, spec["activation_checkpointing"], chunk)
+        wrapper = modeling.load_plain(base_dir, config, spec["activation_checkpointing"], chunk, run.device)
     return wrapper, config
 
 
-def train(spec: dict, base_dir, state_dir, data_dir=None, *, run: Run, tokenizer=None, stop=None) -> dict | None:
-    """Train to the end (or until ``stop`` is requested); return the training record, or None if stopped.
+def train(spec: dict, base_dir, state_dir, data_dir=None, *, run: Run, tokenizer=None, stop=None, model=None,
+          stream=None) -> dict | None:
+    """Train to the end (or until ``stop`` is requested); return ``{progress, wrapper, config}``, or None if stopped.
 
-    ``stop``: a :class:`ctxscale.extend.state.StopFlag`. The record is complete on every rank; the weights are
-    in ``record['wrapper']`` (removed before writing).
+    ``stop``: a :class:`ctxscale.extend.state.StopFlag`. ``model`` (``(wrapper, config)``) and ``stream``
+    replace the base checkpoint's model and the spec's data (the device benchmark's random 7B model and tokens).
     """
     state_dir = Path(state_dir)
     torch.manual_seed(spec["seed"])
-    wrapper, config = build(spec, base_dir, run)
+    wrapper, config = model if model is not None else build(spec, base_dir, run)
     optimizer = torch.optim.AdamW(wrapper.parameters(), lr=spec["lr"], betas=tuple(spec["betas"]),
                                   eps=spec["eps"], weight_decay=spec["weight_decay"])
     accumulation = accumulation_steps(spec, run.processes)
-    stream = _stream(spec, tokenizer, data_dir)
+    stream = stream if stream is not None else _stream(spec, tokenizer, data_dir)
     total = updates_to_run(spec)
     validation = spec["validation"]
-    progress = {"updates_done": 0, "lr": [], "loss": [], "tokens_fed": 0, "tokens_nonzero_lr": 0, "seconds": 0.0,
-                "validation_before": None, "stream": stream.state()}
+    progress = {"updates_done": 0, "lr": [], "loss": [], "update_seconds": [], "tokens_fed": 0,
+                "tokens_nonzero_lr": 0, "seconds": 0.0, "validation_before": None, "stream": stream.state()}
     held_out = stream.validation() if validation["sequences"] else []
     resume_from = training_state.latest_checkpoint(state_dir)
     if resume_from is not None:
@@ -157,6 +195,7 @@ def train(spec: dict, base_dir, state_dir, data_dir=None, *, run: Run, tokenizer
     first = progress["updates_done"]
     tokens_before = progress["tokens_fed"]
     for update in range(first, total):
+        update_started = time.perf_counter()
         lr = learning_rate(spec, update)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -171,15 +210,18 @@ def train(spec: dict, base_dir, state_dir, data_dir=None, *, run: Run, tokenizer
             loss_sum += float(loss.detach().double())  # one value per micro-batch, added in micro-batch order
         (loss_value,) = run.all_sum([loss_sum])
         if spec["grad_clip"] is not None:
-            clip_gradients(wrapper.parameters(), spec["grad_clip"])
+            clip_gradients(wrapper.parameters(), spec["grad_clip"], run.device)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if update == first:  # the RoPE buffers survived a (mixed-precision) forward, backward and step
+            modeling.assert_rope(wrapper.lm, config)
         progress["lr"].append(lr)
         progress["loss"].append(round(loss_value, 6))
         progress["tokens_fed"] += int(tokens)
         progress["tokens_nonzero_lr"] += int(tokens) if lr > 0 else 0
         progress["updates_done"] = update + 1
         now = time.perf_counter()
+        progress["update_seconds"].append(round(now - update_started, 3))
         progress["seconds"] = round(seconds_before + now - started, 3)
         if run.rank == 0 and (now - last_log >= LOG_EVERY_SECONDS or update in (first, total - 1)):
             done = update + 1 - first
@@ -219,15 +261,18 @@ def write_output(out_dir, base_dir, spec: dict, result: dict, run: Run, tokenize
     if run.sharded:
         with torch.device("meta"):
             lm = transformers.AutoModelForCausalLM.from_config(config, dtype=save_dtype)
-        lm.load_state_dict({k: v.to(save_dtype) for k, v in full.items()}, assign=True, strict=False)
+        lm.load_state_dict({k: v.to(save_dtype) for k, v in full.items()}, assign=True)
         lm.tie_weights()
         modeling.reset_rope(lm, config)
+        if (Path(base_dir) / "generation_config.json").is_file():
+            lm.generation_config = transformers.GenerationConfig.from_pretrained(base_dir)
     else:
         lm = wrapper.lm
     lm.config.dtype = save_dtype
     lm.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    copy_tokenizer(base_dir, out_dir, tokenizer)
     base_info = read_base_info(base_dir)
+    original = spec["rope_scaling"]["original_max_position_embeddings"]
     tokens_fed = progress["tokens_fed"]
     info = {
         "stage": "extension",
@@ -246,18 +291,31 @@ def write_output(out_dir, base_dir, spec: dict, result: dict, run: Run, tokenize
         "spec": spec,
         "base": ({"path": str(base_dir), "n_ctx": base_info.get("n_ctx"), "steps": base_info.get("steps"),
                   "seed": base_info.get("seed"), "seconds": base_info.get("seconds"), "spec": base_info.get("spec")}
-                 if base_info else {"path": str(base_dir), "n_ctx": spec["rope_scaling"]["original_max_position_embeddings"]}),
+                 if base_info else {"path": str(base_dir), "n_ctx": original}),
         "tokens_fed": tokens_fed,
         "tokens_nonzero_lr": progress["tokens_nonzero_lr"],
         "lr": progress["lr"],
         "loss": progress["loss"],
         "losses": progress["loss"],
+        "update_seconds": progress["update_seconds"],
         "validation": progress["validation"],
     }
     (out_dir / TRAINING_INFO).write_text(json.dumps(info, indent=1) + "\n")
 
 
+def copy_tokenizer(base_dir, out_dir, tokenizer) -> None:
+    """Copy the base checkpoint's tokenizer files verbatim (Llama's ``tokenizer.model`` included); a base
+    without any gets the loaded tokenizer's ``save_pretrained``."""
+    names = [p for p in Path(base_dir).iterdir() if p.is_file() and (p.name.startswith("tokenizer")
+             or p.name in TOKENIZER_FILES)]
+    for path in names:
+        shutil.copyfile(path, Path(out_dir) / path.name)
+    if not names:
+        tokenizer.save_pretrained(out_dir)
+
+
 def clear_state(state_dir) -> None:
-    """Remove the checkpoints once the output is written (a 7B run's optimizer state is ~80 GB)."""
-    for folder in Path(state_dir).glob("update-*"):
+    """Remove the checkpoints (and worker pid files) once the output is written (a 7B run's optimizer state is
+    ~80 GB)."""
+    for folder in [*Path(state_dir).glob("update-*"), Path(state_dir) / training_state.PID_DIR]:
         shutil.rmtree(folder, ignore_errors=True)
