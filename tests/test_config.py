@@ -123,7 +123,7 @@ def test_tiny_fit_and_figure_defaults_come_from_the_schema():
     from ctxscale import figures, fitting, tiny
 
     assert tiny.TRAIN_DEFAULTS == ctxconfig.schema_defaults("tiny_train")
-    assert (tiny.TRAIN_DEFAULTS["steps"], tiny.EXTEND_DEFAULTS["steps"], tiny.EXTEND_DEFAULTS["n_ctx"]) == (900, 100, None)
+    assert tiny.TRAIN_DEFAULTS["steps"] == 900
     assert tiny.TRAIN_DEFAULTS["mix"] == {"recall": 1.0, "arithmetic": 0.5, "cipher": 1.5}
     fit = ctxconfig.schema_defaults("fit")
     assert fitting.DEFAULT_SEEDS == tuple(range(fit["seeds"])) == (0, 1, 2, 3, 4)

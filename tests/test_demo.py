@@ -181,7 +181,7 @@ def test_retraining_a_model_reruns_its_extensions_and_evaluations(demo_run, demo
     counts = job_counts(result.stdout + result.stderr)
     datasets = [d for names in config["tasks"].values() for d in names]
     assert counts.get("train_tiny_model") == 1, counts
-    assert counts.get("extend_tiny_model") == len(family) - 1, counts
+    assert counts.get("extend_model") == len(family) - 1, counts
     assert counts.get("model_info") == len(family), counts
     per_model = demo_config["evaluation"]["job_per"] == "model"  # one evaluate job per model, or per (model, dataset)
     assert counts.get("evaluate") == len(family) * (1 if per_model else len(datasets)), counts

@@ -1,17 +1,14 @@
-"""The miniature's tiny Llama models: tokenizer, CPU pretraining, and YaRN context extension.
+"""The miniature's tiny Llama models: tokenizer and CPU pretraining (their YaRN variants: :mod:`ctxscale.extend`).
 
 Command line (each a workflow step; errors a user can fix print ``error: ...`` and exit 2)::
 
     python -m ctxscale.tiny tokenizer --out DIR
     python -m ctxscale.tiny train  --spec JSON --out DIR [--tokenizer DIR] [--threads 1]
-    python -m ctxscale.tiny extend --base DIR --spec JSON --out DIR [--threads 1]
 
 ``train`` spec keys (defaults: ``$defs/tiny_train`` of the config schema, read into :data:`TRAIN_DEFAULTS`): ``hidden_size, num_layers, num_heads,
-intermediate_size, n_ctx, steps, batch_size, lr, warmup, seed, mix``. ``extend`` spec keys
-(``$defs/tiny_extend``, :data:`EXTEND_DEFAULTS`): ``n_ctx, rope_scaling, steps, batch_size, lr, warmup, seed, mix``; extra keys of
-the base spec (``hidden_size`` ...) are accepted and must agree with the base checkpoint. ``extend`` is a thin
-call into :mod:`ctxscale.extend` (the one implementation of context extension) with the recipe of
-:func:`extend_spec`; its weights are byte for byte those of the implementation it replaced.
+intermediate_size, n_ctx, steps, batch_size, lr, warmup, seed, mix``. The extended variants are built by
+:mod:`ctxscale.extend`, the one implementation of context extension, with the miniature's recipe as spec values
+(``config/demo.yaml``); its weights are byte for byte those of the ``tiny extend`` step it replaced.
 
 Each output folder is a normal Hugging Face checkpoint (``save_pretrained`` of a ``LlamaForCausalLM`` and
 its tokenizer, loadable by ``AutoModelForCausalLM`` and lm-eval's ``HFLM(pretrained=DIR)``) plus
@@ -80,9 +77,8 @@ SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
 CHARACTERS = tuple(dict.fromkeys(" \n" + string.digits + string.ascii_letters + string.punctuation))
 TRAINING_INFO = "ctxscale_training.json"
 
-# The specs' keys and defaults: $defs/tiny_train and $defs/tiny_extend of the config schema (their one source).
+# The spec's keys and defaults: $defs/tiny_train of the config schema (their one source).
 TRAIN_DEFAULTS = schema_defaults("tiny_train")
-EXTEND_DEFAULTS = schema_defaults("tiny_extend")
 ARCHITECTURE_KEYS = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
 LOG_EVERY_SECONDS = 5.0
 
@@ -262,10 +258,10 @@ def run_training(
     return losses, tokens
 
 
-def _spec_with_defaults(spec: dict, defaults: dict, extra_allowed: tuple[str, ...] = ()) -> dict:
+def _spec_with_defaults(spec: dict, defaults: dict) -> dict:
     if not isinstance(spec, dict):
         raise UserError("--spec must be a JSON object")
-    unknown = sorted(set(spec) - set(defaults) - set(extra_allowed))
+    unknown = sorted(set(spec) - set(defaults))
     if unknown:
         raise UserError(f"unknown spec key {unknown[0]!r} (known: {', '.join(sorted(defaults))})")
     merged = {**defaults, **spec}
@@ -281,7 +277,7 @@ def _spec_with_defaults(spec: dict, defaults: dict, extra_allowed: tuple[str, ..
 
 
 def architecture(spec: dict) -> dict:
-    """The architecture part of a training spec (what an extended model keeps from its base)."""
+    """The architecture part of a training spec."""
     return {key: spec[key] for key in ARCHITECTURE_KEYS}
 
 
@@ -316,57 +312,6 @@ def train(spec: dict, tokenizer=None, threads: int = 1):
     return model, tokenizer, info
 
 
-def read_training_info(checkpoint_dir) -> dict:
-    path = Path(checkpoint_dir) / TRAINING_INFO
-    if not path.is_file():
-        raise UserError(f"{checkpoint_dir} is not a tiny checkpoint (no {TRAINING_INFO})")
-    return json.loads(path.read_text())
-
-
-def extend_spec(spec: dict, base_dir=None) -> dict:
-    """The :mod:`ctxscale.extend` spec (``$defs/extend_spec`` + ``n_ctx``, ``rope_scaling``) of a tiny extension spec.
-
-    The miniature's recipe in the extension module's terms: one micro-batch of ``batch_size`` sequences per
-    update, warm-up ``max(1, round(warmup x steps))`` updates, then cosine decay to 10 %, fp32, unchunked loss,
-    SDPA, the synthetic episodes. Validation: 8 held-out sequences (a data stream of their own, so the training
-    data is unchanged), buckets of 64 positions. With a ``base_dir``, architecture keys of the spec must agree
-    with the base checkpoint's.
-    """
-    spec = _spec_with_defaults(spec, EXTEND_DEFAULTS, extra_allowed=ARCHITECTURE_KEYS)
-    if base_dir is not None:
-        base_spec = read_training_info(base_dir)["spec"]
-        for key in ARCHITECTURE_KEYS:
-            if key in spec and spec[key] != base_spec[key]:
-                raise UserError(f"spec {key}={spec[key]} disagrees with the base checkpoint ({base_spec[key]})")
-    if spec["n_ctx"] is None:
-        raise UserError("extend needs spec n_ctx (the extended context length)")
-    return {
-        "updates": spec["steps"], "global_batch": spec["batch_size"], "micro_batch": spec["batch_size"],
-        "lr": spec["lr"], "warmup_updates": max(1, round(spec["warmup"] * spec["steps"])), "lr_schedule": "cosine",
-        "min_lr_ratio": 0.1, "seed": spec["seed"], "precision": "fp32", "activation_checkpointing": False,
-        "loss_chunk_tokens": None, "attention": "sdpa", "data": {"source": "synthetic", "mix": spec["mix"]},
-        "validation": {"sequences": 8, "bucket_tokens": 64},
-        "n_ctx": spec["n_ctx"], "rope_scaling": spec["rope_scaling"],
-    }
-
-
-def extend(base_dir, spec: dict, out_dir, threads: int = 1) -> int:
-    """Extend a tiny base checkpoint into ``out_dir`` with :mod:`ctxscale.extend` (the one implementation).
-
-    A thin call: the tiny spec becomes an extension spec (:func:`extend_spec`), the training state lives in a
-    temporary folder. Returns the extension's exit code.
-    """
-    import tempfile
-
-    from ctxscale.extend.__main__ import main as extend_main
-
-    if not Path(base_dir).is_dir():
-        raise UserError(f"base checkpoint {base_dir} does not exist")
-    with tempfile.TemporaryDirectory(prefix="ctxscale-tiny-extend-") as state_dir:
-        return extend_main(["--base", str(base_dir), "--out", str(out_dir), "--state-dir", state_dir,
-                            "--spec", json.dumps(extend_spec(spec, base_dir)), "--threads", str(threads)])
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Command line
 
@@ -391,11 +336,6 @@ def main(argv: list[str] | None = None) -> int:
     train_cmd.add_argument("--tokenizer", help="tokenizer directory (default: build the character tokenizer)")
     train_cmd.add_argument("--threads", type=int, default=1, help="torch threads (weights depend on it)")
     train_cmd.add_argument("--out", required=True)
-    extend_cmd = commands.add_parser("extend", help="YaRN context extension of a base model (via ctxscale.extend)")
-    extend_cmd.add_argument("--base", required=True, help="base checkpoint directory")
-    extend_cmd.add_argument("--spec", required=True, help="JSON object with n_ctx and rope_scaling")
-    extend_cmd.add_argument("--threads", type=int, default=1)
-    extend_cmd.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     setup_logging()
     transformers.logging.set_verbosity_error()
@@ -403,8 +343,6 @@ def main(argv: list[str] | None = None) -> int:
         build_tokenizer().save_pretrained(args.out)
         log.info("saved the character tokenizer to %s", args.out)
         return 0
-    if args.command == "extend":
-        return extend(args.base, _parse_spec(args.spec), args.out, args.threads)
     model, tokenizer, info = train(_parse_spec(args.spec), _load_tokenizer(args.tokenizer), args.threads)
     save_checkpoint(model, tokenizer, args.out, info)
     log.info("saved %s (%d tokens in %.1f s, final loss %.4f)", args.out,
