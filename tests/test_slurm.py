@@ -200,6 +200,10 @@ def test_profile_settings_avoid_the_known_traps():
     assert str(args.slurm_logdir) == "logs/slurm"
     assert "slurm_partition" in args.default_resources
     assert "slurm_partition" in args.set_resources["evaluate"]
+    # extension jobs: one node (single-node torchrun), and SIGUSR1 5 min before the limit so they checkpoint
+    assert {"nodes", "slurm_extra", "slurm_partition"} <= set(args.set_resources["extend_model"])
+    extend = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"]["extend_model"]
+    assert extend["nodes"] == 1 and extend["slurm_extra"] == "'--signal=USR1@300'"
     assert args.retries >= 1
 
 
@@ -240,6 +244,9 @@ def test_miniature_through_slurm_matches_local_run_and_survives_a_failed_job(
         "--default-resources", f"slurm_partition={slurm_cluster.partition}", "runtime=20", "mem_mb=1000",
         "--set-resources", f"{FLAKY_RULE}:slurm_partition={slurm_cluster.partition}",
         f"{FLAKY_RULE}:gpu_model={slurm_cluster.gpu_type}",
+        # the extension jobs' lines of the profile, repeated (a command-line --set-resources replaces the map)
+        f"extend_model:slurm_partition={slurm_cluster.partition}", "extend_model:nodes=1",
+        "extend_model:slurm_extra='--signal=USR1@300'",
         # Speed only: the tiny jobs end within seconds, the production default waits 40 s first.
         "--slurm-init-seconds-before-status-checks", "4",
     ]
@@ -323,7 +330,9 @@ def test_miniature_through_slurm_matches_local_run_and_survives_a_failed_job(
     for path in local_models:
         if path.name == "ctxscale_training.json":
             local_info, slurm_info = (json.loads(d[path].read_text()) for d in (local_models, slurm_models))
-            assert _without_key(slurm_info, "seconds") == _without_key(local_info, "seconds"), path
+            for timing in ("seconds", "update_seconds"):
+                slurm_info, local_info = _without_key(slurm_info, timing), _without_key(local_info, timing)
+            assert slurm_info == local_info, path
         else:
             assert slurm_models[path].read_bytes() == local_models[path].read_bytes(), path
 
