@@ -331,3 +331,21 @@ def test_user_errors_exit_2_with_one_line(tmp_path, base, corpus, capsys, change
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_on_gpus_a_job_that_cannot_fit_stops_before_loading(tmp_path, base, capsys, monkeypatch):
+    """The launching process checks the memory plan against the GPUs it got (here a stand-in CUDA device of
+    2 GiB: less than the plan's 4 GiB overhead alone), so an unfittable job ends in one line, nothing loaded."""
+    import types
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(total_memory=2 * 2**30))
+    argv = ["--base", str(base), "--out", str(tmp_path / "o"), "--state-dir", str(tmp_path / "s"),
+            "--spec", json.dumps(spec_of()), "--processes", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: o: the extension of ") and "does not fit" in err and "2.0 GiB available" in err
+    assert "Traceback" not in err and not (tmp_path / "s").exists()

@@ -255,6 +255,26 @@ def test_enabling_pi_builds_its_models_by_extension(clone_dir, paper_config):
     assert "--base resources/models/llama2-7b-4k" in output and "--data-dir resources/extension-data/pg_books" in output
 
 
+def test_extend_jobs_request_their_gpus_once_the_base_is_there_and_can_train_on_a_local_corpus(tmp_path, paper_config):
+    """With llama2-7b-4k's config.json on disk, each PI job asks for extension.gpus (8, the official layout, checked
+    against the plan) and the host memory the plan needs; a corpus given by path is used in place, not fetched."""
+    root = clone(tmp_path / "clone")
+    _stand_in_inputs(root)
+    (root / "corpus").mkdir()
+    config = copy.deepcopy(paper_config)
+    config["model_groups"]["pi"]["enabled"] = True
+    config["extension_data"]["pg_books"]["path"] = "corpus"
+    code, output = dry_run(root, config, "--printshellcmds")
+    assert code == 0, output[-3000:]
+    counts = job_counts(output)
+    assert counts["extend_model"] == 4 and "fetch_extension_data" not in counts
+    resources = _extend_resources(output)
+    assert all("gpu=8" in r.split(", ") for r in resources.values()), resources
+    mem = {int(re.search(r"mem_mb=(\d+)", r).group(1)) for r in resources.values()}
+    assert len(mem) == 1 and mem.pop() >= config["extension"]["mem_mb"]
+    assert output.count("--data-dir corpus ") == 4 and "--processes 8" in output
+
+
 def test_rebuild_from_base_extends_the_yarn_models_instead_of_downloading_them(clone_dir, paper_config):
     config = copy.deepcopy(paper_config)
     config["extension"]["rebuild_from_base"] = True

@@ -59,6 +59,8 @@ def checked_spec(args) -> dict:
     args.processes = max(1, args.processes)
     processes = int(os.environ["WORLD_SIZE"]) if "WORLD_SIZE" in os.environ else args.processes
     accumulation_steps(spec, processes)
+    if "WORLD_SIZE" not in os.environ:  # once, in the launching process
+        check_gpu_memory(args, spec, processes)
     if spec["data"]["source"] != SYNTHETIC:
         if not args.data_dir:
             raise UserError(f"data.source {spec['data']['source']!r} needs --data-dir (a folder of parquet files)")
@@ -71,6 +73,29 @@ def checked_spec(args) -> dict:
             raise UserError(f"--data-dir {args.data_dir} has {rows} rows, not more than the "
                             f"{spec['validation']['sequences']} validation sequences")
     return spec
+
+
+def check_gpu_memory(args, spec: dict, processes: int) -> None:
+    """On GPUs, the job's memory plan (:mod:`ctxscale.plan_extension`) against the memory of the GPUs it got, so a
+    job that cannot fit stops with one line before any model loads (the workflow plans with the config's GPU
+    size; this checks the real one). Nothing to check on the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    from ctxscale.config import schema_defaults
+    from ctxscale.extend.recipe import WORKFLOW_KEYS
+    from ctxscale.plan_extension import plan_extension_from_files
+
+    total = min(torch.cuda.get_device_properties(i).total_memory for i in range(min(processes, torch.cuda.device_count())))
+    settings = {"gpu_memory_gib": total / 2**30, "gpu_overhead_gib": schema_defaults("evaluation")["gpu_overhead_gib"],
+                "max_gpus": processes, "gpus": processes, "on_gpu": True}  # fmt: skip
+    recipe = {k: v for k, v in spec.items() if k not in WORKFLOW_KEYS}
+    plan = plan_extension_from_files(model=Path(args.out).name, base=Path(args.base).name,
+                                     base_checkpoint_dir=args.base, n_ctx=spec["n_ctx"], spec=recipe,
+                                     settings=settings, rope_scaling=spec["rope_scaling"])  # fmt: skip
+    log.info("memory plan: %.1f of %.1f GiB per GPU on %d GPU(s)%s", plan.needed_gib, plan.available_gib, plan.gpus,
+             f" ({plan.note})" if plan.note else "")
 
 
 def relaunch(argv: list[str], processes: int, state_dir: Path) -> int:
