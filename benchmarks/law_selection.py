@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from ctxscale.experiments import FitSettings, select_cells
-from ctxscale.external import helmet_observations, mir_observations, pythia_observations, ruler_observations
+from ctxscale.external import (cerebras_observations, helmet_observations, mir_observations, pythia_observations,
+                               ruler_observations)
 from ctxscale.files import atomic_write
 from ctxscale.fitting import bounds_summary
 from ctxscale.law import LAWS
@@ -41,6 +42,7 @@ CHOICE = {
                ["lambada_openai", "arc_easy", "piqa"], 300, False),
 }
 FIXTURES = REPO / "tests" / "data" / "external"
+CEREBRAS_TASKS = ["hellaswag", "piqa", "winogrande", "lambada", "arc_easy", "arc_challenge", "openbookqa"]
 # added after the protocol's commit (5e6b667); stored under tests/data/external (tests/data/README.md)
 CONFIRMATION: dict = {
     "mir": (lambda ext: mir_observations(pd.read_csv(FIXTURES / "mir_bench_readme.csv")), ["mir-core", "mir-extended"],
@@ -54,6 +56,10 @@ CONFIRMATION: dict = {
     "pythia-other": (lambda ext: pythia_observations(pd.read_csv(ext / "pythia_0shot_5shot.csv"),
                                                      ["arc_challenge", "sciq", "winogrande", "logiqa"], [3000, 33000, 143000]),
                      ["arc_challenge", "sciq", "winogrande", "logiqa"], 300, False),
+    # Cerebras' own 0- vs 5-shot table: 20 models of other families (Cerebras-GPT, its muP variants, OPT, GPT-J,
+    # GPT-NeoX) with their listed training FLOPs (2.6e18..6.4e22) and 2048-token windows; its Pythia rows left out
+    "cerebras": (lambda ext: cerebras_observations(pd.read_csv(FIXTURES / "cerebras_gpt_0shot_5shot.csv")),
+                 CEREBRAS_TASKS, 300, False),
 }
 
 

@@ -62,3 +62,24 @@ def test_mir_bench_rows_become_shot_cells_with_the_stated_stand_ins():
     # README: 50.56 at 2048 shots; n_pmt = 100 + 2048 x 60; the listed 128k window
     assert row["score"] == pytest.approx(0.5056) and row["n_pmt"] == 100 + 2048 * 60 and row["n_ctx"] == 128000
     assert (obs["compute"] == MIR_COMPUTE).all() and (obs["n_pmt"] <= obs["n_ctx"]).all()
+
+
+def test_cerebras_table_rows_become_shot_cells_with_the_listed_compute(tmp_path):
+    from pathlib import Path
+
+    from ctxscale.external import cerebras_observations
+
+    table = Path(__file__).parent / "data" / "external" / "cerebras_gpt_0shot_5shot.csv"
+    obs = cerebras_observations(pd.read_csv(table))
+    assert obs["model"].nunique() == 20 and len(obs) == 20 * 7 * 2 and not obs["model"].str.contains("Pythia").any()
+    row = obs[(obs["model"] == "Cerebras-GPT-13B") & (obs["task"] == "winogrande") & (obs["n_shots"] == 5)].iloc[0]
+    # README: 0.674 at 5 shots, Training FLOPs 2.3E+22; n_pmt = (1 + 5) x 100 stand-in; the 2048-token window
+    assert row["score"] == pytest.approx(0.674) and row["compute"] == pytest.approx(2.3e22)
+    assert row["n_pmt"] == 600.0 and (obs["n_ctx"] == 2048).all()
+    assert obs["compute"].min() == pytest.approx(2.6e18) and obs["compute"].max() == pytest.approx(6.4e22)
+    assert set(cerebras_observations(pd.read_csv(table), ["lambada"])["task"]) == {"lambada"}
+    with pytest.raises(UserError, match="unknown Cerebras-GPT table tasks sciq"):
+        cerebras_observations(pd.read_csv(table), ["sciq"])
+    out = tmp_path / "obs.csv"
+    assert main(["external", "cerebras", str(table), "--out", str(out)]) == 0
+    assert len(pd.read_csv(out)) == len(obs)

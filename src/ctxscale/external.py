@@ -26,6 +26,14 @@ comparison between models or lengths:
   128k windows, as the benchmark sizes its prompts to fit them). ``n_ctx`` is each model's listed window (copied
   into the CSV with the scores). No training compute (API models): one stand-in ``MIR_COMPUTE`` for every model,
   so the compute factor is a constant and the set tests the context factor and the penalty only.
+- **Cerebras-GPT table** (``cerebras``): the 0- and 5-shot lm-eval accuracies (HellaSwag, PIQA, WinoGrande,
+  LAMBADA, ARC-e, ARC-c, OpenBookQA) that Cerebras published for its own models (Cerebras-GPT 111M..13B, its muP
+  variants 111M..2.7B) and for OPT 125M..13B, GPT-J 6B and GPT-NeoX 20B. Each model is one model of the fit with
+  the training FLOPs listed in that table (their own estimate, a real compute that varies over four orders of
+  magnitude) and ``n_ctx`` 2048 (every model's window). The Pythia rows of the same table are left out of the CSV
+  (they are the models of the choice set ``pythia``). No token counts: ``n_pmt`` stands in as for Pythia,
+  ``(1 + n_shots) x 100`` tokens, so prompts stay far inside the window and the set tests the compute factor and
+  a coarse shot effect only.
 
 ``n_instances`` is 1 in every converted table: the sources give means only, so the binomial objective and
 instance bootstrap are not meaningful on them (the MSE fit never reads it).
@@ -46,6 +54,7 @@ NOMINAL_TRAIN_TOKENS = 1e12  # the same stand-in D for every model of RULER and 
 PYTHIA_TOKENS_PER_EXAMPLE = 100  # the stand-in query and demonstration length of Pythia prompts
 MIR_QUERY_TOKENS, MIR_TOKENS_PER_SHOT = 100, 60  # stand-in prompt lengths of MIR-Bench (module docstring)
 MIR_COMPUTE = 1e25  # the same stand-in compute for every MIR-Bench model
+CEREBRAS_TOKENS_PER_EXAMPLE = PYTHIA_TOKENS_PER_EXAMPLE  # the stand-in prompt lengths of the Cerebras-GPT table
 
 
 def _table(frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -114,8 +123,25 @@ def mir_observations(raw: pd.DataFrame) -> pd.DataFrame:
     return _table(frame, "mir")
 
 
+def cerebras_observations(raw: pd.DataFrame, tasks=None) -> pd.DataFrame:
+    """``cerebras_gpt_0shot_5shot.csv`` -> observations, one model per row of the table (module docstring)."""
+    raw = raw[raw["score"].notna() & (raw["training_flops"] > 0)]
+    if tasks:
+        unknown = sorted(set(tasks) - set(raw["task"]))
+        if unknown:
+            raise UserError(f"unknown Cerebras-GPT table tasks {', '.join(unknown)}; the file has "
+                            f"{', '.join(sorted(raw['task'].unique()))}")
+        raw = raw[raw["task"].isin(tasks)]
+    frame = pd.DataFrame({
+        "model": raw["model"], "task": raw["task"], "dataset": raw["task"], "n_shots": raw["n_shots"].astype(int),
+        "n_pmt": (1.0 + raw["n_shots"]) * CEREBRAS_TOKENS_PER_EXAMPLE,
+        "n_ctx": raw["context_limit_tokens"].astype(float), "compute": raw["training_flops"].astype(float),
+        "score": raw["score"].astype(float), "n_instances": 1})
+    return _table(frame, "cerebras")
+
+
 CONVERTERS = {"ruler": ruler_observations, "helmet": helmet_observations, "pythia": pythia_observations,
-              "mir": mir_observations}
+              "mir": mir_observations, "cerebras": cerebras_observations}
 
 
 def main(argv=None) -> int:
