@@ -190,6 +190,7 @@ def test_stopped_by_signal_and_rerun_ends_with_uninterrupted_weights(tmp_path, b
     process.send_signal(sent)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0, "the run ended before the signal; make it longer"
+    assert process.returncode == 75  # EX_TEMPFAIL, also through torchrun (which reports its workers' 75 as 1)
     assert "stopping on SIGUSR1" in stderr
     saved = sorted(p.name for p in state.glob("update-*"))
     assert len(saved) == 1 and 4 <= int(saved[0][-6:]) < 20
@@ -202,6 +203,7 @@ def test_stopped_by_signal_and_rerun_ends_with_uninterrupted_weights(tmp_path, b
     a, b = weights(uninterrupted), weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not list(state.glob("update-*"))  # removed once the output is written
+    assert not (state / "interrupted").exists() and not (state / "stop-requested").exists()
 
 
 # ------------------------------------------------------------------------------------------ schedules

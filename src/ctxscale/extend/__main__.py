@@ -83,11 +83,14 @@ def check_gpu_memory(args, spec: dict, processes: int) -> None:
 
     if not torch.cuda.is_available():
         return
+    if processes > torch.cuda.device_count():
+        raise UserError(f"--processes {processes} but only {torch.cuda.device_count()} GPU(s) are visible "
+                        "(CUDA_VISIBLE_DEVICES)")
     from ctxscale.config import schema_defaults
     from ctxscale.extend.recipe import WORKFLOW_KEYS
     from ctxscale.plan_extension import plan_extension_from_files
 
-    total = min(torch.cuda.get_device_properties(i).total_memory for i in range(min(processes, torch.cuda.device_count())))
+    total = min(torch.cuda.get_device_properties(i).total_memory for i in range(processes))
     settings = {"gpu_memory_gib": total / 2**30, "gpu_overhead_gib": schema_defaults("evaluation")["gpu_overhead_gib"],
                 "max_gpus": processes, "gpus": processes, "on_gpu": True}  # fmt: skip
     recipe = {k: v for k, v in spec.items() if k not in WORKFLOW_KEYS}
@@ -104,16 +107,18 @@ def relaunch(argv: list[str], processes: int, state_dir: Path) -> int:
     torchrun's agent runs in a session of its own; a stop signal to this process is sent to the workers
     (their pids in ``state_dir/pids``), never to the agent.
     """
-    from ctxscale.extend.state import STOP_SIGNALS, PID_DIR, worker_pids
+    from ctxscale.extend.state import (EXIT_INTERRUPTED, INTERRUPTED_FILE, PID_DIR, STOP_FILE, STOP_SIGNALS,
+                                       worker_pids)
 
     pid_dir = state_dir / PID_DIR
     for stale in pid_dir.glob("*.pid") if pid_dir.is_dir() else []:
         stale.unlink()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "ctxscale.extend", *argv]
-    child = subprocess.Popen(command, start_new_session=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    for marker in (STOP_FILE, INTERRUPTED_FILE):
+        (state_dir / marker).unlink(missing_ok=True)
 
     def forward(signum, frame):
+        (state_dir / STOP_FILE).touch()  # read by workers that are not listening yet
         pids = worker_pids(state_dir)
         log.warning("passing %s to the %d workers", signal.Signals(signum).name, len(pids))
         for pid in pids:
@@ -122,9 +127,14 @@ def relaunch(argv: list[str], processes: int, state_dir: Path) -> int:
             except ProcessLookupError:
                 pass
 
-    for sig in STOP_SIGNALS:
+    for sig in STOP_SIGNALS:  # before the workers exist, so no request is lost
         signal.signal(sig, forward)
-    return child.wait()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "ctxscale.extend", *argv]
+    code = subprocess.Popen(command, start_new_session=True).wait()
+    if code != 0 and (state_dir / INTERRUPTED_FILE).exists():
+        return EXIT_INTERRUPTED  # stopped on request after a checkpoint, not failed
+    return code
 
 
 def work(args, spec: dict) -> int:
@@ -138,7 +148,10 @@ def work(args, spec: dict) -> int:
     transformers.logging.set_verbosity_error()
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    stop = state.StopFlag()
+    if "WORLD_SIZE" not in os.environ:  # alone: no parent cleared an earlier run's stop markers
+        for marker in (state.STOP_FILE, state.INTERRUPTED_FILE):
+            (state_dir / marker).unlink(missing_ok=True)
+    stop = state.StopFlag(state_dir)
     stop.install()
     run = train.Run(spec)
     try:
@@ -146,6 +159,8 @@ def work(args, spec: dict) -> int:
         tokenizer = load_tokenizer(args.base)
         result = train.train(spec, args.base, state_dir, args.data_dir, run=run, tokenizer=tokenizer, stop=stop)
         if result is None:
+            if run.rank == 0:
+                (state_dir / state.INTERRUPTED_FILE).touch()
             return state.EXIT_INTERRUPTED
         train.write_output(args.out, args.base, spec, result, run, tokenizer, args.threads)
         if run.rank == 0:

@@ -34,14 +34,21 @@ EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped on request after a checkpoint; rer
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 CHECKPOINT_NAME = re.compile(r"^update-(\d{6})$")
 PID_DIR = "pids"
+# Written by the re-launching parent before it signals the workers: a worker not yet listening (still loading)
+# sees the request at its first update instead of losing it
+STOP_FILE = "stop-requested"
+# Written by rank 0 when it stops on request: torchrun turns the workers' EXIT_INTERRUPTED into 1, the parent
+# turns it back
+INTERRUPTED_FILE = "interrupted"
 
 
 class StopFlag:
     """Set by SIGUSR1/SIGTERM; read once per update."""
 
-    def __init__(self):
+    def __init__(self, state_dir: Path | None = None):
         self.requested = False
         self.signal_name = None
+        self.stop_file = Path(state_dir) / STOP_FILE if state_dir is not None else None
 
     def install(self) -> None:
         for sig in STOP_SIGNALS:
@@ -53,6 +60,8 @@ class StopFlag:
 
     def agreed(self, distributed: bool, device) -> bool:
         """Whether any process has been asked to stop (all processes return the same answer)."""
+        if self.stop_file is not None and not self.requested and self.stop_file.exists():
+            self.requested, self.signal_name = True, "a stop request (stop file)"
         if not distributed:
             return self.requested
         flag = torch.tensor([1 if self.requested else 0], device=device)

@@ -56,6 +56,9 @@ def configure_torch(threads: int) -> None:
     if torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # deterministic mode also NaN-fills every torch.empty (FSDP2's collective buffers among them): memory
+        # traffic that buys nothing where the kernels only warn
+        torch.utils.deterministic.fill_uninitialized_memory = False
     else:
         torch.use_deterministic_algorithms(True)
 
@@ -261,7 +264,10 @@ def write_output(out_dir, base_dir, spec: dict, result: dict, run: Run, tokenize
     if run.sharded:
         with torch.device("meta"):
             lm = transformers.AutoModelForCausalLM.from_config(config, dtype=save_dtype)
-        lm.load_state_dict({k: v.to(save_dtype) for k, v in full.items()}, assign=True)
+        for key in list(full):  # cast in place, one tensor at a time: host memory peaks near 4N bytes, not 6N
+            full[key] = full.pop(key).to(save_dtype)
+        lm.load_state_dict(full, assign=True)
+        del full
         lm.tie_weights()
         modeling.reset_rope(lm, config)
         if (Path(base_dir) / "generation_config.json").is_file():
@@ -269,7 +275,8 @@ def write_output(out_dir, base_dir, spec: dict, result: dict, run: Run, tokenize
     else:
         lm = wrapper.lm
     lm.config.dtype = save_dtype
-    lm.save_pretrained(out_dir)
+    # shards of at most 5 GB: safetensors builds each shard in memory before writing it
+    lm.save_pretrained(out_dir, max_shard_size="5GB")
     copy_tokenizer(base_dir, out_dir, tokenizer)
     base_info = read_base_info(base_dir)
     original = spec["rope_scaling"]["original_max_position_embeddings"]
@@ -317,5 +324,9 @@ def copy_tokenizer(base_dir, out_dir, tokenizer) -> None:
 def clear_state(state_dir) -> None:
     """Remove the checkpoints (and worker pid files) once the output is written (a 7B run's optimizer state is
     ~80 GB)."""
-    for folder in [*Path(state_dir).glob("update-*"), Path(state_dir) / training_state.PID_DIR]:
+    state_dir = Path(state_dir)
+    leftovers = [*state_dir.glob("update-*"), *state_dir.glob(".tmp-update-*")]  # a save killed midway
+    for folder in [*leftovers, state_dir / training_state.PID_DIR]:
         shutil.rmtree(folder, ignore_errors=True)
+    for marker in (training_state.STOP_FILE, training_state.INTERRUPTED_FILE):
+        (state_dir / marker).unlink(missing_ok=True)
