@@ -42,7 +42,7 @@ def model_spec(model):
 
 
 def models_from(source):
-    """Enabled models whose checkpoint the given rule makes (hf: download, tiny: train, local, extend)."""
+    """Enabled models whose checkpoints come from the given source (hf: download, tiny: train, local, extend)."""
     return [m for m in MODELS if ctxconfig.model_source(config, m) == source]
 
 
