@@ -89,6 +89,8 @@ def fetch_snapshot(repo_id: str, revision: str, out: Path, allow_patterns, *, re
             snapshot_download(repo_id, revision=revision, local_dir=partial, allow_patterns=allow_patterns(files),
                               token=token, repo_type=repo_type)
             break
+        except UserError:  # the caller's own verdict on the file list (e.g. nothing matches): nothing to retry
+            raise
         except Exception as error:  # noqa: BLE001 - classified below; unknown errors are retried then re-raised
             message = _explain(error, repo_id, revision)
             if message is not None:
