@@ -78,16 +78,21 @@ def ruler_observations(raw: pd.DataFrame) -> pd.DataFrame:
     return _table(_length_cells(raw, "ruler", active[active.notna()]), "ruler")
 
 
+def _only(raw: pd.DataFrame, column: str, wanted, what: str) -> pd.DataFrame:
+    """The rows whose ``column`` is one of ``wanted`` (all when none are named); an unknown name is a user error."""
+    if not wanted:
+        return raw
+    unknown = sorted(set(wanted) - set(raw[column]))
+    if unknown:
+        raise UserError(f"unknown {what} {', '.join(unknown)}; the file has {', '.join(sorted(raw[column].unique()))}")
+    return raw[raw[column].isin(wanted)]
+
+
 def helmet_observations(raw: pd.DataFrame, categories=None) -> pd.DataFrame:
     """``helmet_by_length.csv`` -> observations, one task per category (module docstring)."""
     params = pd.to_numeric(raw["params_b_as_listed"], errors="coerce") * 1e9
     raw = raw[params.notna() & (raw["prompt_tokens"] != raw["context_limit_tokens"])]
-    if categories:
-        unknown = sorted(set(categories) - set(raw["category"]))
-        if unknown:
-            raise UserError(f"unknown HELMET categories {', '.join(unknown)}; the file has "
-                            f"{', '.join(sorted(raw['category'].unique()))}")
-        raw = raw[raw["category"].isin(categories)]
+    raw = _only(raw, "category", categories, "HELMET categories")
     raw = raw[raw["score"].notna()]
     return _table(_length_cells(raw, raw["category"], params[raw.index]), "helmet")
 
@@ -126,12 +131,7 @@ def mir_observations(raw: pd.DataFrame) -> pd.DataFrame:
 def cerebras_observations(raw: pd.DataFrame, tasks=None) -> pd.DataFrame:
     """``cerebras_gpt_0shot_5shot.csv`` -> observations, one model per row of the table (module docstring)."""
     raw = raw[raw["score"].notna() & (raw["training_flops"] > 0)]
-    if tasks:
-        unknown = sorted(set(tasks) - set(raw["task"]))
-        if unknown:
-            raise UserError(f"unknown Cerebras-GPT table tasks {', '.join(unknown)}; the file has "
-                            f"{', '.join(sorted(raw['task'].unique()))}")
-        raw = raw[raw["task"].isin(tasks)]
+    raw = _only(raw, "task", tasks, "Cerebras-GPT table tasks")
     frame = pd.DataFrame({
         "model": raw["model"], "task": raw["task"], "dataset": raw["task"], "n_shots": raw["n_shots"].astype(int),
         "n_pmt": (1.0 + raw["n_shots"]) * CEREBRAS_TOKENS_PER_EXAMPLE,
