@@ -184,11 +184,13 @@ def model_source(config: dict, model: str) -> str:
     return "extend" if built_by_extension(config, model) else config["models"][model]["source"]
 
 
-def extension_spec(config: dict, model: str) -> dict[str, Any]:
-    """The recipe ``ctxscale.extend`` receives: ``models.<model>.extend`` with the schema's defaults filled in,
-    plus the model's ``n_ctx`` and ``rope_scaling``."""
+def extension_spec(config: dict, model: str, overrides: dict | None = None) -> dict[str, Any]:
+    """The recipe ``ctxscale.extend`` receives: ``models.<model>.extend`` (with ``overrides`` on top, e.g.
+    ``ctxscale plan --set extend.KEY=V``) validated, the schema's defaults filled in, plus the model's ``n_ctx``
+    and ``rope_scaling``."""
     spec = config["models"][model]
-    recipe = validate_definition(copy.deepcopy(spec.get("extend") or {}), "extend_spec", f"config error in models.{model}.extend")
+    recipe = {**copy.deepcopy(spec.get("extend") or {}), **(overrides or {})}
+    validate_definition(recipe, "extend_spec", f"config error in models.{model}.extend")
     return {**recipe, "n_ctx": spec["n_ctx"], "rope_scaling": spec.get("rope_scaling")}
 
 

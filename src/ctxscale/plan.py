@@ -377,13 +377,14 @@ def extension_mem_mb(config: dict, model: str, base_checkpoint_dir: str | Path |
 
 def _extension_plan_from_files(config: dict, model: str, base_checkpoint_dir: str | Path):
     from ctxscale import plan_extension as extension
+    from ctxscale.config import extension_spec
 
     if not (Path(base_checkpoint_dir) / "config.json").is_file():  # Snakemake: <TBD> until the input exists
         raise FileNotFoundError(2, "not yet created", str(base_checkpoint_dir))
     entry = config["models"][model]
     return extension.plan_extension_from_files(
         model=model, base=entry["extends"], base_checkpoint_dir=base_checkpoint_dir, n_ctx=int(entry["n_ctx"]),
-        spec=extension.extend_spec(config, model), settings=extension.extension_settings(config),
+        spec=extension_spec(config, model), settings=extension.extension_settings(config),
         rope_scaling=entry.get("rope_scaling"),
     )  # fmt: skip
 

@@ -83,7 +83,6 @@ RMSNorms per layer assumed).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -321,14 +320,6 @@ def extension_models(config: Mapping[str, Any]) -> list[str]:
     return [m for m in enabled_models(dict(config)) if built_by_extension(dict(config), m)]
 
 
-def extend_spec(config: Mapping[str, Any], model: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``models.<model>.extend`` validated against ``$defs/extend_spec``, defaults filled, ``overrides`` on top."""
-    from ctxscale.config import validate_definition
-
-    spec = {**copy.deepcopy(config["models"][model].get("extend") or {}), **(overrides or {})}
-    return validate_definition(spec, "extend_spec", f"config error in models.{model}.extend")
-
-
 def extension_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """What the extension plan reads of a validated config (the GPU keys of ``evaluation``, ``extension.gpus``)."""
     from ctxscale.plan import _needs_gpu
@@ -352,13 +343,14 @@ def plan_extension_from_files(
 def plan_extension_config(config: dict, overrides: Mapping[str, Any] | None = None) -> list[ExtensionPlan]:
     """The plan of every extend job of a validated config (the base's checkpoint where present, else the hub's
     ``config.json``); ``overrides`` apply to every recipe (``ctxscale plan --set extend.KEY=VALUE``)."""
+    from ctxscale.config import extension_spec
     from ctxscale.plan import _architecture_for
 
     settings = extension_settings(config)
     plans = []
     for model in extension_models(config):
         entry = config["models"][model]
-        base, spec = entry["extends"], extend_spec(config, model, overrides)
+        base, spec = entry["extends"], extension_spec(config, model, overrides)
         arch, _, where = _architecture_for(config, base)
         if arch is None:
             plans.append(ExtensionPlan(model=model, base=base, n_ctx=int(entry["n_ctx"]), rope=rope_label(
