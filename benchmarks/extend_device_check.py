@@ -65,7 +65,7 @@ def main() -> int:
 
     import transformers
 
-    from ctxscale.errors import setup_logging
+    from ctxscale.steps import setup_logging
     from ctxscale.extend import model as modeling
     from ctxscale.extend import train
     from ctxscale.extend.recipe import read_spec

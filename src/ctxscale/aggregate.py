@@ -31,7 +31,9 @@ from pathlib import Path
 import pandas as pd
 
 from ctxscale.compute import read_model_info
-from ctxscale.errors import UserError, cli_main, parse_step_args, read_json_object, step_parser
+from ctxscale.errors import UserError
+from ctxscale.steps import cli_main, parse_step_args, step_parser
+from ctxscale.files import read_json_object
 from ctxscale.files import atomic_write
 from ctxscale.observations import OBSERVATION_COLUMNS, task_cells, validate_observations
 

@@ -111,7 +111,7 @@ def compare_enabled(config: dict) -> bool:
 
 def main(argv=None) -> int:
     """``ctxscale compare OBS.csv --task T [--task T2 ...] [--laws a,b] --out-dir DIR``."""
-    from ctxscale.errors import handle_user_errors, setup_logging, verbosity_level
+    from ctxscale.steps import handle_user_errors, setup_logging, verbosity_level
     from ctxscale.experiments import _names
     from ctxscale.fitting import DEFAULT_MAX_EXPONENT, OBJECTIVES
     from ctxscale.observations import load_observations

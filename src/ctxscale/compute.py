@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 
 from ctxscale.config import built_by_extension
-from ctxscale.errors import UserError, read_json_object
+from ctxscale.errors import UserError
+from ctxscale.files import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +307,7 @@ def _extension_numbers(model: str, spec: dict, checkpoint: Path | None) -> tuple
 
 def model_info_main(argv=None) -> int:
     """``python -m ctxscale.compute model-info --model NAME --spec JSON [--checkpoint DIR] --out PATH``."""
-    from ctxscale.errors import handle_user_errors, parse_json_option, setup_logging
+    from ctxscale.steps import handle_user_errors, parse_json_option, setup_logging
     from ctxscale.fitting import write_json_atomic
 
     parser = argparse.ArgumentParser(prog="ctxscale model-info", description="Write a model-info JSON (N, D, C).")
@@ -330,7 +331,7 @@ def model_info_main(argv=None) -> int:
 
 def table1_main(argv=None) -> int:
     """``ctxscale table1 CONFIG.yaml``: print Table 1 for the config's (enabled) models."""
-    from ctxscale.errors import handle_user_errors
+    from ctxscale.steps import handle_user_errors
 
     parser = argparse.ArgumentParser(prog="ctxscale table1", description="Print Table 1 (N, D, C = 6ND).")
     parser.add_argument("config", help="workflow config (YAML)")

@@ -22,7 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from ctxscale.errors import UserError, cli_main, setup_logging
+from ctxscale.errors import UserError
+
+from ctxscale.steps import cli_main, setup_logging
 
 log = logging.getLogger("ctxscale.download")
 

@@ -86,7 +86,8 @@ from typing import Any, Iterable
 
 from ctxscale import vllm_rope
 from ctxscale.datasets import build_prompt, shots_for
-from ctxscale.errors import UserError, cli_main, parse_json_option, parse_step_args, step_parser
+from ctxscale.errors import UserError
+from ctxscale.steps import cli_main, parse_json_option, parse_step_args, step_parser
 from ctxscale.files import atomic_write
 from ctxscale.numerics import pin_cpu_code_paths
 from ctxscale.provenance import distribution_version, package_versions

@@ -452,7 +452,7 @@ def _training_cells(cellset: CellSet, experiment: str, train_max_n_pmt: float, h
 
 def fit_main(argv=None) -> int:
     """``ctxscale fit OBS.csv --task TASK [...] --out FIT.json`` (``python -m ctxscale.experiments`` too)."""
-    from ctxscale.errors import handle_user_errors, setup_logging, verbosity_level
+    from ctxscale.steps import handle_user_errors, setup_logging, verbosity_level
 
     parser = argparse.ArgumentParser(
         prog="ctxscale fit", description="Fit the context-aware law to one task.",

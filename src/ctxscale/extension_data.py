@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 
 from ctxscale.download import fetch_snapshot
-from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
+from ctxscale.errors import UserError
+from ctxscale.steps import cli_main, parse_json_option, setup_logging
 
 log = logging.getLogger("ctxscale.extension_data")
 

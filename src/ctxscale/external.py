@@ -146,7 +146,7 @@ CONVERTERS = {"ruler": ruler_observations, "helmet": helmet_observations, "pythi
 
 def main(argv=None) -> int:
     """``ctxscale external SOURCE IN.csv --out OBS.csv``: convert one external table (module docstring)."""
-    from ctxscale.errors import handle_user_errors
+    from ctxscale.steps import handle_user_errors
     from ctxscale.observations import write_observations
 
     parser = argparse.ArgumentParser(prog="ctxscale external", description=__doc__.splitlines()[0])

@@ -67,7 +67,8 @@ from matplotlib.ticker import (FuncFormatter, LogLocator, MultipleLocator, NullF
                                NullLocator)
 
 from ctxscale.config import schema_defaults  # noqa: E402
-from ctxscale.errors import UserError, parse_json_option  # noqa: E402
+from ctxscale.errors import UserError
+from ctxscale.steps import parse_json_option  # noqa: E402
 from ctxscale.tables import (format_flops, format_tokens, load_fits, load_model_info,  # noqa: E402
                              ordered_tasks, task_title)
 
@@ -761,7 +762,7 @@ def render(inputs: FigureInputs, out_dir, settings: FigureSettings | None = None
 
 
 def main(argv=None) -> int:
-    from ctxscale.errors import handle_user_errors, setup_logging, verbosity_level
+    from ctxscale.steps import handle_user_errors, setup_logging, verbosity_level
 
     parser = argparse.ArgumentParser(prog="python -m ctxscale.figures",
                                      description="Render the paper's figures from the observations and the fits.")

@@ -36,3 +36,23 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         Path(temp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """A JSON file that must hold an object; ``what`` names it in errors (e.g. "fit file")."""
+    import json
+
+    from ctxscale.errors import UserError
+
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"cannot read {what} {path}: it does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read {what} {path}: not valid JSON ({error})") from None
+    except OSError as error:
+        raise UserError(f"cannot read {what} {path}: {error}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{what} {path} does not hold a JSON object")
+    return value

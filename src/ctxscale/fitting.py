@@ -67,7 +67,8 @@ import pandas as pd
 from scipy.optimize import differential_evolution, least_squares, minimize
 
 from ctxscale.config import schema_defaults
-from ctxscale.errors import UserError, read_json_object
+from ctxscale.errors import UserError
+from ctxscale.files import read_json_object
 from ctxscale.files import atomic_write
 from ctxscale.provenance import package_versions
 from ctxscale.law import (
@@ -670,7 +671,7 @@ def _positive_floats(name, values):
 
 def predict_main(argv=None) -> int:
     """``ctxscale predict FIT.json --compute C --n-pmt N --n-ctx K``: print P-hat (and its interval)."""
-    from ctxscale.errors import handle_user_errors
+    from ctxscale.steps import handle_user_errors
 
     parser = argparse.ArgumentParser(prog="ctxscale predict", description="Predict task performance from a saved fit.")
     parser.add_argument("fit", help="fit JSON written by `ctxscale fit`")

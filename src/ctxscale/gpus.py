@@ -29,7 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-from ctxscale.errors import UserError, cli_main
+from ctxscale.errors import UserError
+
+from ctxscale.steps import cli_main
 
 WAIT_LOG_SECONDS = 60
 

@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 
 from ctxscale.compute import training_compute
-from ctxscale.errors import UserError, read_json_object
+from ctxscale.errors import UserError
+from ctxscale.files import read_json_object
 from ctxscale.observations import OBSERVATION_COLUMNS, validate_observations
 
 @dataclass
@@ -180,7 +181,7 @@ def check_runs(runs, sheet: pd.DataFrame, metric: str) -> list:
 
 def main(argv=None) -> int:
     """``ctxscale ingest OUT_DIR [...] --model-sheet SHEET.csv --tokenizer TOK --metric M --out OBS.csv``."""
-    from ctxscale.errors import handle_user_errors
+    from ctxscale.steps import handle_user_errors
     from ctxscale.observations import write_observations
 
     parser = argparse.ArgumentParser(prog="ctxscale ingest", description=__doc__.splitlines()[0],

@@ -18,7 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ctxscale.errors import UserError, cli_main, parse_step_args, step_parser
+from ctxscale.errors import UserError
+
+from ctxscale.steps import cli_main, parse_step_args, step_parser
 
 log = logging.getLogger("ctxscale.local_model")
 

@@ -44,7 +44,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from ctxscale.errors import UserError, cli_main
+from ctxscale.errors import UserError
+
+from ctxscale.steps import cli_main
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}

@@ -181,7 +181,7 @@ def _check(name, value, low=0.0, high=None, inclusive_high=False):
 
 def main(argv=None) -> int:
     """``ctxscale solve {compute,prompt,window} FIT.json ...`` (module docstring)."""
-    from ctxscale.errors import handle_user_errors
+    from ctxscale.steps import handle_user_errors
     from ctxscale.fitting import load_fit
 
     parser = argparse.ArgumentParser(prog="ctxscale solve", description="Planning queries: invert a fitted law.",

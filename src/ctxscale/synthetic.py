@@ -102,7 +102,8 @@ import numpy as np
 from ctxscale.config import schema_defaults, validate_definition
 from ctxscale.datasets import (PreparedData, load_tokenizer, prompt_token_profile, shot_order_of, tokenizer_info,
                                write_prepared)
-from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
+from ctxscale.errors import UserError
+from ctxscale.steps import cli_main, parse_json_option, setup_logging
 
 log = logging.getLogger("ctxscale.synthetic")
 

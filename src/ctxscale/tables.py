@@ -49,7 +49,8 @@ import numpy as np
 import pandas as pd
 
 from ctxscale.compute import read_model_info
-from ctxscale.errors import UserError, parse_json_option
+from ctxscale.errors import UserError
+from ctxscale.steps import parse_json_option
 from ctxscale.experiments import EXPERIMENTS, regression_metrics
 from ctxscale.files import atomic_write
 
@@ -510,7 +511,7 @@ def _read_config(args) -> dict:
 
 
 def main(argv=None) -> int:
-    from ctxscale.errors import handle_user_errors, setup_logging, verbosity_level
+    from ctxscale.steps import handle_user_errors, setup_logging, verbosity_level
 
     parser = argparse.ArgumentParser(prog="python -m ctxscale.tables",
                                      description="Write the paper's tables (CSV and Markdown) from the fits.")

@@ -66,7 +66,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from ctxscale import synthetic
 from ctxscale.config import schema_defaults
 from ctxscale.datasets import load_tokenizer
-from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
+from ctxscale.errors import UserError
+from ctxscale.steps import cli_main, parse_json_option, setup_logging
 from ctxscale.numerics import pin_cpu_code_paths
 
 log = logging.getLogger("ctxscale.tiny")

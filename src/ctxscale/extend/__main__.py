@@ -20,7 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ctxscale.errors import UserError, cli_main, parse_json_option, setup_logging
+from ctxscale.errors import UserError
+
+from ctxscale.steps import cli_main, parse_json_option, setup_logging
 
 log = logging.getLogger("ctxscale.extend")
 
