@@ -87,7 +87,9 @@ def test_load_config_reports_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_schema_defaults_are_the_one_source_of_the_librarys_defaults():
-    from ctxscale import datasets, evaluate
+    from ctxscale import datasets
+    from ctxscale.evaluate.cli import build_parser
+    from ctxscale.evaluate.settings import DEFAULT_SETTINGS, Settings
 
     schema = ctxconfig.load_schema()
     evaluation = ctxconfig.schema_defaults("evaluation")
@@ -95,18 +97,18 @@ def test_schema_defaults_are_the_one_source_of_the_librarys_defaults():
     assert evaluation["max_length"] == 131072 and evaluation["tensor_parallel_size"] == "auto"
     # evaluation records carry the schema's settings (minus job sizing) and the model fields
     sizing = set(ctxconfig.EVALUATION_RESOURCE_KEYS)
-    assert evaluate.DEFAULT_SETTINGS == {**{k: v for k, v in evaluation.items() if k not in sizing},
-                                         "revision": "main", "n_ctx": None, "rope_scaling": None}
+    assert DEFAULT_SETTINGS == {**{k: v for k, v in evaluation.items() if k not in sizing},
+                                "revision": "main", "n_ctx": None, "rope_scaling": None}
     data = ctxconfig.schema_defaults("data")
     assert (datasets.DEFAULT_SEED, datasets.DEFAULT_MAX_LENGTH_PER_EXAMPLE, datasets.DEFAULT_MAX_EVAL_SAMPLES) == (
         data["seed"], data["max_length_per_example"], data["max_eval_samples"]) == (31337, 256, 250)
     assert ctxconfig.schema_defaults("model") == {"revision": "main"}
     # the evaluate step's GPU-plan options default to the config's values, in MiB
-    parser = evaluate.build_parser()
+    parser = build_parser()
     assert parser.get_default("gpu_memory_mib") == round(evaluation["gpu_memory_gib"] * 1024) == 81510
     assert parser.get_default("max_gpus_per_job") == evaluation["max_gpus_per_job"]
     # without a plan, "auto" tensor parallelism is one GPU
-    assert evaluate.Settings.from_mapping({}).tensor_parallel_size == 1
+    assert Settings.from_mapping({}).tensor_parallel_size == 1
 
 
 def test_a_validated_config_carries_every_default(demo):

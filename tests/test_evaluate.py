@@ -14,7 +14,10 @@ import pytest
 import torch
 from letter_task import letter_manifest
 
-from ctxscale import evaluate as ev
+from ctxscale.evaluate import cli, engines, fingerprint, runner
+from ctxscale.evaluate.engines import build_engine
+from ctxscale.evaluate.settings import Settings
+from ctxscale.evaluate.vllm_engine import VllmRopePlan, vllm_rope_plan
 from ctxscale.aggregate import aggregate
 from ctxscale.datasets import write_prepared
 from ctxscale.errors import UserError
@@ -79,21 +82,21 @@ def workspace(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def backend(workspace):
-    return ev.build_backend(workspace / "model", ev.Settings.from_mapping(SETTINGS), MAX_NEW_TOKENS)
+def engine(workspace):
+    return build_engine(workspace / "model", Settings.from_mapping(SETTINGS), MAX_NEW_TOKENS)
 
 
-def run(workspace, backend, name, cache="cache", shots=SHOTS, **settings):
+def run(workspace, engine, name, cache="cache", shots=SHOTS, **settings):
     with captured_log() as messages:
-        ev.evaluate(model_dir=workspace / "model", model_name="tiny", data_dir=workspace / "data", shots=shots,
-                    out_dir=workspace / name, cache_dir=workspace / cache, settings=SETTINGS | settings,
-                    backend=backend)
+        runner.evaluate(model_dir=workspace / "model", model_name="tiny", data_dir=workspace / "data", shots=shots,
+                        out_dir=workspace / name, cache_dir=workspace / cache, settings=SETTINGS | settings,
+                        engine=engine)
     return messages
 
 
 @pytest.fixture(scope="module")
-def first_run(workspace, backend):
-    messages = run(workspace, backend, "out")
+def first_run(workspace, engine):
+    messages = run(workspace, engine, "out")
     return workspace / "out", messages
 
 
@@ -194,9 +197,9 @@ def test_scores_are_the_metric_of_the_predictions(first_run):
     assert beyond_n_ctx >= 3  # prompts past the model's own limit are evaluated, not refused
 
 
-def test_a_second_run_is_identical(workspace, backend, first_run):
+def test_a_second_run_is_identical(workspace, engine, first_run):
     out_dir, _ = first_run
-    messages = run(workspace, backend, "out-fresh", cache="cache-fresh")
+    messages = run(workspace, engine, "out-fresh", cache="cache-fresh")
     assert "reused 0 of 4" in messages[0]
     for k in SHOTS:
         assert without_timing(load(workspace / "out-fresh", k)) == without_timing(load(out_dir, k))
@@ -211,7 +214,7 @@ def test_rerun_copies_cached_shot_counts_without_loading_the_model(workspace, fi
     def no_loading(*args, **kwargs):
         raise AssertionError("the model must not be loaded when every shot count is cached")
 
-    monkeypatch.setattr(ev, "build_backend", no_loading)
+    monkeypatch.setattr(runner, "build_engine", no_loading)
     messages = run(workspace, None, "out-copy")
     assert "reused 4 of 4" in messages[0]
     for k in SHOTS:
@@ -219,9 +222,9 @@ def test_rerun_copies_cached_shot_counts_without_loading_the_model(workspace, fi
             assert (workspace / "out-copy" / name).read_bytes() == (out_dir / name).read_bytes()
 
 
-def test_interrupted_job_keeps_finished_shot_counts(workspace, backend, first_run, monkeypatch):
+def test_interrupted_job_keeps_finished_shot_counts(workspace, engine, first_run, monkeypatch):
     out_dir, _ = first_run
-    real_generate = backend.lm.generate_until
+    real_generate = engine.lm.generate_until
     calls = []
 
     def out_of_memory_at_second_shot_count(requests, disable_tqdm=False):
@@ -230,9 +233,9 @@ def test_interrupted_job_keeps_finished_shot_counts(workspace, backend, first_ru
             raise torch.OutOfMemoryError("simulated out of memory at 1 shot")
         return real_generate(requests, disable_tqdm)
 
-    monkeypatch.setattr(backend.lm, "generate_until", out_of_memory_at_second_shot_count)
+    monkeypatch.setattr(engine.lm, "generate_until", out_of_memory_at_second_shot_count)
     with pytest.raises(torch.OutOfMemoryError):
-        run(workspace, backend, "out-interrupted", cache="cache-interrupted")
+        run(workspace, engine, "out-interrupted", cache="cache-interrupted")
     monkeypatch.undo()
     written = sorted(p.name for p in (workspace / "out-interrupted").iterdir())
     assert written == ["shots_0.json", "shots_0.samples.jsonl.gz"]
@@ -242,7 +245,7 @@ def test_interrupted_job_keeps_finished_shot_counts(workspace, backend, first_ru
     output_mtime = (workspace / "out-interrupted" / "shots_0.json").stat().st_mtime_ns
 
     shutil.rmtree(workspace / "out-interrupted")  # Snakemake deletes the outputs before rerunning
-    messages = run(workspace, backend, "out-interrupted", cache="cache-interrupted")
+    messages = run(workspace, engine, "out-interrupted", cache="cache-interrupted")
     assert "reused 1 of 4" in messages[0]
     assert [m.split()[0] for m in messages if m.startswith("k=")] == ["k=1", "k=3", "k=5"]
     assert cached[0].stat().st_mtime_ns == cached_mtime  # the finished shot count was not recomputed
@@ -251,12 +254,12 @@ def test_interrupted_job_keeps_finished_shot_counts(workspace, backend, first_ru
         assert without_timing(load(workspace / "out-interrupted", k)) == without_timing(load(out_dir, k))
 
 
-def test_cache_key_follows_results_affecting_settings(workspace, backend, first_run):
-    messages = run(workspace, backend, "out-subset", shots=[0], max_samples=2)
+def test_cache_key_follows_results_affecting_settings(workspace, engine, first_run):
+    messages = run(workspace, engine, "out-subset", shots=[0], max_samples=2)
     assert "reused 0 of 1" in messages[0]  # another instance set is another result
     subset = [(i["id"], i["prompt_tokens"]) for i in load(workspace / "out-subset", 0)["instances"]]
     assert subset == [(i["id"], i["prompt_tokens"]) for i in load(first_run[0], 0)["instances"][:2]]
-    messages = run(workspace, backend, "out-gpu-util", shots=[0], gpu_memory_utilization=0.5)
+    messages = run(workspace, engine, "out-gpu-util", shots=[0], gpu_memory_utilization=0.5)
     assert "reused 1 of 1" in messages[0]  # memory headroom does not change results
 
 
@@ -289,7 +292,7 @@ def test_command_line_run(workspace, first_run):
 
 
 def test_one_job_evaluates_several_datasets_with_one_model_load(workspace, monkeypatch, capsys):
-    """evaluation.job_per: model: one process, one model load, the backend sized by the largest plan; every
+    """evaluation.job_per: model: one process, one model load, the engine sized by the largest plan; every
     instance gets the prediction a job of its own dataset alone gives it."""
     # token profiles (what data preparation records) that give the two datasets different plans, both above
     # their real prompt lengths, so nothing is refused
@@ -301,23 +304,23 @@ def test_one_job_evaluates_several_datasets_with_one_model_load(workspace, monke
                                      "bos": 1}  # fmt: skip
         write_prepared(folder, POOL, rows, manifest)
     builds = []
-    real_build = ev.build_backend
+    real_build = engines.build_engine
 
     def counting_build(*args, **kwargs):
         builds.append(args[0])
         return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(ev, "build_backend", counting_build)
+    monkeypatch.setattr(engines, "build_engine", counting_build)
     common = ["--model-dir", str(workspace / "model"), "--model-name", "tiny", "--shots", "0", "3", "--plan",
               "--settings", json.dumps(SETTINGS | {"max_length": 4096})]
     outs = [workspace / "grouped" / "first", workspace / "grouped" / "second"]
-    code = ev.main([*common, "--data-dir", str(first), str(second), "--out-dir", *map(str, outs),
+    code = cli.main([*common, "--data-dir", str(first), str(second), "--out-dir", *map(str, outs),
                     "--cache-dir", str(workspace / "cache-grouped")])  # fmt: skip
     assert code == 0 and len(builds) == 1
     alone_lengths = []
     for data_dir, out in zip((first, second), outs):
         alone = workspace / "alone" / out.name
-        assert ev.main([*common, "--data-dir", str(data_dir), "--out-dir", str(alone),
+        assert cli.main([*common, "--data-dir", str(data_dir), "--out-dir", str(alone),
                         "--cache-dir", str(workspace / "cache-alone")]) == 0  # fmt: skip
         for k in (0, 3):
             grouped_result, alone_result = load(out, k), load(alone, k)
@@ -333,7 +336,7 @@ def test_one_job_evaluates_several_datasets_with_one_model_load(workspace, monke
     capsys.readouterr()
     mismatched = [*common, "--data-dir", str(first), str(second), "--out-dir", str(outs[0]),
                   "--cache-dir", str(workspace / "cache-grouped")]
-    assert ev.main(mismatched) == 2
+    assert cli.main(mismatched) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: 2 --data-dir folder(s) but 1 --out-dir folder(s)") and "Traceback" not in err
 
@@ -356,39 +359,39 @@ def test_user_mistakes_exit_2_with_one_line(workspace, capsys):
         cases.append((["--shots", "0", "--settings", json.dumps(SETTINGS | {"backend": "vllm", "tensor_parallel_size": 1})],
                       "needs the vllm package"))
     for extra, message in cases:
-        assert ev.main(base + extra) == 2, extra
+        assert cli.main(base + extra) == 2, extra
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and "Traceback" not in err, err
     missing = ["--model-dir", str(workspace / "model"), "--model-name", "tiny", "--data-dir", str(workspace / "none"),
                "--shots", "0", "--out-dir", str(workspace / "o"), "--cache-dir", str(workspace / "c")]
-    assert ev.main(missing) == 2
+    assert cli.main(missing) == 2
     assert "not a prepared dataset" in capsys.readouterr().err
 
 
 def test_vllm_rope_plan():
     plain = {"max_position_embeddings": 4096, "rope_theta": 10000.0}
     # Plain RoPE: the table is lengthened to the window through hf_overrides, nothing is refused.
-    assert ev.vllm_rope_plan(plain, None, 131072) == ev.VllmRopePlan({"max_position_embeddings": 131072}, None, None)
+    assert vllm_rope_plan(plain, None, 131072) == VllmRopePlan({"max_position_embeddings": 131072}, None, None)
     yarn = {"factor": 2.0, "original_max_position_embeddings": 4096}
     yarn_checkpoint = plain | {"max_position_embeddings": 8192, "rope_scaling": {"type": "yarn", **yarn}}
     # YaRN: the table ends at original * factor = 8192; ctxscale.vllm_rope lengthens it to the window.
-    assert ev.vllm_rope_plan(yarn_checkpoint, None, 131072) == ev.VllmRopePlan({}, None, 131072)
-    assert ev.vllm_rope_plan(yarn_checkpoint, None, 8192) == ev.VllmRopePlan({}, None, None)  # long enough
-    plan = ev.vllm_rope_plan(plain, {"rope_type": "yarn", **yarn, "factor": 4.0}, 131072)
+    assert vllm_rope_plan(yarn_checkpoint, None, 131072) == VllmRopePlan({}, None, 131072)
+    assert vllm_rope_plan(yarn_checkpoint, None, 8192) == VllmRopePlan({}, None, None)  # long enough
+    plan = vllm_rope_plan(plain, {"rope_type": "yarn", **yarn, "factor": 4.0}, 131072)
     rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 4096}
-    assert plan == ev.VllmRopePlan({"rope_parameters": rope}, None, 131072)
-    plan = ev.vllm_rope_plan(plain, {"type": "linear", "factor": 2.0}, 32768)
+    assert plan == VllmRopePlan({"rope_parameters": rope}, None, 131072)
+    plan = vllm_rope_plan(plain, {"type": "linear", "factor": 2.0}, 32768)
     rope = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
-    assert plan == ev.VllmRopePlan({"rope_parameters": rope, "max_position_embeddings": 32768}, None, None)
+    assert plan == VllmRopePlan({"rope_parameters": rope, "max_position_embeddings": 32768}, None, None)
     # Other scalings (llama3, dynamic, ...) are not extended: prompts past the table are refused.
-    plan = ev.vllm_rope_plan(plain, {"rope_type": "llama3", "factor": 8.0}, 32768)
+    plan = vllm_rope_plan(plain, {"rope_type": "llama3", "factor": 8.0}, 32768)
     assert plan.position_limit == 4096 and plan.yarn_table_positions is None
 
 
-def test_hf_backend_applies_rope_scaling(workspace):
+def test_hf_engine_applies_rope_scaling(workspace):
     rope = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32}
-    settings = ev.Settings.from_mapping(SETTINGS | {"rope_scaling": rope})
-    built = ev.build_backend(workspace / "model", settings, MAX_NEW_TOKENS)
+    settings = Settings.from_mapping(SETTINGS | {"rope_scaling": rope})
+    built = build_engine(workspace / "model", settings, MAX_NEW_TOKENS)
     parameters = built.lm.model.config.rope_parameters
     assert {key: parameters[key] for key in rope} == rope
     assert built.lm.max_length == MAX_LENGTH
@@ -397,24 +400,24 @@ def test_hf_backend_applies_rope_scaling(workspace):
 def test_model_fingerprint_is_content_based(workspace, tmp_path, monkeypatch):
     copy = tmp_path / "copy"
     shutil.copytree(workspace / "model", copy)
-    assert ev.model_fingerprint(copy) == ev.model_fingerprint(workspace / "model")
+    assert fingerprint.model_fingerprint(copy) == fingerprint.model_fingerprint(workspace / "model")
     weights = next(copy.glob("*.safetensors"))
-    monkeypatch.setattr(ev, "SMALL_FILE_BYTES", 1024)  # exercise the sampled hashing of large files
-    monkeypatch.setattr(ev, "HASH_WINDOW_BYTES", 256)
-    sampled = ev.model_fingerprint(copy)
+    monkeypatch.setattr(fingerprint, "SMALL_FILE_BYTES", 1024)  # exercise the sampled hashing of large files
+    monkeypatch.setattr(fingerprint, "HASH_WINDOW_BYTES", 256)
+    sampled = fingerprint.model_fingerprint(copy)
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # the last window is always hashed
     weights.write_bytes(bytes(data))
-    assert ev.model_fingerprint(copy) != sampled
+    assert fingerprint.model_fingerprint(copy) != sampled
     with pytest.raises(UserError, match="no config.json"):
-        ev.model_fingerprint(tmp_path)
+        fingerprint.model_fingerprint(tmp_path)
 
 
 def test_fingerprint_ignores_training_metadata(tmp_path):
     """A bit-identical retrain (different wall time in ctxscale_training.json) keeps the evaluation cache."""
     import json as _json
 
-    from ctxscale.evaluate import model_fingerprint
+    from ctxscale.evaluate.fingerprint import model_fingerprint
 
     (tmp_path / "config.json").write_text(_json.dumps({"model_type": "llama"}))
     (tmp_path / "model.safetensors").write_bytes(b"weights")
@@ -426,23 +429,93 @@ def test_fingerprint_ignores_training_metadata(tmp_path):
     assert model_fingerprint(tmp_path) != before
 
 
-@pytest.mark.parametrize("module", ev.RESULT_AFFECTING_MODULES)
-def test_cache_key_covers_the_code_that_decides_results(module, tmp_path, monkeypatch):
-    """An edit to any module that decides prompts, generations or scores (this step's own code included) is a
-    new cache key; the same code is the same key."""
-    import importlib
+def test_code_fingerprint_locates_every_source_file_without_importing():
+    """A package stands for every .py file under it (this step's own package included), a plain module for its
+    file; none is imported to be located."""
+    import ctxscale
 
-    assert {"ctxscale.evaluate", "ctxscale.tasks", "ctxscale.metrics"} <= set(ev.RESULT_AFFECTING_MODULES)
-    before = ev._code_fingerprint()
-    assert ev._code_fingerprint() == before
-    loaded = importlib.import_module(module)
-    edited = tmp_path / Path(loaded.__file__).name
-    edited.write_bytes(Path(loaded.__file__).read_bytes() + b"\n# an edit\n")
-    monkeypatch.setattr(loaded, "__file__", str(edited))
-    assert ev._code_fingerprint() != before
+    root = Path(ctxscale.__file__).parent
+    assert {"ctxscale.evaluate", "ctxscale.tasks", "ctxscale.metrics", "ctxscale.datasets"} <= set(
+        fingerprint.RESULT_AFFECTING_MODULES)  # fmt: skip
+    names = [name for name, _ in fingerprint.code_files("ctxscale.evaluate")]
+    assert names == sorted(p.relative_to(root / "evaluate").as_posix() for p in (root / "evaluate").rglob("*.py"))
+    assert {"__init__.py", "runner.py", "hf_engine.py", "vllm_engine.py", "vllm_rope.py"} <= set(names)
+    assert fingerprint.code_files("ctxscale.metrics") == [("metrics.py", root / "metrics.py")]
+    done = subprocess.run([sys.executable, "-c", "import sys; from ctxscale.evaluate import fingerprint; "
+                           "fingerprint.code_fingerprint(); print(sorted(m for m in sys.modules if m in ('ctxscale.metrics', "
+                           "'ctxscale.evaluate.runner', 'ctxscale.evaluate.cli', 'torch', 'lm_eval')))"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert done.stdout.strip() == "[]"
 
 
-def test_a_shot_count_starts_no_subprocess(workspace, backend, monkeypatch):
+@pytest.fixture
+def source_copy(tmp_path, monkeypatch):
+    """A copy of the ctxscale sources that the code fingerprint reads instead of the real ones."""
+    import ctxscale
+
+    copy = tmp_path / "ctxscale"
+    shutil.copytree(Path(ctxscale.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(ctxscale, "__path__", [str(copy)])
+    for module in fingerprint.RESULT_AFFECTING_MODULES:  # located anew, under the copy
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    return copy
+
+
+@pytest.mark.parametrize("module", fingerprint.RESULT_AFFECTING_MODULES)
+def test_cache_key_covers_the_code_that_decides_results(module, source_copy):
+    """An edit to any file of a module that decides prompts, generations or scores (this step's own package
+    included, every file of a package) is a new code fingerprint, hence a new cache key; the same code is the
+    same fingerprint."""
+    before = fingerprint.code_fingerprint()
+    assert fingerprint.code_fingerprint() == before
+    files = fingerprint.code_files(module)
+    assert all(path.is_relative_to(source_copy) for _, path in files)
+    for _, path in files:
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# an edit\n")
+        assert fingerprint.code_fingerprint() != before, path
+        path.write_bytes(original)
+    assert fingerprint.code_fingerprint() == before
+    if len(files) > 1:  # a package: a new file in a subfolder counts too
+        (files[0][1].parent / "sub").mkdir()
+        (files[0][1].parent / "sub" / "extra.py").write_text("VALUE = 1\n")
+        assert fingerprint.code_fingerprint() != before
+
+
+def test_each_engine_declares_its_result_affecting_settings():
+    """The cache key's settings come from the engine: hf depends on its batch size and device type, vLLM on its
+    parallelism and cache layout, and neither on memory headroom."""
+    from ctxscale.config import load_schema
+    from ctxscale.evaluate.engines import ENGINES
+    from ctxscale.evaluate.hf_engine import HfEngine
+    from ctxscale.evaluate.vllm_engine import VllmEngine
+
+    assert set(ENGINES) == set(load_schema()["properties"]["evaluation"]["properties"]["backend"]["enum"])
+    hf = Settings.from_mapping(SETTINGS | {"device": "cuda:1"})
+    assert HfEngine.result_affecting(hf) == {
+        "backend": "hf", "max_length": MAX_LENGTH, "batch_size": 2, "dtype": "float32", "device": "cuda",
+        "seed": 31337, "max_samples": None, "rope_scaling": None, "revision": "main"}  # fmt: skip
+    vllm = Settings.from_mapping(SETTINGS | {"backend": "vllm", "rope_scaling": {"type": "linear", "factor": 2.0}})
+    assert VllmEngine.result_affecting(vllm) == {
+        "backend": "vllm", "max_length": MAX_LENGTH, "dtype": "float32", "seed": 31337, "max_samples": None,
+        "rope_scaling": {"rope_type": "linear", "factor": 2.0}, "revision": "main", "tensor_parallel_size": 1,
+        "enable_prefix_caching": True, "block_size": None, "enforce_eager": False}  # fmt: skip
+    assert (HfEngine.key_versions, VllmEngine.key_versions) == (
+        ("lm_eval", "torch", "transformers"), ("lm_eval", "torch", "transformers", "vllm"))
+
+
+def test_hf_engine_records_and_counts(engine):
+    settings = Settings.from_mapping(SETTINGS)
+    assert engine.name == "hf" and engine.batch_size_record(settings) == 2 and engine.prefix_cache_tokens() is None
+    assert engine.built_for(settings) and not engine.built_for(Settings.from_mapping(SETTINGS | {"batch_size": 3}))
+    prompts = [official(k, row["input"]) for k in (0, 3) for row in TEST_ROWS]
+    assert engine.count_prompt_tokens(prompts) == [token_count(prompt) for prompt in prompts]
+    assert engine.count_prompt_tokens([]) == []
+    engine.close()  # nothing held beyond the interpreter's memory: the engine stays usable
+    assert engine.count_prompt_tokens(prompts[:1]) == [token_count(prompts[0])]
+
+
+def test_a_shot_count_starts_no_subprocess(workspace, engine, monkeypatch):
     """lm-eval's end-of-run environment probe (torch's collect_env: pip list and more, ~0.8 s a shot count; git)
     is skipped: evaluating starts no process at all, and lm-eval's own probe functions are back afterwards."""
     import subprocess as subprocess_module
@@ -458,7 +531,7 @@ def test_a_shot_count_starts_no_subprocess(workspace, backend, monkeypatch):
         return real_popen(*args, **kwargs)
 
     monkeypatch.setattr(subprocess_module, "Popen", popen)
-    run(workspace, backend, "out-no-probe", cache="cache-no-probe", shots=[0, 1])
+    run(workspace, engine, "out-no-probe", cache="cache-no-probe", shots=[0, 1])
     assert started == []
     assert lm_eval.evaluator.add_env_info is probe
     assert load(workspace / "out-no-probe", 1)["n_instances"] == 4

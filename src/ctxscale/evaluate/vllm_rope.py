@@ -9,7 +9,8 @@ does not depend on the table length, so this plugin recomputes the same table fo
 vLLM whose YaRN formula changed fails loudly instead of computing another model) and returns the longer one.
 
 Loaded by vLLM in every engine process through the ``vllm.general_plugins`` entry point; inert unless
-:mod:`ctxscale.evaluate` sets :data:`POSITIONS_ENV` (the environment reaches the spawned engine processes).
+:mod:`ctxscale.evaluate.vllm_engine` sets :data:`POSITIONS_ENV` (the environment reaches the spawned engine
+processes).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def register() -> None:
         own = longer[: cache.shape[0]]
         if own.shape != cache.shape or not bool((own - cache).abs().max() <= 1e-6):
             raise RuntimeError(
-                f"vLLM {vllm_version()} builds its YaRN RoPE table differently from ctxscale.vllm_rope; "
+                f"vLLM {vllm_version()} builds its YaRN RoPE table differently from ctxscale.evaluate.vllm_rope; "
                 "the extension cannot be used with this vLLM"
             )
         return longer
