@@ -113,7 +113,7 @@ def prefill_accounting(data, tokenizer, shots: list[int], max_samples: int) -> d
 def throughput(data_dir: Path, tokenizer, args) -> dict:
     import torch
 
-    from ctxscale import evaluate as ev
+    from ctxscale.evaluate.runner import evaluate
     from ctxscale.tiny import init_model, save_checkpoint
 
     shapes = {
@@ -132,8 +132,8 @@ def throughput(data_dir: Path, tokenizer, args) -> dict:
         settings = {"backend": "hf", "device": args.device, "dtype": args.dtype, "batch_size": args.batch_size,
                     "max_length": 131072, "max_samples": args.throughput_samples, "n_ctx": shape["n_ctx"]}
         started = time.perf_counter()
-        files = ev.evaluate(model_dir=work / "model", model_name=f"random-{args.shape}", data_dir=data_dir,
-                            shots=args.throughput_shots, out_dir=work / "out", cache_dir=work / "cache", settings=settings)
+        files = evaluate(model_dir=work / "model", model_name=f"random-{args.shape}", data_dir=data_dir,
+                         shots=args.throughput_shots, out_dir=work / "out", cache_dir=work / "cache", settings=settings)
         wall = time.perf_counter() - started
         rows, prompt_total, generated_total, seconds_total = [], 0, 0, 0.0
         for path in files:

@@ -61,7 +61,9 @@ def smollm2_checkpoint(out_dir: Path) -> Path:
 
 
 def run_backend(name: str, model_dir: Path, data_dir: Path, shots: list[int], work: Path, args) -> dict:
-    from ctxscale import evaluate as ev
+    from ctxscale.evaluate.engines import build_engine
+    from ctxscale.evaluate.runner import evaluate
+    from ctxscale.evaluate.settings import Settings
 
     settings = {"backend": name, "dtype": "float32", "max_length": args.max_length, "batch_size": args.batch_size,
                 "seed": 31337}
@@ -71,12 +73,12 @@ def run_backend(name: str, model_dir: Path, data_dir: Path, shots: list[int], wo
         settings |= {"block_size": args.block_size, "enforce_eager": args.enforce_eager,
                      "gpu_memory_utilization": args.gpu_memory_utilization}
     started = time.perf_counter()
-    backend = ev.build_backend(model_dir, ev.Settings.from_mapping(settings), MANIFEST["max_new_tokens"])
+    engine = build_engine(model_dir, Settings.from_mapping(settings), MANIFEST["max_new_tokens"])
     loaded = time.perf_counter()
-    paths = ev.evaluate(model_dir=model_dir, model_name="smollm2-135m", data_dir=data_dir, shots=shots,
-                        out_dir=work / name, cache_dir=work / f"cache-{name}", settings=settings, backend=backend)
+    paths = evaluate(model_dir=model_dir, model_name="smollm2-135m", data_dir=data_dir, shots=shots,
+                     out_dir=work / name, cache_dir=work / f"cache-{name}", settings=settings, engine=engine)
     finished = time.perf_counter()
-    ev.close_backend(backend)
+    engine.close()
     results = [json.loads(path.read_text()) for path in paths]
     submitted = sum(i["prompt_tokens"] for r in results for i in r["instances"])
     if name == "vllm":

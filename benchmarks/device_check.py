@@ -6,8 +6,8 @@ cipher dataset whose longest prompts reach about 32k tokens (8x past n_ctx: the 
 ``evaluate()`` with backend vllm over the shot counts and prints per shot count and in total: prompt and
 generated tokens per second, the prefix-cache hit rate (from ``metadata.prefix_cache``), refused prompts,
 and the peak GPU memory (nvidia-smi, polled, so it includes the engine process). ``--rope yarn`` gives the
-checkpoint YaRN (factor 8 over 4096) to exercise ctxscale.vllm_rope at 32k. Meant to finish within 5 minutes
-on one H100/H200; run it in the vLLM environment (``pip install -e ".[gpu]"``):
+checkpoint YaRN (factor 8 over 4096) to exercise ctxscale.evaluate.vllm_rope at 32k. Meant to finish within
+5 minutes on one H100/H200; run it in the vLLM environment (``pip install -e ".[gpu]"``):
 
     python benchmarks/device_check.py [--rope default|yarn] [--shots 0 1 3 7 15 31 63 127] [--questions 16]
 """
@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", help="folder for the checkpoint and results (default: a temporary one)")
     args = parser.parse_args(argv)
 
-    from ctxscale import evaluate as ev
+    from ctxscale.evaluate.engines import build_engine
+    from ctxscale.evaluate.runner import evaluate
+    from ctxscale.evaluate.settings import Settings
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="device-check-") as scratch, PeakGpuMemory() as memory:
@@ -106,14 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = {"backend": "vllm", "dtype": "bfloat16", "max_length": args.max_length, "n_ctx": N_CTX,
                     "block_size": args.block_size, "gpu_memory_utilization": args.gpu_memory_utilization,
                     "enforce_eager": args.enforce_eager}
-        backend = ev.build_backend(work / "model", ev.Settings.from_mapping(settings), 64)
+        engine = build_engine(work / "model", Settings.from_mapping(settings), 64)
         loaded = time.perf_counter()
-        paths = ev.evaluate(model_dir=work / "model", model_name=f"random-llama2-7b-{args.rope}", data_dir=data_dir,
-                            shots=args.shots, out_dir=work / "out", cache_dir=work / "cache", settings=settings,
-                            backend=backend)
+        paths = evaluate(model_dir=work / "model", model_name=f"random-llama2-7b-{args.rope}", data_dir=data_dir,
+                         shots=args.shots, out_dir=work / "out", cache_dir=work / "cache", settings=settings,
+                         engine=engine)
         finished = time.perf_counter()
         results = [json.loads(path.read_text()) for path in paths]
-        ev.close_backend(backend)
+        engine.close()
     prompt_total = generated_total = queried = hit = refused = 0
     print(f"checkpoint + data {built - started:.0f} s, engine start {loaded - built:.0f} s, "
           f"evaluate {finished - loaded:.0f} s")

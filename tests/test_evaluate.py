@@ -374,7 +374,7 @@ def test_vllm_rope_plan():
     assert vllm_rope_plan(plain, None, 131072) == VllmRopePlan({"max_position_embeddings": 131072}, None, None)
     yarn = {"factor": 2.0, "original_max_position_embeddings": 4096}
     yarn_checkpoint = plain | {"max_position_embeddings": 8192, "rope_scaling": {"type": "yarn", **yarn}}
-    # YaRN: the table ends at original * factor = 8192; ctxscale.vllm_rope lengthens it to the window.
+    # YaRN: the table ends at original * factor = 8192; ctxscale.evaluate.vllm_rope lengthens it to the window.
     assert vllm_rope_plan(yarn_checkpoint, None, 131072) == VllmRopePlan({}, None, 131072)
     assert vllm_rope_plan(yarn_checkpoint, None, 8192) == VllmRopePlan({}, None, None)  # long enough
     plan = vllm_rope_plan(plain, {"rope_type": "yarn", **yarn, "factor": 4.0}, 131072)
@@ -441,9 +441,9 @@ def test_code_fingerprint_locates_every_source_file_without_importing():
     assert names == sorted(p.relative_to(root / "evaluate").as_posix() for p in (root / "evaluate").rglob("*.py"))
     assert {"__init__.py", "runner.py", "hf_engine.py", "vllm_engine.py", "vllm_rope.py"} <= set(names)
     assert fingerprint.code_files("ctxscale.metrics") == [("metrics.py", root / "metrics.py")]
+    located_only = ("ctxscale.metrics", "ctxscale.evaluate.runner", "ctxscale.evaluate.cli", "torch", "lm_eval")
     done = subprocess.run([sys.executable, "-c", "import sys; from ctxscale.evaluate import fingerprint; "
-                           "fingerprint.code_fingerprint(); print(sorted(m for m in sys.modules if m in ('ctxscale.metrics', "
-                           "'ctxscale.evaluate.runner', 'ctxscale.evaluate.cli', 'torch', 'lm_eval')))"],
+                           f"fingerprint.code_fingerprint(); print(sorted(set(sys.modules) & set({located_only})))"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     assert done.stdout.strip() == "[]"
 

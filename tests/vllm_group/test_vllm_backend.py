@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from letter_task import letter_manifest
 
-from ctxscale import evaluate as ev
-from ctxscale import vllm_rope
+from ctxscale.evaluate import vllm_rope
+from ctxscale.evaluate.engines import build_engine
+from ctxscale.evaluate.runner import evaluate
+from ctxscale.evaluate.settings import Settings
 from ctxscale.datasets import write_prepared
 from ctxscale.errors import UserError
 from ctxscale.local_model import convert
@@ -43,9 +45,9 @@ def tiny_checkpoint(root: Path, rope_scaling=None) -> Path:
     return save_checkpoint(model, tokenizer, root)
 
 
-def run_evaluate(model_dir, data_dir, out, shots, settings, backend):
-    ev.evaluate(model_dir=model_dir, model_name="m", data_dir=data_dir, shots=shots, out_dir=out,
-                cache_dir=out / "cache", settings=settings, backend=backend)
+def run_evaluate(model_dir, data_dir, out, shots, settings, engine):
+    evaluate(model_dir=model_dir, model_name="m", data_dir=data_dir, shots=shots, out_dir=out,
+             cache_dir=out / "cache", settings=settings, engine=engine)
     return {k: json.loads((out / f"shots_{k}.json").read_text()) for k in shots}
 
 
@@ -63,22 +65,22 @@ class GenerateCalls:
 
 @pytest.fixture
 def engines():
-    """Backends built by a test, their engine processes stopped when it ends."""
+    """Engines built by a test, their engine processes stopped when it ends."""
     built = []
     yield built
-    for backend in built:
-        ev.close_backend(backend)
+    for engine in built:
+        engine.close()
 
 
 def compare_backends(engines, tmp_path, model_dir, data_dir, shots, n_test):
-    """Both backends through evaluate(); returns the vLLM backend and the per-shot results."""
-    settings_vllm, settings_hf = ev.Settings.from_mapping(VLLM), ev.Settings.from_mapping(HF)
-    vllm_backend = ev.build_backend(model_dir, settings_vllm, MAX_NEW_TOKENS)
-    engines.append(vllm_backend)
-    calls = GenerateCalls(vllm_backend.lm.model)
-    on_vllm = run_evaluate(model_dir, data_dir, tmp_path / "vllm", shots, VLLM, vllm_backend)
-    on_hf = run_evaluate(model_dir, data_dir, tmp_path / "hf", shots, HF, ev.build_backend(model_dir, settings_hf,
-                                                                                        MAX_NEW_TOKENS))
+    """Both engines through evaluate(); returns the vLLM engine and the per-shot results."""
+    settings_vllm, settings_hf = Settings.from_mapping(VLLM), Settings.from_mapping(HF)
+    vllm_engine = build_engine(model_dir, settings_vllm, MAX_NEW_TOKENS)
+    engines.append(vllm_engine)
+    calls = GenerateCalls(vllm_engine.lm.model)
+    on_vllm = run_evaluate(model_dir, data_dir, tmp_path / "vllm", shots, VLLM, vllm_engine)
+    on_hf = run_evaluate(model_dir, data_dir, tmp_path / "hf", shots, HF, build_engine(model_dir, settings_hf,
+                                                                                     MAX_NEW_TOKENS))
     assert calls.sizes == [n_test] * len(shots)  # every prompt of a shot count in one generate call
     for k in shots:
         a, b = on_vllm[k], on_hf[k]
@@ -98,7 +100,7 @@ def compare_backends(engines, tmp_path, model_dir, data_dir, shots, n_test):
     longest = on_vllm[shots[-1]]
     block = min(i["prompt_tokens"] for i in longest["instances"]) - 40  # below every question's own tokens
     assert longest["metadata"]["prefix_cache"]["cached_tokens"] >= (n_test - 1) * (block // 32) * 32
-    return vllm_backend, on_vllm
+    return vllm_engine, on_vllm
 
 
 def prompt_logprobs_vllm(backend, token_ids):
@@ -207,7 +209,7 @@ def test_unverified_vllm_is_refused(tmp_path, letters, monkeypatch):
     model_dir = tiny_checkpoint(tmp_path / "model")
     monkeypatch.setattr(vllm_rope, "vllm_version", lambda: "0.33.0")
     with pytest.raises(UserError, match=r"vLLM 0\.33\.0 is installed, but .* checked against vLLM 0\.32\.x only"):
-        ev.build_backend(model_dir, ev.Settings.from_mapping(VLLM), MAX_NEW_TOKENS)
+        build_engine(model_dir, Settings.from_mapping(VLLM), MAX_NEW_TOKENS)
 
 
 def test_plugin_is_inert_without_its_variable(monkeypatch):
@@ -220,4 +222,4 @@ def test_plugin_is_inert_without_its_variable(monkeypatch):
     import importlib.metadata
 
     plugins = importlib.metadata.entry_points(group="vllm.general_plugins")
-    assert [p.value for p in plugins if p.name == "ctxscale_rope"] == ["ctxscale.vllm_rope:register"]
+    assert [p.value for p in plugins if p.name == "ctxscale_rope"] == ["ctxscale.evaluate.vllm_rope:register"]
