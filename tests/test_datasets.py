@@ -18,18 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctxscale import datasets as ds
-from ctxscale.datasets import (
-    DATASETS,
-    DEEPMIND_MATH_CONFIGS,
-    expand_dataset_names,
-    get_spec,
-    prepare_dataset,
-    read_prepared,
-    train_subsample_indices,
-    unwrap_bytes_repr,
-    write_prepared,
-)
+from ctxscale.datasets import prepare as preparation
+from ctxscale.datasets.__main__ import main as datasets_main
+from ctxscale.datasets.hub import train_subsample_indices
+from ctxscale.datasets.prepare import prepare_dataset
+from ctxscale.datasets.prepared import MANIFEST_KEYS, read_prepared, write_prepared
+from ctxscale.datasets.registry import DATASETS, DEEPMIND_MATH_CONFIGS, expand_dataset_names, get_spec, unwrap_bytes_repr
 from ctxscale.errors import UserError
 from ctxscale.metrics import METRICS
 
@@ -487,28 +481,35 @@ def test_prepare_subsamples_a_large_train_split(tokenizer, tmp_path):
 # ============================================================================= files and errors
 
 
+# A manifest that passes read_prepared's checks (string prompt parts, stop strings, a known metric, ...).
+MANIFEST = {"dataset": "synthetic", "task": "arithmetic", "prefix": "Q: ", "suffix": "\nA: ", "separator": "\n\n",
+            "stop": ["\n\n", "Q: "], "metric": "math_equiv", "max_new_tokens": 4, "counts": {}, "seeds": {},
+            "source": {}, "tokenizer": None}  # fmt: skip
+TEST_ROWS = [{"id": "0", "input": "x", "reference": "y"}]
+
+
 def test_write_and_read_prepared_round_trip(tmp_path):
-    manifest = {key: None for key in ds.MANIFEST_KEYS} | {"dataset": "synthetic", "counts": {}}
+    manifest = MANIFEST
+    assert set(manifest) == set(MANIFEST_KEYS)
     shots = [{"input": "a\nb", "reference": "ü"}]
     test = [{"id": "0", "input": "x", "reference": "y"}]
     out = write_prepared(tmp_path / "p", shots, test, manifest)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shots.jsonl", "test.jsonl"]  # no temp files
     assert (out / "shots.jsonl").read_text(encoding="utf-8") == '{"input": "a\\nb", "reference": "ü"}\n'
     data = read_prepared(out)
-    assert (data.shots, data.test, data.manifest) == (shots, test, manifest)
+    assert (data.shots, data.test, data.manifest, data.directory) == (shots, test, manifest, out.resolve())
 
 
 def test_write_prepared_keyword_form_sets_the_tokenizer(tmp_path):
-    manifest = {key: None for key in ds.MANIFEST_KEYS if key != "tokenizer"}
-    write_prepared(tmp_path, shots=[], test=[{"id": "a", "input": "x", "reference": "y"}], manifest=manifest,
-                   tokenizer="resources/models/tiny")  # fmt: skip
+    manifest = {key: value for key, value in MANIFEST.items() if key != "tokenizer"}
+    write_prepared(tmp_path, shots=[], test=TEST_ROWS, manifest=manifest, tokenizer="resources/models/tiny")
     assert read_prepared(tmp_path).manifest["tokenizer"] == "resources/models/tiny"
-    write_prepared(tmp_path, [], [], manifest, tokenizer=None)  # None is recorded, not missing
+    write_prepared(tmp_path, [], TEST_ROWS, manifest, tokenizer=None)  # None is recorded, not missing
     assert read_prepared(tmp_path).manifest["tokenizer"] is None
 
 
 def test_write_prepared_rejects_bad_input(tmp_path):
-    manifest = {key: None for key in ds.MANIFEST_KEYS}
+    manifest = MANIFEST
     with pytest.raises(ValueError, match="manifest is missing tokenizer"):
         write_prepared(tmp_path, [], [], {k: v for k, v in manifest.items() if k != "tokenizer"})
     with pytest.raises(ValueError, match="shot row 0"):
@@ -519,6 +520,34 @@ def test_write_prepared_rejects_bad_input(tmp_path):
 
 def test_read_prepared_errors(tmp_path):
     with pytest.raises(UserError, match="not a prepared dataset: missing shots.jsonl, test.jsonl, manifest.json"):
+        read_prepared(tmp_path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"metric": "accuracy"}, "manifest.json: unknown metric 'accuracy' \\(known: mc_match, math_equiv, bleu_4\\)"),
+    ({"prefix": None}, "manifest.json: prefix must be a string"),
+    ({"stop": ["\n\n", ""]}, "manifest.json: stop must be a list of non-empty strings"),
+    ({"max_new_tokens": True}, "manifest.json: max_new_tokens must be a positive integer"),
+    ({"max_new_tokens": 0}, "manifest.json: max_new_tokens must be a positive integer"),
+])  # fmt: skip
+def test_read_prepared_checks_the_manifest(tmp_path, change, message):
+    write_prepared(tmp_path, [], TEST_ROWS, MANIFEST | change)
+    with pytest.raises(UserError, match=message):
+        read_prepared(tmp_path)
+
+
+def test_read_prepared_checks_the_rows(tmp_path):
+    write_prepared(tmp_path, [], [], MANIFEST)
+    with pytest.raises(UserError, match="test.jsonl has no test instances"):
+        read_prepared(tmp_path)
+    (tmp_path / "test.jsonl").write_text('{"id": "0", "input": "x", "reference": "y"}\n' * 2)
+    with pytest.raises(UserError, match="test.jsonl has duplicate ids"):
+        read_prepared(tmp_path)
+    (tmp_path / "shots.jsonl").write_text('{"input": "x", "reference": 7}\n')
+    with pytest.raises(UserError, match="shots.jsonl row 0: reference must be a string"):
+        read_prepared(tmp_path)
+    (tmp_path / "shots.jsonl").write_text('{"input": "x"')
+    with pytest.raises(UserError, match="corrupt prepared-data file"):
         read_prepared(tmp_path)
 
 
@@ -544,8 +573,8 @@ def test_cli_prepares_from_a_tokenizer_directory(tokenizer, tmp_path, monkeypatc
         return rows["train"], rows["test"], {"loaded_from": "hub", "requested_revision": revision or spec.revision,
                                              "resolved_revision": "a" * 40, "train_split_rows": 10, "test_split_rows": 10}  # fmt: skip
 
-    monkeypatch.setattr(ds, "_load_from_hub", fake_load)
-    code = ds.main(["prepare", "--dataset", "piqa", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "out"),
+    monkeypatch.setattr(preparation, "load_from_hub", fake_load)
+    code = datasets_main(["prepare", "--dataset", "piqa", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "out"),
                     "--max-eval-samples", "4", "--seed", "5"])  # fmt: skip
     assert code == 0
     assert calls["args"] == ("piqa", None, 5)
@@ -553,12 +582,12 @@ def test_cli_prepares_from_a_tokenizer_directory(tokenizer, tmp_path, monkeypatc
     assert len(data.test) == 4 and data.manifest["source"]["revision"] == "refs/convert/parquet"
     assert data.manifest["seeds"]["shot_shuffle"] == 5
 
-    assert ds.main(["prepare", "--dataset", "nope", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "x")]) == 2
+    assert datasets_main(["prepare", "--dataset", "nope", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.strip().endswith("error: unknown dataset 'nope'; known: " + ", ".join(DATASETS))
 
 
 def test_cli_list(capsys):
-    assert ds.main(["list", "--deepmind-math-configs", "numbers__gcd"]) == 0
+    assert datasets_main(["list", "--deepmind-math-configs", "numbers__gcd"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 17
     assert "deepmind-math.numbers__gcd\tarithmetic\tmath_equiv\tdeepmind/math_dataset\tnumbers__gcd\trefs/convert/parquet" in lines
