@@ -14,7 +14,7 @@ from letter_task import letter_manifest
 
 from ctxscale import evaluate as ev
 from ctxscale import vllm_rope
-from ctxscale.datasets import write_prepared
+from ctxscale.datasets.prepared import write_prepared
 from ctxscale.errors import UserError
 from ctxscale.local_model import convert
 from ctxscale.tiny import build_tokenizer, init_model, save_checkpoint
