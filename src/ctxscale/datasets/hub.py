@@ -43,7 +43,6 @@ def train_subsample_indices(n_rows: int, spec: DatasetSpec, seed: int) -> list[i
     return random.Random(seed).sample(range(n_rows), spec.train_subsample_size)
 
 
-
 def _resolved_revision(hf_dataset) -> str | None:
     # datasets caches hub data under .../<config>/<version>/<commit sha>/; read the sha from there.
     for cache_file in getattr(hf_dataset, "cache_files", None) or []:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -67,7 +66,6 @@ def _construct_all(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split_r
             ) from None
         examples.append((input_text, reference))
     return examples
-
 
 
 def _kept(spec: DatasetSpec, tokenizer, examples: list[tuple[str, str]], limit: int, what: str) -> list[int]:
