@@ -82,7 +82,7 @@ from ctxscale.datasets.tokenizer import load_tokenizer, prompt_token_profile, to
 from ctxscale.errors import UserError
 from ctxscale.steps import cli_main, parse_json_option, parse_step_args, step_parser
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ctxscale.datasets.synthetic")  # also when run as __main__
 
 # The spec's keys besides the generator's own ($defs/synthetic_spec of the config schema): the workflow fills
 # them from the config's data section, whose defaults they take on the command line too.
