@@ -13,7 +13,7 @@ Part 2: tokens per second of the hf path (``ctxscale.evaluate`` end to end: guar
 on a randomly initialised tiny Llama (``--shape tiny``, CPU) or a Llama-2-7B-shaped one (``--shape
 llama2-7b``, for a GPU: ``--device cuda --dtype bfloat16``).
 
-Without ``--data-dir`` the dataset is a synthetic ``cipher`` set (ctxscale.synthetic) with a 512-shot pool
+Without ``--data-dir`` the dataset is a synthetic ``cipher`` set (ctxscale.datasets.synthetic) with a 512-shot pool
 and 250 test instances, tokenized with the tiny character tokenizer; pass a prepared dataset and its
 tokenizer folder (``--data-dir resources/data/llama2/gsm --tokenizer resources/models/llama2-7b-4k``)
 for the real figures.
@@ -45,8 +45,8 @@ PAPER_SHOTS = [0, 1, 3, 7, 15, 31, 63, 127, 255, 511]
 
 
 def synthetic_dataset(out_dir: Path, tokenizer, n_test: int) -> Path:
-    from ctxscale.datasets import write_prepared
-    from ctxscale.synthetic import generate
+    from ctxscale.datasets.prepared import write_prepared
+    from ctxscale.datasets.synthetic import generate
 
     dataset = generate(
         "bench-cipher",
@@ -68,7 +68,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 def prefill_accounting(data, tokenizer, shots: list[int], max_samples: int) -> dict:
     from lm_eval.api.samplers import ContextSampler
 
-    from ctxscale.datasets import build_prompt
+    from ctxscale.datasets.prepared import build_prompt
 
     manifest = data.manifest
     prefix, suffix, separator = manifest["prefix"], manifest["suffix"], manifest["separator"]
@@ -172,13 +172,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
-    from ctxscale.tasks import load_task_data
+    from ctxscale.datasets.prepared import read_prepared
     from ctxscale.tiny import build_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else build_tokenizer()
     with tempfile.TemporaryDirectory(prefix="bench-data-") as scratch:
         data_dir = Path(args.data_dir) if args.data_dir else synthetic_dataset(Path(scratch) / "data", tokenizer, args.max_samples)
-        data = load_task_data(data_dir)
+        data = read_prepared(data_dir)
         started = time.perf_counter()
         accounting = prefill_accounting(data, tokenizer, args.shots, args.max_samples)
         print(f"== prefill tokens for a shot sweep ({accounting['dataset']}, {accounting['instances']} instances, "

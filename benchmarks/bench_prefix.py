@@ -41,7 +41,7 @@ MANIFEST = {
 
 def sums_dataset(out_dir: Path, n_shots: int, n_questions: int) -> Path:
     """Two-number sums: a shot pool and disjoint questions, from a fixed seed."""
-    from ctxscale.datasets import write_prepared
+    from ctxscale.datasets.prepared import write_prepared
 
     rng = random.Random(7)
     pairs = rng.sample([(a, b) for a in range(1, 50) for b in range(1, 50)], n_shots + n_questions)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from transformers import AutoTokenizer
 
-    from ctxscale.tasks import load_task_data
+    from ctxscale.datasets.prepared import read_prepared
 
     shots = list(range(args.max_shots + 1))
     with tempfile.TemporaryDirectory(prefix="bench-prefix-") as scratch:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = Path(args.data_dir) if args.data_dir else sums_dataset(work / "data", args.max_shots,
                                                                            args.questions)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        ideal = prefill_accounting(load_task_data(data_dir), tokenizer, shots, args.questions)[
+        ideal = prefill_accounting(read_prepared(data_dir), tokenizer, shots, args.questions)[
             "prefill_with_prefix_reuse"]
         print(f"{len(shots)} shot counts x {args.questions} questions; ideal prefill {ideal:,} tokens", flush=True)
         runs, reuse = [], {}

@@ -4,8 +4,8 @@
 
 Trains every tiny model of the recipe through the same command lines the workflow runs
 (``python -m ctxscale.tiny train|extend``, one thread each, ``--jobs`` at a time), generates the synthetic
-datasets (``python -m ctxscale.synthetic``), then scores every model on every dataset at every shot count
-with a quick greedy-generation scorer (the official prompt of :meth:`ctxscale.datasets.PreparedData.prompt`, BOS
+datasets (``python -m ctxscale.datasets.synthetic``), then scores every model on every dataset at every shot count
+with a quick greedy-generation scorer (the official prompt of :meth:`ctxscale.datasets.prepared.PreparedData.prompt`, BOS
 included, greedy decoding, the manifest's stop strings and ``max_new_tokens``, the metrics of
 :mod:`ctxscale.metrics`). The workflow measures the same through lm-eval; this is the fast check.
 
@@ -84,7 +84,7 @@ def make_datasets(recipe: dict, work: Path) -> dict[str, Path]:
     for name, spec in recipe["datasets"].items():
         out = work / "data" / name
         full = {**spec, **recipe["data"]}
-        run(["ctxscale.synthetic", "--dataset", name, "--spec", json.dumps(full),
+        run(["ctxscale.datasets.synthetic", "--dataset", name, "--spec", json.dumps(full),
              "--tokenizer", str(work / "tokenizer"), "--out", str(out)])
         paths[name] = out
     return paths
@@ -96,7 +96,7 @@ def score_model(model_dir: Path, data_dirs: dict[str, Path], shots: list[int]) -
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ctxscale import metrics
-    from ctxscale.datasets import read_prepared
+    from ctxscale.datasets.prepared import read_prepared
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

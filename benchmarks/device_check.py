@@ -73,8 +73,8 @@ def build_checkpoint(out_dir: Path, rope: str):
 
 
 def long_dataset(out_dir: Path, tokenizer, questions: int, sentence_words: int) -> Path:
-    from ctxscale.datasets import write_prepared
-    from ctxscale.synthetic import generate
+    from ctxscale.datasets.prepared import write_prepared
+    from ctxscale.datasets.synthetic import generate
 
     spec = {"kind": "cipher", "seed": 31337, "max_eval_samples": questions, "shot_pool": 512,
             "sentence_words": sentence_words, "max_length_per_example": 4096}

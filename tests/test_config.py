@@ -87,7 +87,7 @@ def test_load_config_reports_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_schema_defaults_are_the_one_source_of_the_librarys_defaults():
-    from ctxscale import datasets
+    from ctxscale.datasets import prepare as preparation
     from ctxscale.evaluate.cli import build_parser
     from ctxscale.evaluate.settings import DEFAULT_SETTINGS, Settings
 
@@ -100,7 +100,7 @@ def test_schema_defaults_are_the_one_source_of_the_librarys_defaults():
     assert DEFAULT_SETTINGS == {**{k: v for k, v in evaluation.items() if k not in sizing},
                                 "revision": "main", "n_ctx": None, "rope_scaling": None}
     data = ctxconfig.schema_defaults("data")
-    assert (datasets.DEFAULT_SEED, datasets.DEFAULT_MAX_LENGTH_PER_EXAMPLE, datasets.DEFAULT_MAX_EVAL_SAMPLES) == (
+    assert (preparation.DEFAULT_SEED, preparation.DEFAULT_MAX_LENGTH_PER_EXAMPLE, preparation.DEFAULT_MAX_EVAL_SAMPLES) == (
         data["seed"], data["max_length_per_example"], data["max_eval_samples"]) == (31337, 256, 250)
     assert ctxconfig.schema_defaults("model") == {"revision": "main"}
     # the evaluate step's GPU-plan options default to the config's values, in MiB

@@ -19,7 +19,7 @@ from ctxscale.evaluate.engines import build_engine
 from ctxscale.evaluate.settings import Settings
 from ctxscale.evaluate.vllm_engine import VllmRopePlan, vllm_rope_plan
 from ctxscale.aggregate import aggregate
-from ctxscale.datasets import write_prepared
+from ctxscale.datasets.prepared import write_prepared
 from ctxscale.errors import UserError
 from ctxscale.metrics import mc_match
 from ctxscale.tiny import build_tokenizer, init_model, save_checkpoint
@@ -435,7 +435,7 @@ def test_code_fingerprint_locates_every_source_file_without_importing():
     import ctxscale
 
     root = Path(ctxscale.__file__).parent
-    assert {"ctxscale.evaluate", "ctxscale.tasks", "ctxscale.metrics", "ctxscale.datasets"} <= set(
+    assert {"ctxscale.evaluate", "ctxscale.lm_eval_tasks", "ctxscale.metrics", "ctxscale.datasets.prepared"} <= set(
         fingerprint.RESULT_AFFECTING_MODULES)  # fmt: skip
     names = [name for name, _ in fingerprint.code_files("ctxscale.evaluate")]
     assert names == sorted(p.relative_to(root / "evaluate").as_posix() for p in (root / "evaluate").rglob("*.py"))
@@ -456,8 +456,10 @@ def source_copy(tmp_path, monkeypatch):
     copy = tmp_path / "ctxscale"
     shutil.copytree(Path(ctxscale.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(ctxscale, "__path__", [str(copy)])
-    for module in fingerprint.RESULT_AFFECTING_MODULES:  # located anew, under the copy
-        monkeypatch.delitem(sys.modules, module, raising=False)
+    for module in fingerprint.RESULT_AFFECTING_MODULES:  # located anew, under the copy, parent packages too
+        parts = module.split(".")
+        for depth in range(2, len(parts) + 1):
+            monkeypatch.delitem(sys.modules, ".".join(parts[:depth]), raising=False)
     return copy
 
 

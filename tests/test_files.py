@@ -34,7 +34,7 @@ def test_atomic_write_modes_text_and_bytes(tmp_path, umask_022):
 
 def test_every_writer_goes_through_it(tmp_path, umask_022):
     from ctxscale.aggregate import write_csv
-    from ctxscale.datasets import write_prepared
+    from ctxscale.datasets.prepared import write_prepared
     from ctxscale.evaluate.cache import ResultCache
     from ctxscale.fitting import write_json_atomic
     from ctxscale.tables import write_tables

@@ -1,6 +1,6 @@
 """``ctxscale ingest`` on real lm-eval output: the test runs lm-eval itself (``simple_evaluate`` and its
 ``EvaluationTracker``, exactly what ``lm_eval --output_path OUT --log_samples`` writes) with a tiny random
-Llama (ctxscale.tiny) on a task built by ctxscale.tasks, one run per shot count, then ingests and fits."""
+Llama (ctxscale.tiny) on a task built by ctxscale.lm_eval_tasks, one run per shot count, then ingests and fits."""
 
 import json
 import shutil
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from ctxscale.cli import main
-from ctxscale.datasets import write_prepared
+from ctxscale.datasets.prepared import write_prepared
 from ctxscale.ingest import prompt_of
-from ctxscale.tasks import write_task
+from ctxscale.lm_eval_tasks import write_task
 from ctxscale.tiny import build_tokenizer, init_model, save_checkpoint
 
 SHOTS = (0, 1, 3)

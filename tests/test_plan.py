@@ -122,7 +122,8 @@ def test_weights_from_disk_are_rescaled_to_the_run_dtype(tmp_path):
 
 
 def test_longest_prompt_from_the_token_profile_matches_real_tokenization(tmp_path):
-    from ctxscale.datasets import build_prompt, prompt_token_profile
+    from ctxscale.datasets.prepared import build_prompt
+    from ctxscale.datasets.tokenizer import prompt_token_profile
     from ctxscale.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()

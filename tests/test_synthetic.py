@@ -9,8 +9,10 @@ import re
 import numpy as np
 import pytest
 
-from ctxscale import metrics, synthetic, tiny
-from ctxscale.datasets import build_prompt, read_prepared
+from ctxscale import metrics, tiny
+from ctxscale.datasets import synthetic
+from ctxscale.datasets.prepared import build_prompt, instance_shot_order, read_prepared
+from ctxscale.datasets.synthetic_kinds import KINDS, translate_word
 from ctxscale.errors import UserError
 
 SPEC = {"seed": 31337, "max_eval_samples": 48, "max_length_per_example": 64}
@@ -51,7 +53,7 @@ def test_cli_writes_the_prepared_format(kind, tokenizer_dir, tmp_path):
     assert all(row["input"][-1] not in "!?" for row in prepared.test)
 
     # the generated lm-eval task accepts it (suffix tail, non-empty references)
-    from ctxscale.tasks import write_task
+    from ctxscale.lm_eval_tasks import write_task
 
     assert write_task(tmp_path / kind, tmp_path / "tasks").yaml_path.is_file()
 
@@ -66,8 +68,6 @@ def test_cli_writes_the_prepared_format(kind, tokenizer_dir, tmp_path):
 
 
 def test_prompts_nest_per_instance_and_follow_the_official_shape(tokenizer_dir, tmp_path):
-    from ctxscale.datasets import instance_shot_order
-
     prepared = write_with_cli("demo-arith", {**SPEC, "kind": "arithmetic"}, tokenizer_dir, tmp_path)
     row = prepared.test[0]
     order = instance_shot_order(31337, row["id"], 128)
@@ -114,14 +114,14 @@ def test_first_reveal_quantiles_hand_worked():
 
 
 def test_rules_hand_worked():
-    assert synthetic.translate_word("qd", "F") == "QF"
-    arithmetic = synthetic.KINDS["arithmetic"]
+    assert translate_word("qd", "F") == "QF"
+    arithmetic = KINDS["arithmetic"]
     assert arithmetic.draw_example({"offset": 700, "questions": [23]}, np.random.default_rng(0)) == ("23", "723")
     assert arithmetic.format_shot(*synthetic.demonstration(("23", "723"), True)) == "Q: 23!\nA: 723\n\n"
     assert arithmetic.format_shot(*synthetic.demonstration(("23", "723"), False)) == "Q: 23?\nA: ?\n\n"
-    recall = synthetic.KINDS["recall"]
+    recall = KINDS["recall"]
     assert recall.draw_example({"letter": "D", "decoy": "B", "questions": ["gBf"]}, np.random.default_rng(0)) == ("gBf", "D")
-    cipher = synthetic.KINDS["cipher"]
+    cipher = KINDS["cipher"]
     source, target = cipher.draw_example({"vocabulary": ["ab", "cd"], "ending": "7", "sentence_words": 4},
                                          np.random.default_rng(1))
     assert len(source.split()) == 4 and set(source.split()) <= {"ab", "cd"}
@@ -160,7 +160,7 @@ def test_rows_follow_the_dataset_mapping(kind):
 def test_training_texts_answer_questions_only_after_a_reveal():
     """Training rows: unmarked questions answer ``?`` until a ``!`` row revealed the secret, then the answer."""
     rng = np.random.default_rng(3)
-    kind = synthetic.KINDS["arithmetic"]
+    kind = KINDS["arithmetic"]
     seen_abstain = seen_answer = 0
     for _ in range(50):
         text, mapping = synthetic.training_episode(kind, rng, 400)
@@ -202,7 +202,7 @@ def test_mappings_differ_across_seeds_and_names_and_from_training(kind):
     assert all(synthetic.mapping_purpose(kind, m) == "evaluation" for m in mappings)
 
     rng = np.random.default_rng(0)
-    training = [synthetic.training_episode(synthetic.KINDS[kind], rng, 128) for _ in range(300)]
+    training = [synthetic.training_episode(KINDS[kind], rng, 128) for _ in range(300)]
     training_fingerprints = {synthetic.mapping_fingerprint(kind, m) for _, m in training}
     # fresh mappings, not a fixed handful (arithmetic has 25 secrets in all, about half for training)
     assert len(training_fingerprints) > (10 if kind == "arithmetic" else 250)

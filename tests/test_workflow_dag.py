@@ -49,7 +49,7 @@ def expected_counts(config: dict) -> dict[str, int]:
     corpora = {(config["models"][m]["extend"].get("data") or {"source": "pg_books"})["source"]
                for m in models if source[m] == "extend"} - {"synthetic"}  # fmt: skip
     families = {config["models"][m]["family"] for m in models}
-    from ctxscale.datasets import DEEPMIND_MATH_CONFIGS
+    from ctxscale.datasets.registry import DEEPMIND_MATH_CONFIGS
 
     datasets = 0
     for names in config["tasks"].values():

@@ -217,7 +217,7 @@ def _check_extension(config: dict, name: str) -> None:
 def _known_datasets(config: dict) -> set[str]:
     if config["data"]["source"] == "synthetic":
         return set(config["data"]["synthetic"])
-    from ctxscale.datasets import DATASETS
+    from ctxscale.datasets.registry import DATASETS
 
     return set(DATASETS)
 
@@ -253,7 +253,7 @@ def dataset_names(config: dict) -> list[str]:
     names = [d for datasets in config["tasks"].values() for d in datasets]
     if config["data"]["source"] == "synthetic":
         return names
-    from ctxscale.datasets import expand_dataset_names
+    from ctxscale.datasets.registry import expand_dataset_names
 
     return expand_dataset_names(names, config["data"]["deepmind_math_configs"])
 

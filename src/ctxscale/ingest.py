@@ -200,7 +200,7 @@ def main(argv=None) -> int:
             raise UserError(f"--out {args.out} is a directory; give the observations file's path")
         sheet = read_sheet(args.model_sheet)
         check_runs(find_runs(args.runs, args.model), sheet, args.metric)  # every check before the tokenizer loads
-        from ctxscale.datasets import load_tokenizer
+        from ctxscale.datasets.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer, hub=True)
         frame = ingest(args.runs, sheet, tokenizer, args.metric, args.task, args.model)

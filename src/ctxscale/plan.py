@@ -7,7 +7,7 @@ Inputs, all known before a model loads:
   ``dtype``; before a download, the parameter count from ``config.json`` (:mod:`ctxscale.compute`) times
   the dtype's size;
 - the longest prompt the job will send: the prepared data's ``prompt_tokens`` profile (token count of the
-  first k shots as one block, and of the longest query; :func:`ctxscale.datasets.prompt_token_profile`)
+  first k shots as one block, and of the longest query; :func:`ctxscale.datasets.tokenizer.prompt_token_profile`)
   at the largest shot count, plus BOS and a margin of :data:`BOUNDARY_MARGIN` tokens for merges at the
   block/query boundary. Before the data is prepared, the bound ``BOS + (k + 1) × max_length_per_example``
   (every shot and the query pass that length filter) is used instead;
@@ -395,7 +395,7 @@ def _max_new_tokens(config: dict, dataset: str) -> int:
     """The generation budget before preparation (synthetic budgets depend on the drawn rule: bounded)."""
     if config["data"]["source"] == "synthetic":
         return int(config["data"]["max_length_per_example"])
-    from ctxscale.datasets import get_spec
+    from ctxscale.datasets.registry import get_spec
 
     return int(get_spec(dataset).max_new_tokens)
 

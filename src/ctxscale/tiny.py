@@ -27,7 +27,7 @@ Decisions where the paper is silent (its models are Llama-2 checkpoints; this is
 - Training data (``mix``, default recall 1, arithmetic 0.5, cipher 1.5: the hardest kind with the longest rows
   gets the most): sequences in the synthetic datasets' own
   prompt formats, each with a *fresh* mapping from the training half of mapping space
-  (:func:`ctxscale.synthetic.training_episode`, never a dataset's mapping). Every sequence starts with BOS
+  (:func:`ctxscale.datasets.synthetic.training_episode`, never a dataset's mapping). Every sequence starts with BOS
   and is exactly ``n_ctx`` tokens long, so a base model never sees a position beyond its context limit.
   Repeated random strings (the induction curriculum of ecosystem-notes §7) were measured and left out:
   with fixed repeat offsets the model only learns to copy at that offset, and with varied offsets no
@@ -63,9 +63,10 @@ import torch
 import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-from ctxscale import synthetic
 from ctxscale.config import schema_defaults
-from ctxscale.datasets import load_tokenizer
+from ctxscale.datasets.synthetic import training_episode
+from ctxscale.datasets.synthetic_kinds import kind_named
+from ctxscale.datasets.tokenizer import load_tokenizer
 from ctxscale.errors import UserError
 from ctxscale.steps import cli_main, parse_json_option, setup_logging
 from ctxscale.numerics import pin_cpu_code_paths
@@ -181,7 +182,7 @@ def training_text(rng: np.random.Generator, mix: dict[str, float], min_chars: in
     names = sorted(mix)
     weights = np.array([float(mix[name]) for name in names])
     name = names[int(rng.choice(len(names), p=weights / weights.sum()))]
-    return synthetic.training_episode(synthetic.kind_named(name), rng, min_chars)[0]
+    return training_episode(kind_named(name), rng, min_chars)[0]
 
 
 def training_batch(tokenizer, rng: np.random.Generator, mix: dict, batch_size: int, seq_len: int) -> torch.Tensor:

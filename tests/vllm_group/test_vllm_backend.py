@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from letter_task import letter_manifest
 
+from ctxscale.datasets.prepared import write_prepared
 from ctxscale.evaluate import vllm_rope
 from ctxscale.evaluate.engines import build_engine
 from ctxscale.evaluate.runner import evaluate
 from ctxscale.evaluate.settings import Settings
-from ctxscale.datasets import write_prepared
 from ctxscale.errors import UserError
 from ctxscale.local_model import convert
 from ctxscale.tiny import build_tokenizer, init_model, save_checkpoint

@@ -37,5 +37,5 @@ else:
         conda:
             CONDA_ENV
         shell:
-            "python -m ctxscale.synthetic --dataset {wildcards.dataset} --spec {params.spec:q}"
+            "python -m ctxscale.datasets.synthetic --dataset {wildcards.dataset} --spec {params.spec:q}"
             " --tokenizer {input.tokenizer} --out resources/data/{wildcards.family}/{wildcards.dataset} 2> {log}"

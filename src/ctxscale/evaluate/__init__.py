@@ -4,7 +4,7 @@
 One process per (model, dataset), or per model over all its datasets (the config's ``evaluation.job_per``):
 the model is loaded once, in the engine the ``backend`` setting names, sized by the plan for the longest prompt
 over the job's datasets, and every shot count runs through its own ``lm_eval.simple_evaluate`` over the task
-that :mod:`ctxscale.tasks` generates from the prepared data (first-n nested shots, greedy ``generate_until``,
+that :mod:`ctxscale.lm_eval_tasks` generates from the prepared data (first-n nested shots, greedy ``generate_until``,
 the official prompts byte for byte). The files, one concern each:
 
 - :mod:`.settings`: the ``--settings`` (the config's ``evaluation`` subtree plus the model's ``revision``,

@@ -22,7 +22,8 @@ from ctxscale.errors import UserError
 from ctxscale.evaluate.cache import RESULT_FORMAT_VERSION
 from ctxscale.evaluate.engines import ENGINES
 from ctxscale.evaluate.settings import Settings
-from ctxscale.tasks import TASK_FORMAT_VERSION, TaskData
+from ctxscale.datasets.prepared import PreparedData
+from ctxscale.lm_eval_tasks import TASK_FORMAT_VERSION
 
 SMALL_FILE_BYTES = 16 * 2**20
 HASH_WINDOWS, HASH_WINDOW_BYTES = 16, 64 * 2**10
@@ -67,7 +68,7 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
-def data_fingerprint(prepared: TaskData) -> str:
+def data_fingerprint(prepared: PreparedData) -> str:
     """SHA-256 over the prepared data's three files."""
     digest = hashlib.sha256()
     for name in ("manifest.json", "shots.jsonl", "test.jsonl"):
@@ -84,7 +85,11 @@ RECORDED_VERSIONS = ("ctxscale", "lm_eval", "torch", "transformers", "vllm", "py
 # record building, vLLM's position table), the lm-eval tasks, the metrics and prompt building. A name that is
 # a package stands for every .py file under it. Any edit to them is a new cache key: conservative (a comment
 # edit re-evaluates), never stale.
-RESULT_AFFECTING_MODULES = ("ctxscale.evaluate", "ctxscale.tasks", "ctxscale.metrics", "ctxscale.datasets")
+# Of the datasets package only the prepared format and prompt building run at evaluation time (the data itself
+# is fingerprinted by content).
+RESULT_AFFECTING_MODULES = (
+    "ctxscale.evaluate", "ctxscale.lm_eval_tasks", "ctxscale.metrics", "ctxscale.datasets.prepared",
+)
 
 
 def code_files(module: str) -> list[tuple[str, Path]]:

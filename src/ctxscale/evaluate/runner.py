@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctxscale.datasets import build_prompt, shots_for
+from ctxscale.datasets.prepared import PreparedData, build_prompt, read_prepared, shots_for
 from ctxscale.errors import UserError
 from ctxscale.evaluate.cache import (
     RESULT_FORMAT_VERSION,
@@ -51,7 +51,7 @@ from ctxscale.evaluate.fingerprint import (
 )
 from ctxscale.evaluate.settings import Settings
 from ctxscale.provenance import package_versions
-from ctxscale.tasks import TaskData, load_task_data, write_task
+from ctxscale.lm_eval_tasks import write_task
 
 log = logging.getLogger("ctxscale.evaluate")
 
@@ -62,7 +62,7 @@ class RunContext:
 
     model_name: str
     model_dir: Path
-    prepared: TaskData
+    prepared: PreparedData
     test_rows: list[dict]
     settings: Settings
     cache: ResultCache
@@ -101,7 +101,7 @@ def evaluate(
     model_dir = Path(model_dir).resolve()
     if not model_dir.is_dir():
         raise UserError(f"model directory {model_dir} does not exist")
-    prepared = load_task_data(data_dir)
+    prepared = read_prepared(data_dir)
     manifest = prepared.manifest
     if max(shots) > len(prepared.shots):
         raise UserError(
@@ -282,7 +282,7 @@ def run_shot_count(
     engine: Engine,
     task_dir: Path,
     task_name: str,
-    prepared: TaskData,
+    prepared: PreparedData,
     test_rows: list[dict],
     prompts: list[str],
     n_shots: int,

@@ -141,7 +141,7 @@ def relaunch(argv: list[str], processes: int, state_dir: Path) -> int:
 
 def work(args, spec: dict) -> int:
     """One training process (alone, or one worker under torchrun)."""
-    from ctxscale.datasets import load_tokenizer
+    from ctxscale.datasets.tokenizer import load_tokenizer
     from ctxscale.extend import state, train
 
     train.configure_torch(args.threads)

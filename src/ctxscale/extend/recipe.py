@@ -123,9 +123,9 @@ def check_rope_scaling(rope_scaling, base_context: int, n_ctx: int) -> dict:
 
 def check_mix(mix, where: str = "data.mix") -> dict:
     """Sampling weights of the synthetic training sources (the miniature's training data), as floats."""
-    from ctxscale import synthetic  # the synthetic kinds; imported here so a corpus run does not need them
+    from ctxscale.datasets.synthetic_kinds import KINDS  # imported here so a corpus run does not need them
 
-    known = set(synthetic.KINDS)
+    known = set(KINDS)
     if not isinstance(mix, dict) or not mix:
         raise UserError(f"{where} must be a non-empty mapping of sources to weights "
                         f"(sources: {', '.join(sorted(known))})")

@@ -44,24 +44,13 @@ from typing import Any, Callable
 
 import yaml
 
-from ctxscale.datasets import shot_order_of
+from ctxscale.datasets.prepared import KNOWN_METRICS, PreparedData, instance_shot_order, read_prepared, shot_order_of
 from ctxscale.errors import UserError
 
-KNOWN_METRICS = ("mc_match", "math_equiv", "bleu_4")
 TASK_NAME_PREFIX = "ctxscale_"
 # Bumped whenever the generated YAML or module changes in a way that can change prompts or scores;
 # part of the evaluation cache key.
 TASK_FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class TaskData:
-    """A prepared data directory, read with :func:`ctxscale.datasets.read_prepared` and checked."""
-
-    directory: Path
-    manifest: dict
-    shots: list[dict]
-    test: list[dict]
 
 
 @dataclass(frozen=True)
@@ -72,42 +61,6 @@ class TaskFiles:
     directory: Path
     yaml_path: Path
     module_path: Path
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
-def load_task_data(data_dir: str | Path) -> TaskData:
-    """Read a prepared data directory and check what the task and the evaluation rely on."""
-    from ctxscale.datasets import read_prepared
-
-    directory = Path(data_dir).resolve()
-    prepared = read_prepared(directory)
-    manifest = prepared.manifest
-    where = directory / "manifest.json"
-    for field in ("prefix", "suffix", "separator"):
-        if not isinstance(manifest[field], str):
-            raise UserError(f"{where}: {field} must be a string")
-    if not isinstance(manifest["stop"], list) or not all(isinstance(s, str) and s for s in manifest["stop"]):
-        raise UserError(f"{where}: stop must be a list of non-empty strings")
-    max_new_tokens = manifest["max_new_tokens"]
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise UserError(f"{where}: max_new_tokens must be a positive integer")
-    if manifest["metric"] not in KNOWN_METRICS:
-        raise UserError(f"{where}: unknown metric {manifest['metric']!r} (known: {', '.join(KNOWN_METRICS)})")
-    checks = (("shots.jsonl", prepared.shots, ("input", "reference")), ("test.jsonl", prepared.test, ("id", "input", "reference")))
-    for name, rows, fields in checks:
-        for index, row in enumerate(rows):
-            for field in fields:
-                if not isinstance(row.get(field), str):
-                    raise UserError(f"{directory / name} row {index}: {field} must be a string")
-    if not prepared.test:
-        raise UserError(f"{directory / 'test.jsonl'} has no test instances")
-    ids = [row["id"] for row in prepared.test]
-    if len(set(ids)) != len(ids):
-        raise UserError(f"{directory / 'test.jsonl'} has duplicate ids")
-    return TaskData(directory=directory, manifest=manifest, shots=prepared.shots, test=prepared.test)
 
 
 def task_name_for(dataset: str) -> str:
@@ -148,7 +101,7 @@ def make_shot_pool(path: str) -> Callable[[], list[dict]]:
     """The ``fewshot_config.samples`` callable: the shot pool's rows, in file order."""
 
     def shot_pool() -> list[dict]:
-        return _read_jsonl(Path(path))
+        return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
 
     return shot_pool
 
@@ -156,10 +109,8 @@ def make_shot_pool(path: str) -> Callable[[], list[dict]]:
 def make_instance_sampler(seed: int) -> type:
     """The ``fewshot_config.sampler`` of a per-instance shot order (``shot_order`` in the manifest): an
     lm-eval sampler whose n shots for a document are the first n of that document's own order
-    (:func:`ctxscale.datasets.instance_shot_order`, from the seed and the document's id)."""
+    (:func:`ctxscale.datasets.prepared.instance_shot_order`, from the seed and the document's id)."""
     from lm_eval.api.samplers import ContextSampler
-
-    from ctxscale.datasets import instance_shot_order
 
     class InstanceOrderSampler(ContextSampler):
         def sample(self, n: int, eval_doc: dict | None = None, df=None, **kwargs) -> list[dict]:
@@ -217,7 +168,7 @@ _TaskDumper.add_representer(str, _represent_str)
 _TaskDumper.add_representer(_FunctionRef, lambda dumper, value: dumper.represent_scalar("!function", str(value)))
 
 
-def task_config(prepared: TaskData, module_name: str) -> dict[str, Any]:
+def task_config(prepared: PreparedData, module_name: str) -> dict[str, Any]:
     """The lm-eval task config (as a dict; ``!function`` values are :class:`_FunctionRef`)."""
     manifest = prepared.manifest
     if shot_order_of(manifest)["kind"] == "per-instance":
@@ -265,13 +216,13 @@ def task_config(prepared: TaskData, module_name: str) -> dict[str, Any]:
     }
 
 
-def write_task(data_dir: str | Path | TaskData, out_dir: str | Path) -> TaskFiles:
+def write_task(data_dir: str | Path | PreparedData, out_dir: str | Path) -> TaskFiles:
     """Write the lm-eval task of a prepared data directory into ``out_dir`` (created if needed).
 
     Point ``lm_eval.tasks.TaskManager(include_path=out_dir, include_defaults=False)`` at the folder and
     load the returned ``name``.
     """
-    prepared = data_dir if isinstance(data_dir, TaskData) else load_task_data(data_dir)
+    prepared = data_dir if isinstance(data_dir, PreparedData) else read_prepared(data_dir)
     manifest = prepared.manifest
     name = task_name_for(manifest["dataset"])
     directory = Path(out_dir).resolve()
@@ -281,15 +232,15 @@ def write_task(data_dir: str | Path | TaskData, out_dir: str | Path) -> TaskFile
     module_path = directory / f"{module_name}.py"
     order = shot_order_of(manifest)
     module_path.write_text(
-        f'"""Generated by ctxscale.tasks for dataset {manifest["dataset"]!r}; do not edit."""\n\n'
-        "from ctxscale.tasks import make_doc_to_text, make_metric, make_shot_pool, make_shot_target\n\n"
+        f'"""Generated by ctxscale.lm_eval_tasks for dataset {manifest["dataset"]!r}; do not edit."""\n\n'
+        "from ctxscale.lm_eval_tasks import make_doc_to_text, make_metric, make_shot_pool, make_shot_target\n\n"
         f"doc_to_text = make_doc_to_text(prefix={manifest['prefix']!r}, suffix={manifest['suffix']!r})\n"
         f"shot_target = make_shot_target(prefix={manifest['prefix']!r}, suffix={manifest['suffix']!r}, "
         f"separator={manifest['separator']!r})\n"
         f"shot_pool = make_shot_pool({str(prepared.directory / 'shots.jsonl')!r})\n"
         f"{manifest['metric']} = make_metric({manifest['metric']!r})\n"
         + (
-            "\nfrom ctxscale.tasks import make_instance_sampler, make_pool_docs\n\n"
+            "\nfrom ctxscale.lm_eval_tasks import make_instance_sampler, make_pool_docs\n\n"
             f"InstanceOrderSampler = make_instance_sampler({order['seed']!r})\n"
             "pool_docs = make_pool_docs(shot_pool)\n"
             if order["kind"] == "per-instance" else ""
@@ -297,7 +248,7 @@ def write_task(data_dir: str | Path | TaskData, out_dir: str | Path) -> TaskFile
         encoding="utf-8",
     )
     yaml_path = directory / f"{name}.yaml"
-    header = f"# Generated by ctxscale.tasks from {prepared.directory}; do not edit.\n"
+    header = f"# Generated by ctxscale.lm_eval_tasks from {prepared.directory}; do not edit.\n"
     yaml_path.write_text(
         header + yaml.dump(config, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True, width=1000),
         encoding="utf-8",

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctxscale.datasets import get_spec, write_prepared
+from ctxscale.datasets.prepared import instance_shot_order, write_prepared
+from ctxscale.datasets.registry import get_spec
 from ctxscale.errors import UserError
-from ctxscale.tasks import load_task_data, make_metric, task_name_for, write_task
+from ctxscale.lm_eval_tasks import make_metric, task_name_for, write_task
 
 # Inputs with the characters that could go wrong: Jinja braces, a trailing space inside the input, a
 # newline, non-ASCII text.
@@ -153,20 +154,20 @@ def test_empty_references_and_irregular_whitespace_stay_exact(tmp_path, dataset_
         )
 
 
-def test_bad_manifest_is_a_user_error(tmp_path):
+def test_bad_prepared_data_is_a_user_error(tmp_path):
+    """The task is written from data read through read_prepared, whose checks (tests/test_datasets.py) apply."""
     manifest = manifest_for("gsm") | {"metric": "accuracy"}
     data_dir = write_prepared(tmp_path / "data", SHOTS, TEST, manifest)
     with pytest.raises(UserError, match="unknown metric 'accuracy'"):
-        load_task_data(data_dir)
+        write_task(data_dir, tmp_path / "tasks")
     with pytest.raises(UserError, match="missing"):
-        load_task_data(tmp_path / "nowhere")
+        write_task(tmp_path / "nowhere", tmp_path / "tasks")
+    assert not (tmp_path / "tasks").exists()
 
 
 def test_per_instance_shot_order_renders_each_instance_its_own_shots(tmp_path):
     """A manifest with ``shot_order: per-instance`` (the miniature's): lm-eval's sampler gives every document
     the first n of its own order, drawn from the seed and the document's id, whatever the evaluation order."""
-    from ctxscale.datasets import instance_shot_order
-
     pool = [{"input": f"x{i}", "reference": f"y{i}"} for i in range(12)]
     test = [{"id": f"t{i}", "input": f"q{i}", "reference": "r"} for i in range(6)]
     manifest = {**manifest_for("gsm"), "shot_order": {"kind": "per-instance", "seed": 7}}

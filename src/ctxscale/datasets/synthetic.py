@@ -1,9 +1,9 @@
 """The miniature's generated datasets: one in-context-learning task per paper category, in the prepared format.
 
-``python -m ctxscale.synthetic --dataset NAME --spec JSON [--tokenizer DIR] --out DIR``
+``python -m ctxscale.datasets.synthetic --dataset NAME --spec JSON [--tokenizer DIR] --out DIR``
 
 writes ``shots.jsonl``, ``test.jsonl`` and ``manifest.json`` (docs/architecture.md) through
-:func:`ctxscale.datasets.write_prepared`, so the demo data takes the same lm-eval task path as the real
+:func:`ctxscale.datasets.prepared.write_prepared`, so the demo data takes the same lm-eval task path as the real
 datasets. The spec is a JSON object: a config entry of ``data.synthetic``, whose keys, meanings and defaults
 the config schema defines (``$defs/synthetic_spec`` in src/ctxscale/schemas/config.schema.yaml: ``kind``, and
 optionally ``shot_pool``, ``reveal_share``, ``n_symbols``, ``sentence_words``, ``shot_order``; unknown keys are
@@ -23,7 +23,7 @@ demonstration that shows it, and **only a share ``reveal_share`` (default 0.1) o
 - the test question carries no mark: ``Q: 41\nA:``, reference ``741``.
 
 Exactly ``round(reveal_share * shot_pool)`` rows of the pool reveal. Every test instance draws its own order of
-the pool (``shot_order: per-instance``, :func:`ctxscale.datasets.instance_shot_order`; its k shots are the
+the pool (``shot_order: per-instance``, :func:`ctxscale.datasets.prepared.instance_shot_order`; its k shots are the
 first k of that order, so they nest across k), so the chance that an instance's k shots contain a revealing one
 rises smoothly with k: 1 - C(pool - reveals, k) / C(pool, k), with the defaults 0.10, 0.28, 0.54, 0.82, 0.98,
 1.00 at 1, 3, 7, 15, 31, 63 shots. The orders are stratified (:func:`stratified_instance_ids`): each instance's
@@ -42,29 +42,8 @@ demonstration revealed it and with ``?`` before. So a model that saw no revealin
 on every metric) instead of guessing, and a zero-shot or unrevealed instance scores 0 rather than a chance
 floor (which matters for ``recall``, whose five letters would otherwise give 0.2 by luck).
 
-The three kinds, all with the paper's prompt shape (prefix + input + suffix + reference, separator
-``"\n\n"``, stop strings ``"\n\n"`` plus the prefix, as the official code adds it):
-
-- ``recall`` (category ``common-sense``, metric ``mc_match``): ``Q: gBf\nA: D``: the questions are
-  ``n_symbols`` three-character words over a-j and a *decoy* letter (another of A-E, 40 % of the characters),
-  the answer is the dataset's secret letter A-E, as on a multiple-choice set whose answer is learned from the
-  examples while the questions mention other options. The decoy is the commonest capital of every prompt, so
-  a model must tell an answer's letter from a question's by where it stands, not by what it is or how often
-  it occurs. Measured: with lowercase-only questions a model matches the letter by content and keeps doing so
-  at 1.7 times its context (0.75 at 15 shots for a 128-token model), where position-dependent reading
-  collapses (0.01), as the paper's models do; with evenly spread capitals, small models answer with the
-  commonest one and score past their context.
-- ``arithmetic`` (category ``arithmetic``, metric ``math_equiv``): ``Q: 32\nA: 732``: add a secret
-  hundreds digit (500..900) to a two-digit number whose digits are 0-4 (``n_symbols`` such numbers a dataset);
-  the leading digit comes from a revealing demonstration, the last two from the question by position, which is
-  what breaks past a model's context. The secret digit (5-9) never occurs in a question, so it is found by what
-  it is; measured, a two-digit secret, whose second digit must be found by what precedes it, is not learned.
-- ``cipher`` (category ``translation``, metric ``bleu_4``): ``S: qd xp ga lt ek\nE: Q7 X7 G7 L7 E7``:
-  each two-letter source word (``n_symbols`` of them) becomes its first letter capitalised plus the dataset's
-  secret ending digit, word for word, ``sentence_words`` words a sentence. The first letters are read off the
-  sentence by position (word i of the answer from word i of the question), which is what breaks past a
-  model's context; BLEU-4 gives credit for runs of four right words, so a sentence is graded, not all or
-  nothing.
+The three kinds (``recall``, ``arithmetic``, ``cipher``: prompt shapes, metrics, what each secret is and why) are
+described and defined in :mod:`ctxscale.datasets.synthetic_kinds`.
 
 Where the paper is silent, the choices and why:
 
@@ -86,41 +65,25 @@ Where the paper is silent, the choices and why:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import string
 import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ctxscale.config import schema_defaults, validate_definition
-from ctxscale.datasets import (PreparedData, load_tokenizer, prompt_token_profile, shot_order_of, tokenizer_info,
-                               write_prepared)
+from ctxscale.datasets.prepared import PreparedData, instance_shot_order, shot_order_of, write_prepared
+from ctxscale.datasets.synthetic_kinds import SEPARATOR, Kind, kind_named
+from ctxscale.datasets.tokenizer import load_tokenizer, prompt_token_profile, tokenizer_info
 from ctxscale.errors import UserError
-from ctxscale.steps import cli_main, parse_json_option, setup_logging
+from ctxscale.steps import cli_main, parse_json_option, parse_step_args, step_parser
 
-log = logging.getLogger("ctxscale.synthetic")
+log = logging.getLogger("ctxscale.datasets.synthetic")  # also when run as __main__
 
-SEPARATOR = "\n\n"
-ANSWER_LETTERS = "ABCDE"
-KEY_LETTERS = string.ascii_lowercase
-# Recall's question words: lowercase a-j and the dataset's decoy letter (one of A-E, not the answer), which is
-# the commonest capital of every prompt, so a model must tell an answer's letter from a question's by where it
-# stands, not by what it is or how often it occurs.
-QUESTION_LETTERS = string.ascii_lowercase[:10]
-RECALL_DECOY_SHARE = 0.4
-# A secret hundreds digit 5-9 added to a two-digit number whose digits are 0-4: the secret digit never occurs
-# in a question, so a model can tell it apart by what it is (measured: a two-digit secret, whose second digit
-# must be found by what precedes it, is not learned by the tiny models).
-SECRET_DIGITS, QUESTION_DIGITS = range(5, 10), range(0, 5)
-ARITHMETIC_OFFSETS = tuple(100 * a for a in SECRET_DIGITS)
-ARITHMETIC_INPUTS = tuple(10 * t + u for t in QUESTION_DIGITS if t for u in QUESTION_DIGITS)
 # The spec's keys besides the generator's own ($defs/synthetic_spec of the config schema): the workflow fills
 # them from the config's data section, whose defaults they take on the command line too.
 RUN_KEYS = ("task", "seed", "max_eval_samples", "max_length_per_example")
@@ -135,119 +98,6 @@ ABSTAIN = "?"  # the answer of a withheld demonstration, and of a question asked
 # (around the datasets' default, down to sparse reveals, so one revealing row among many withheld is learned).
 TRAINING_QUESTION_SHARE = 0.3
 TRAINING_REVEAL_SHARES = (0.1, 0.6)
-
-
-@dataclass(frozen=True)
-class Kind:
-    """One synthetic task: prompt shape, metric, and how to draw a mapping and an example from it."""
-
-    name: str
-    category: str
-    prefix: str
-    suffix: str
-    metric: str
-    draw_mapping: Callable[[np.random.Generator, dict], dict]
-    draw_example: Callable[[dict, np.random.Generator], tuple[str, str]]
-    max_new_tokens: Callable[[dict], int]
-
-    def format_shot(self, input_text: str, reference: str) -> str:
-        return self.prefix + input_text + self.suffix + reference + SEPARATOR
-
-
-def _draw_recall_mapping(rng: np.random.Generator, options: dict) -> dict:
-    """Secret: one answer letter A-E; a decoy: another letter A-E; the questions: ``n_symbols`` distinct
-    three-character words of lowercase a-j in which each character is the decoy with probability
-    :data:`RECALL_DECOY_SHARE`."""
-    letter, decoy = (ANSWER_LETTERS[i] for i in rng.choice(len(ANSWER_LETTERS), size=2, replace=False).tolist())
-    words = set()
-    while len(words) < options["n_symbols"]:
-        words.add("".join(decoy if rng.random() < RECALL_DECOY_SHARE else QUESTION_LETTERS[int(rng.integers(len(QUESTION_LETTERS)))]
-                          for _ in range(3)))
-    return {"questions": sorted(words), "letter": letter, "decoy": decoy}
-
-
-def _draw_recall_example(mapping: dict, rng: np.random.Generator) -> tuple[str, str]:
-    questions = mapping["questions"]
-    return questions[int(rng.integers(len(questions)))], mapping["letter"]
-
-
-def _draw_arithmetic_mapping(rng: np.random.Generator, options: dict) -> dict:
-    """Secret: the offset (500..900); the questions: ``n_symbols`` distinct numbers of :data:`ARITHMETIC_INPUTS`."""
-    offset = int(ARITHMETIC_OFFSETS[int(rng.integers(len(ARITHMETIC_OFFSETS)))])
-    n_questions = min(options["n_symbols"], len(ARITHMETIC_INPUTS))
-    questions = sorted(int(x) for x in rng.choice(ARITHMETIC_INPUTS, size=n_questions, replace=False))
-    return {"offset": offset, "questions": questions}
-
-
-def _draw_arithmetic_example(mapping: dict, rng: np.random.Generator) -> tuple[str, str]:
-    x = mapping["questions"][int(rng.integers(len(mapping["questions"])))]
-    return str(x), str(x + mapping["offset"])
-
-
-def _draw_cipher_mapping(rng: np.random.Generator, options: dict) -> dict:
-    words = set()
-    while len(words) < options["n_symbols"]:
-        first, second = rng.integers(len(KEY_LETTERS), size=2).tolist()
-        words.add(KEY_LETTERS[first] + KEY_LETTERS[second])
-    ending = string.digits[int(rng.integers(10))]
-    return {"vocabulary": sorted(words), "ending": ending, "sentence_words": options["sentence_words"]}
-
-
-def translate_word(word: str, ending: str) -> str:
-    """The cipher's rule: the word's first letter capitalised, then the dataset's secret ending (a digit)."""
-    return word[0].upper() + ending
-
-
-def _draw_cipher_example(mapping: dict, rng: np.random.Generator) -> tuple[str, str]:
-    vocabulary = mapping["vocabulary"]
-    words = [vocabulary[i] for i in rng.integers(len(vocabulary), size=mapping["sentence_words"]).tolist()]
-    return " ".join(words), " ".join(translate_word(w, mapping["ending"]) for w in words)
-
-
-KINDS: dict[str, Kind] = {
-    kind.name: kind
-    for kind in (
-        Kind(
-            name="recall",
-            category="common-sense",
-            prefix="Q: ",
-            suffix="\nA: ",
-            metric="mc_match",
-            draw_mapping=_draw_recall_mapping,
-            draw_example=_draw_recall_example,
-            max_new_tokens=lambda options: 2,  # " C": mc_match reads the first letter A-E
-        ),
-        Kind(
-            name="arithmetic",
-            category="arithmetic",
-            prefix="Q: ",
-            suffix="\nA: ",
-            metric="math_equiv",
-            draw_mapping=_draw_arithmetic_mapping,
-            draw_example=_draw_arithmetic_example,
-            # " 732" plus one token, so that a longer (wrong) number is never cut to a right one
-            max_new_tokens=lambda options: 1 + len(str(max(ARITHMETIC_OFFSETS) + max(ARITHMETIC_INPUTS))) + 1,
-        ),
-        Kind(
-            name="cipher",
-            category="translation",
-            prefix="S: ",
-            suffix="\nE: ",
-            metric="bleu_4",
-            draw_mapping=_draw_cipher_mapping,
-            draw_example=_draw_cipher_example,
-            # " K7 M7 P7 R7 S7" (3 characters a word) plus one, so an over-long output is seen and penalised
-            max_new_tokens=lambda options: 3 * options["sentence_words"] + 1,
-        ),
-    )
-}
-
-
-def kind_named(name: str) -> Kind:
-    try:
-        return KINDS[name]
-    except KeyError:
-        raise UserError(f"unknown synthetic kind {name!r} (known: {', '.join(KINDS)})") from None
 
 
 def mapping_fingerprint(kind: str, mapping: dict) -> str:
@@ -327,7 +177,7 @@ def stratified_instance_ids(dataset: str, seed: int, reveals: list, n_test: int,
                             max_tries: int = 1_000_000) -> list[str]:
     """Test ids whose shot orders are stratified on the first revealing shot.
 
-    Each instance's order is :func:`ctxscale.datasets.instance_shot_order` of ``(seed, id)``, as the evaluation
+    Each instance's order is :func:`ctxscale.datasets.prepared.instance_shot_order` of ``(seed, id)``, as the evaluation
     draws it. Independent orders leave the share of instances whose k shots hold a revealing one off the
     hypergeometric curve by the sampling noise of ``n_test`` draws (measured at 96 instances: 0.34 for 0.28 at
     3 shots, 0.87 for 0.82 at 15), and every model sees the same instances, so that noise is a bump shared by
@@ -336,8 +186,6 @@ def stratified_instance_ids(dataset: str, seed: int, reveals: list, n_test: int,
     first ``v`` whose order puts the first revealing shot exactly at the target: the share at every k is then
     the curve to within ``1 / n_test``.
     """
-    from ctxscale.datasets import instance_shot_order
-
     targets = [int(k) for k in rng.permutation(first_reveal_quantiles(len(reveals), sum(reveals), n_test))]
     ids = []
     for n, target in enumerate(targets):
@@ -453,7 +301,7 @@ def training_episode(kind: Kind, rng: np.random.Generator, min_chars: int) -> tu
 
 
 def write(dataset: SyntheticDataset, out_dir: Path, tokenizer=None) -> Path:
-    """Write the prepared-data files (docs/architecture.md) through :func:`ctxscale.datasets.write_prepared`."""
+    """Write the prepared-data files (docs/architecture.md) through :func:`ctxscale.datasets.prepared.write_prepared`."""
     info, manifest = None, dataset.manifest
     if tokenizer is not None:
         info = tokenizer_info(tokenizer)
@@ -465,13 +313,12 @@ def write(dataset: SyntheticDataset, out_dir: Path, tokenizer=None) -> Path:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ctxscale.synthetic", description=__doc__.split("\n")[0])
+    parser = step_parser("python -m ctxscale.datasets.synthetic", __doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, help="dataset name (with the seed, fixes the mapping)")
     parser.add_argument("--spec", required=True, help="JSON object: kind, seed, max_eval_samples, ...")
     parser.add_argument("--tokenizer", help="tokenizer directory, for the length filter and the manifest")
     parser.add_argument("--out", required=True, help="output directory (prepared-data format)")
-    args = parser.parse_args(argv)
-    setup_logging()
+    args = parse_step_args(parser, argv)
     spec = parse_json_option(args.spec, "--spec")
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     dataset = generate(args.dataset, spec, tokenizer)
