@@ -23,6 +23,17 @@ def _default_settings() -> dict[str, Any]:
 # "auto" is resolved by the job plan), gpu_memory_utilization, enable_prefix_caching, block_size, enforce_eager,
 # max_samples; see src/ctxscale/schemas/config.schema.yaml for each one's meaning and default.
 DEFAULT_SETTINGS: dict[str, Any] = _default_settings()
+
+
+def _backends() -> tuple[str, ...]:
+    """The schema's names of the engines (tests/test_evaluate.py checks they are the keys of
+    ctxscale.evaluate.engines.ENGINES; read from the schema so that this module imports no engine)."""
+    from ctxscale.config import load_schema
+
+    return tuple(load_schema()["properties"]["evaluation"]["properties"]["backend"]["enum"])
+
+
+BACKENDS = _backends()
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
@@ -46,9 +57,6 @@ class Settings:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any] | None) -> Settings:
-        # Imported here: the engine modules import this one (normalized_rope).
-        from ctxscale.evaluate.engines import ENGINES
-
         values = dict(values or {})
         unknown = sorted(set(values) - set(DEFAULT_SETTINGS))
         if unknown:
@@ -62,9 +70,9 @@ class Settings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"evaluation setting {key} must be a positive integer, got {value!r}")
 
-        if merged["backend"] not in ENGINES:
+        if merged["backend"] not in BACKENDS:
             raise UserError(
-                f"evaluation setting backend must be one of {', '.join(ENGINES)}, got {merged['backend']!r}"
+                f"evaluation setting backend must be one of {', '.join(BACKENDS)}, got {merged['backend']!r}"
             )
         if merged["dtype"] not in DTYPES:
             raise UserError(f"evaluation setting dtype must be one of {', '.join(DTYPES)}, got {merged['dtype']!r}")
