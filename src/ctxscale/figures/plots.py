@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -15,11 +18,12 @@ from matplotlib.ticker import MultipleLocator
 from ctxscale.errors import UserError
 from ctxscale.figures.drawing import (C_LABEL, N_PMT_LABEL, P_LABEL, PAPER_WIDTH_IN, _curve, _grid_figure,
                                       _has_interval, _log_axis, _mae, _mark_n_ctx, _markers, _new_figure,
-                                      _p_limits, _palette, _plain_tick_label, _power_tick_label, _span, _train_models,
-                                      n_pmt_grid)
+                                      _p_limits, _palette, _span, _train_models, n_pmt_grid)
 from ctxscale.figures.inputs import FigureInputs, FigureSettings, choose_n_ctx
 from ctxscale.figures.registry import figure, fitted_tasks
 from ctxscale.tables import format_flops, format_tokens, task_title
+
+log = logging.getLogger(__name__)
 
 
 @figure("fig1", ("in-distribution", "context-agnostic"),
