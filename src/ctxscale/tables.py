@@ -7,7 +7,7 @@ Markdown (rounded for reading) under ``results/tables/``:
 name                       content
 =========================  ===============================================================================
 ``table1``                 models, N, n_ctx, D, C from the workflow config (and model-info files for tiny
-                           models), with the paper's C beside ours where the paper lists the model
+                           models), with the paper's D and C beside ours where the paper lists the model
 ``parameters``             fitted parameters per experiment and task, identifiable and paper form, with
                            bootstrap percentile intervals when the fit has a bootstrap
 ``mae_in_distribution``    MAE (and RMSE, R^2, MAE within / beyond n_ctx) of the in-distribution fit
@@ -33,8 +33,16 @@ Choices where the paper is silent:
   :mod:`ctxscale.law`); only the identifiable parameters (``log10_C50``, ``alpha``, ``log10_n50``,
   ``beta``) are determined by data, and the Markdown says so.
 - The "with penalty" row of the ablation is the in-distribution fit (the same cells, the full law).
+- Table 1 (:func:`table1`, the one builder: the tables step writes it, ``ctxscale table1`` prints it) uses
+  C = 6 N D. Two of the paper's rows cannot be reproduced from it: the 4k base models, whose paper C
+  (7.7719e22, 1.5227e23) exceeds 6 N x 2.0T (7.7715e22, 1.5226e23) although every extended row matches
+  6 N (2T + extension) exactly; we keep the recomputed values (:data:`TABLE1_KNOWN_DISCREPANCIES`). The paper
+  also lists 0.836B extension tokens at 32k where 400 x 64 x 32768 = 0.839B; C agrees to 4 significant
+  figures either way.
 
 This module also holds the loaders shared with :mod:`ctxscale.figures` (fits, model infos, labels).
+``python -m ctxscale.tables write ...`` is the workflow's tables step; ``python -m ctxscale.tables table1 CONFIG``
+(``ctxscale table1``) prints Table 1 of a config.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ def fitted_tasks(inputs, name: str, settings=None) -> list:
     tasks = [task for task in inputs.tasks(experiments[0], settings)
              if all(inputs.fit(experiment, task) is not None for experiment in experiments[1:])]
     if not tasks:
-        raise UserError(f"{name} needs {' and '.join(experiments)} fits of one task, and the fits folder has none "
+        of_one_task = " of one task" if len(experiments) > 1 else ""
+        raise UserError(f"{name} needs {' and '.join(experiments)} fits{of_one_task}, and the fits folder has none "
                         "for the observed tasks")
     return tasks
