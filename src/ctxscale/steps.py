@@ -2,8 +2,9 @@
 decorated with :func:`cli_main` (the one error path: a :class:`~ctxscale.errors.UserError` becomes one
 ``error: <message>`` line on stderr and exit code 2, never a traceback) and parses its arguments with a
 :func:`step_parser` through :func:`parse_step_args` (the one logging flag style: ``-q`` warnings only,
-``-v`` debug details, progress otherwise, on stderr). The ``ctxscale`` command (:mod:`ctxscale.cli`) runs
-the same ``main`` functions by name.
+``-v`` debug details, progress otherwise, on stderr). A step with two jobs takes them as argparse subcommands
+made by :func:`step_subparser` (``python -m ctxscale.tables write|table1``). The ``ctxscale`` command
+(:mod:`ctxscale.cli`) runs the same ``main`` functions by name.
 """
 
 from __future__ import annotations
