@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctxscale.compute import read_model_info
+from ctxscale.model_info import read_model_info
 from ctxscale.errors import UserError
 from ctxscale.steps import cli_main, parse_step_args, step_parser
 from ctxscale.files import read_json_object

@@ -17,7 +17,6 @@ A task whose cells all lie below the threshold (or all above) gets no held-out-c
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
@@ -29,6 +28,7 @@ import pandas as pd
 
 from ctxscale import config as ctxconfig
 from ctxscale.errors import UserError
+from ctxscale.steps import cli_main, parse_step_args, step_parser
 from ctxscale.experiments import DEFAULT_TRAIN_MAX_N_PMT, FitSettings, held_out_context, leave_one_model_out, select_cells
 from ctxscale.law import LAWS, LawSpec, resolve_law
 
@@ -109,17 +109,16 @@ def compare_enabled(config: dict) -> bool:
     return bool(config["experiments"].get("compare", {}).get("enabled", False))
 
 
-def main(argv=None) -> int:
+@cli_main
+def main(argv: list[str] | None = None) -> int:
     """``ctxscale compare OBS.csv --task T [--task T2 ...] [--laws a,b] --out-dir DIR``."""
-    from ctxscale.steps import handle_user_errors, setup_logging, verbosity_level
     from ctxscale.experiments import _names
     from ctxscale.fitting import DEFAULT_MAX_EXPONENT, OBJECTIVES
     from ctxscale.observations import load_observations
     from ctxscale.files import atomic_write
     from ctxscale.tables import to_markdown
 
-    parser = argparse.ArgumentParser(prog="ctxscale compare",
-                                     description="Compare the law variants out of sample on an observations table.")
+    parser = step_parser("ctxscale compare", "Compare the law variants out of sample on an observations table.")
     parser.add_argument("observations", help="observations table (CSV or Parquet), as `ctxscale fit` reads")
     parser.add_argument("--task", action="append", required=True, help="task to compare on (repeat for several)")
     parser.add_argument("--laws", default=",".join(LAWS), help=f"comma-separated laws (default {','.join(LAWS)})")
@@ -133,36 +132,30 @@ def main(argv=None) -> int:
                         help=f"upper search bound of the exponents alpha and beta ({DEFAULT_MAX_EXPONENT:g})")
     parser.add_argument("--out-dir", required=True, help="write NAME.csv and NAME.md here (atomically)")
     parser.add_argument("--name", default=TABLE_NAME, help=f"file name stem (default {TABLE_NAME})")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
-    args = parser.parse_args(argv)
-    setup_logging(verbosity_level(-1 if args.quiet else 0))
-
-    def body():
-        laws = [resolve_law(name) for name in _names(args.laws)]
-        if not laws:
-            raise UserError("--laws names no law")
-        if args.seeds < 1:
-            raise UserError("--seeds must be at least 1")
-        if not args.train_max_n_pmt > 0:
-            raise UserError(f"--train-max-n-pmt must be positive, got {args.train_max_n_pmt}")
-        if Path(args.out_dir).is_file():
-            raise UserError(f"--out-dir {args.out_dir} is a file; give a folder")
-        for law in laws:
-            LawSpec(law=law)
-        settings = FitSettings(objective=args.objective, seeds=tuple(range(args.seeds)),
-                               max_exponent=args.max_exponent)
-        observations = load_observations(args.observations)
-        table = compare_laws(observations, args.task, laws, settings, args.train_max_n_pmt,
-                             _names(args.models) or None, args.per_dataset)
-        written = [Path(args.out_dir) / f"{args.name}.csv", Path(args.out_dir) / f"{args.name}.md"]
-        atomic_write(written[0], table.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
-        atomic_write(written[1], to_markdown(TABLE_NAME, table))
-        columns = ["task", "law", "n_params", "train_mae", "lomo_test_mae", "heldout_context_test_mae", "bic"]
-        print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-        print("wrote " + " ".join(map(str, written)))
-        return 0
-
-    return handle_user_errors(body)
+    args = parse_step_args(parser, argv)
+    laws = [resolve_law(name) for name in _names(args.laws)]
+    if not laws:
+        raise UserError("--laws names no law")
+    if args.seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    if not args.train_max_n_pmt > 0:
+        raise UserError(f"--train-max-n-pmt must be positive, got {args.train_max_n_pmt}")
+    if Path(args.out_dir).is_file():
+        raise UserError(f"--out-dir {args.out_dir} is a file; give a folder")
+    for law in laws:
+        LawSpec(law=law)
+    settings = FitSettings(objective=args.objective, seeds=tuple(range(args.seeds)),
+                           max_exponent=args.max_exponent)
+    observations = load_observations(args.observations)
+    table = compare_laws(observations, args.task, laws, settings, args.train_max_n_pmt,
+                         _names(args.models) or None, args.per_dataset)
+    written = [Path(args.out_dir) / f"{args.name}.csv", Path(args.out_dir) / f"{args.name}.md"]
+    atomic_write(written[0], table.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+    atomic_write(written[1], to_markdown(TABLE_NAME, table))
+    columns = ["task", "law", "n_params", "train_mae", "lomo_test_mae", "heldout_context_test_mae", "bic"]
+    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print("wrote " + " ".join(map(str, written)))
+    return 0
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import pandas as pd
 
 from ctxscale import config as ctxconfig
 from ctxscale.errors import UserError
+from ctxscale.steps import cli_main, parse_step_args, step_parser
 from ctxscale.fitting import (BOOTSTRAP_REFITS, BOOTSTRAP_UNITS, DEFAULT_BOOTSTRAP_REPLICATES,
                               DEFAULT_BOOTSTRAP_UNIT, DEFAULT_LAW, DEFAULT_MAX_EXPONENT, DEFAULT_OBJECTIVE,
                               DEFAULT_PENALTY, DEFAULT_SEEDS, OBJECTIVES,
@@ -450,12 +451,10 @@ def _training_cells(cellset: CellSet, experiment: str, train_max_n_pmt: float, h
     return cellset
 
 
-def fit_main(argv=None) -> int:
+@cli_main
+def main(argv: list[str] | None = None) -> int:
     """``ctxscale fit OBS.csv --task TASK [...] --out FIT.json`` (``python -m ctxscale.experiments`` too)."""
-    from ctxscale.steps import handle_user_errors, setup_logging, verbosity_level
-
-    parser = argparse.ArgumentParser(
-        prog="ctxscale fit", description="Fit the context-aware law to one task.",
+    parser = step_parser("ctxscale fit", "Fit the context-aware law to one task.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""observations table: one row per cell with the columns
   model, task, dataset, n_shots, n_pmt (mean prompt tokens, BOS included), n_ctx (context limit, tokens),
@@ -506,65 +505,57 @@ objectives: mse | mae | robust (soft-L1, --robust-scale) | binomial (likelihood 
                         help="refit each replicate by DE + local refinement (global) or local refinement only")
     parser.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
     parser.add_argument("--out", help="write the fit JSON here (atomically)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
-    args = parser.parse_args(argv)
-    setup_logging(verbosity_level(-1 if args.quiet else 1 if args.verbose else 0))
+    args = parse_step_args(parser, argv)
+    if args.seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    if not 0 < args.level < 1:
+        raise UserError(f"--level must be between 0 and 1, got {args.level}")
+    if args.out and Path(args.out).is_dir():  # checked before the fit, not after minutes of work
+        raise UserError(f"--out {args.out} is a directory; give the fit file's path, e.g. {args.out}/fit.json")
+    auto = args.law == "auto"
+    if auto and (args.floor is not None or args.penalty != DEFAULT_PENALTY or args.penalty_width is not None):
+        raise UserError("--law auto chooses among the laws with their fitted parameters; drop --floor, --penalty "
+                        "and --penalty-width (or name a law)")
+    settings = FitSettings(penalty=args.penalty, penalty_width=args.penalty_width,
+                           law=DEFAULT_LAW if auto else args.law, floor=args.floor,
+                           objective=args.objective,
+                           seeds=tuple(range(args.seeds)), bootstrap=args.bootstrap or 0,
+                           bootstrap_seed=args.bootstrap_seed, bootstrap_unit=args.bootstrap_unit,
+                           bootstrap_refit=args.bootstrap_refit, level=args.level, robust_scale=args.robust_scale,
+                           max_exponent=args.max_exponent)
+    settings.spec()  # validate the penalty options before reading data
+    observations = load_observations(args.observations)
+    datasets = [d for item in args.dataset or () for d in _names(item)]
+    cellset = select_cells(observations, args.task, datasets or None, args.per_dataset,
+                           _names(args.models), _names(args.exclude_models))
+    selection = None
+    if auto:
+        from dataclasses import replace
 
-    def body():
-        if args.seeds < 1:
-            raise UserError("--seeds must be at least 1")
-        if not 0 < args.level < 1:
-            raise UserError(f"--level must be between 0 and 1, got {args.level}")
-        if args.out and Path(args.out).is_dir():  # checked before the fit, not after minutes of work
-            raise UserError(f"--out {args.out} is a directory; give the fit file's path, e.g. {args.out}/fit.json")
-        auto = args.law == "auto"
-        if auto and (args.floor is not None or args.penalty != DEFAULT_PENALTY or args.penalty_width is not None):
-            raise UserError("--law auto chooses among the laws with their fitted parameters; drop --floor, --penalty "
-                            "and --penalty-width (or name a law)")
-        settings = FitSettings(penalty=args.penalty, penalty_width=args.penalty_width,
-                               law=DEFAULT_LAW if auto else args.law, floor=args.floor,
-                               objective=args.objective,
-                               seeds=tuple(range(args.seeds)), bootstrap=args.bootstrap or 0,
-                               bootstrap_seed=args.bootstrap_seed, bootstrap_unit=args.bootstrap_unit,
-                               bootstrap_refit=args.bootstrap_refit, level=args.level, robust_scale=args.robust_scale,
-                               max_exponent=args.max_exponent)
-        settings.spec()  # validate the penalty options before reading data
-        observations = load_observations(args.observations)
-        datasets = [d for item in args.dataset or () for d in _names(item)]
-        cellset = select_cells(observations, args.task, datasets or None, args.per_dataset,
-                               _names(args.models), _names(args.exclude_models))
-        selection = None
-        if auto:
-            from dataclasses import replace
+        from ctxscale.selection import auto_select
 
-            from ctxscale.selection import auto_select
-
-            train = _training_cells(cellset, args.experiment, args.train_max_n_pmt, _names(args.holdout_models),
-                                    _names(args.train_models))
-            selection = auto_select(train, settings)
-            settings = replace(settings, law=selection["law"])
-            print(f"law auto: chose {selection['law']} ({selection['reason']})")
-        record = run_experiment(args.experiment, cellset, settings, train_max_n_pmt=args.train_max_n_pmt,
-                                holdout_models=_names(args.holdout_models), train_models=_names(args.train_models))
-        if selection is not None:
-            record["law_selection"] = _json_safe({"requested": "auto", **selection})
-        source = Path(args.observations)
-        record["data"]["source"] = str(source)
-        record["data"]["sha256"] = hashlib.sha256(source.read_bytes()).hexdigest()
-        record["settings"]["model_filter"] = _names(args.models)
-        record["settings"]["exclude_models"] = _names(args.exclude_models)
-        if args.out:
-            write_json_atomic(args.out, record)
-        print(summary(record))
-        if args.out:
-            print(f"wrote {args.out}")
-        return 0
-
-    return handle_user_errors(body)
+        train = _training_cells(cellset, args.experiment, args.train_max_n_pmt, _names(args.holdout_models),
+                                _names(args.train_models))
+        selection = auto_select(train, settings)
+        settings = replace(settings, law=selection["law"])
+        print(f"law auto: chose {selection['law']} ({selection['reason']})")
+    record = run_experiment(args.experiment, cellset, settings, train_max_n_pmt=args.train_max_n_pmt,
+                            holdout_models=_names(args.holdout_models), train_models=_names(args.train_models))
+    if selection is not None:
+        record["law_selection"] = _json_safe({"requested": "auto", **selection})
+    source = Path(args.observations)
+    record["data"]["source"] = str(source)
+    record["data"]["sha256"] = hashlib.sha256(source.read_bytes()).hexdigest()
+    record["settings"]["model_filter"] = _names(args.models)
+    record["settings"]["exclude_models"] = _names(args.exclude_models)
+    if args.out:
+        write_json_atomic(args.out, record)
+    print(summary(record))
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
 
 
-main = fit_main
 
 if __name__ == "__main__":
     sys.exit(main())

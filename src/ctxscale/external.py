@@ -41,13 +41,13 @@ instance bootstrap are not meaningful on them (the MSE fit never reads it).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import pandas as pd
 
-from ctxscale.compute import training_compute
+from ctxscale.model_info import training_compute
 from ctxscale.errors import UserError
+from ctxscale.steps import cli_main, parse_step_args, step_parser
 from ctxscale.observations import OBSERVATION_COLUMNS, validate_observations
 
 NOMINAL_TRAIN_TOKENS = 1e12  # the same stand-in D for every model of RULER and HELMET
@@ -144,30 +144,26 @@ CONVERTERS = {"ruler": ruler_observations, "helmet": helmet_observations, "pythi
               "mir": mir_observations, "cerebras": cerebras_observations}
 
 
-def main(argv=None) -> int:
+@cli_main
+def main(argv: list[str] | None = None) -> int:
     """``ctxscale external SOURCE IN.csv --out OBS.csv``: convert one external table (module docstring)."""
-    from ctxscale.steps import handle_user_errors
     from ctxscale.observations import write_observations
 
-    parser = argparse.ArgumentParser(prog="ctxscale external", description=__doc__.splitlines()[0])
+    parser = step_parser("ctxscale external", __doc__.splitlines()[0])
     parser.add_argument("source", choices=sorted(CONVERTERS))
     parser.add_argument("table", help="the source's CSV (shared/data/external/...)")
     parser.add_argument("--out", required=True, help="observations CSV to write")
-    args = parser.parse_args(argv)
-
-    def body():
-        try:
-            raw = pd.read_csv(args.table)
-        except (OSError, pd.errors.ParserError) as exc:
-            raise UserError(f"cannot read {args.table}: {str(exc).splitlines()[0]}") from None
-        try:
-            observations = CONVERTERS[args.source](raw)
-        except KeyError as exc:
-            raise UserError(f"{args.table} is not a {args.source} table (no column {exc})") from None
-        print(write_observations(args.out, observations))
-        return 0
-
-    return handle_user_errors(body)
+    args = parse_step_args(parser, argv)
+    try:
+        raw = pd.read_csv(args.table)
+    except (OSError, pd.errors.ParserError) as exc:
+        raise UserError(f"cannot read {args.table}: {str(exc).splitlines()[0]}") from None
+    try:
+        observations = CONVERTERS[args.source](raw)
+    except KeyError as exc:
+        raise UserError(f"{args.table} is not a {args.source} table (no column {exc})") from None
+    print(write_observations(args.out, observations))
+    return 0
 
 
 if __name__ == "__main__":

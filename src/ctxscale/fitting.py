@@ -52,7 +52,6 @@ optimum moved to another basin). Intervals are percentiles over the replicates.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -68,6 +67,7 @@ from scipy.optimize import differential_evolution, least_squares, minimize
 
 from ctxscale.config import schema_defaults
 from ctxscale.errors import UserError
+from ctxscale.steps import cli_main, parse_step_args, step_parser
 from ctxscale.files import read_json_object
 from ctxscale.files import atomic_write
 from ctxscale.provenance import package_versions
@@ -669,53 +669,47 @@ def _positive_floats(name, values):
     return arr
 
 
-def predict_main(argv=None) -> int:
+@cli_main
+def main(argv: list[str] | None = None) -> int:
     """``ctxscale predict FIT.json --compute C --n-pmt N --n-ctx K``: print P-hat (and its interval)."""
-    from ctxscale.steps import handle_user_errors
-
-    parser = argparse.ArgumentParser(prog="ctxscale predict", description="Predict task performance from a saved fit.")
+    parser = step_parser("ctxscale predict", "Predict task performance from a saved fit.")
     parser.add_argument("fit", help="fit JSON written by `ctxscale fit`")
     parser.add_argument("--compute", type=float, nargs="+", required=True, help="training compute in FLOPs")
     parser.add_argument("--n-pmt", type=float, nargs="+", required=True, help="prompt length in tokens")
     parser.add_argument("--n-ctx", type=float, nargs="+", required=True, help="context limit in tokens")
     parser.add_argument("--level", type=float, help="interval level, for a fit made with --bootstrap (default 0.95)")
-    args = parser.parse_args(argv)
-
-    def body():
-        fit = load_fit(args.fit)
-        has_bootstrap = bool(fit.bootstrap and fit.bootstrap.get("replicates"))
-        if args.level is not None and not has_bootstrap:
-            raise UserError(f"--level needs a fit with a bootstrap; {args.fit} has none (refit with --bootstrap N)")
-        level = 0.95 if args.level is None else args.level
-        if not 0 < level < 1:
-            raise UserError(f"--level must be between 0 and 1, got {level}")
-        compute = _positive_floats("compute", args.compute)
-        n_pmt = _positive_floats("n-pmt", args.n_pmt)
-        n_ctx = _positive_floats("n-ctx", args.n_ctx)
-        try:
-            compute, n_pmt, n_ctx = np.broadcast_arrays(compute, n_pmt, n_ctx)
-        except ValueError:
-            raise UserError("--compute, --n-pmt and --n-ctx need the same number of values (or one each)") from None
-        try:
-            predicted = np.atleast_1d(fit.predict(compute, n_pmt, n_ctx))
-            header = ["compute", "n_pmt", "n_ctx", "predicted"]
-            columns = [compute, n_pmt, n_ctx, predicted]
-            if has_bootstrap:
-                lo, hi = fit.predict_interval(compute, n_pmt, n_ctx, level)
-        except (KeyError, TypeError, IndexError) as error:
-            raise UserError(f"{args.fit} is not a complete ctxscale fit ({type(error).__name__}: {error})") from None
+    args = parse_step_args(parser, argv)
+    fit = load_fit(args.fit)
+    has_bootstrap = bool(fit.bootstrap and fit.bootstrap.get("replicates"))
+    if args.level is not None and not has_bootstrap:
+        raise UserError(f"--level needs a fit with a bootstrap; {args.fit} has none (refit with --bootstrap N)")
+    level = 0.95 if args.level is None else args.level
+    if not 0 < level < 1:
+        raise UserError(f"--level must be between 0 and 1, got {level}")
+    compute = _positive_floats("compute", args.compute)
+    n_pmt = _positive_floats("n-pmt", args.n_pmt)
+    n_ctx = _positive_floats("n-ctx", args.n_ctx)
+    try:
+        compute, n_pmt, n_ctx = np.broadcast_arrays(compute, n_pmt, n_ctx)
+    except ValueError:
+        raise UserError("--compute, --n-pmt and --n-ctx need the same number of values (or one each)") from None
+    try:
+        predicted = np.atleast_1d(fit.predict(compute, n_pmt, n_ctx))
+        header = ["compute", "n_pmt", "n_ctx", "predicted"]
+        columns = [compute, n_pmt, n_ctx, predicted]
         if has_bootstrap:
-            header += [f"lo{level:g}", f"hi{level:g}"]
-            columns += [np.atleast_1d(lo), np.atleast_1d(hi)]
-        print("\t".join(header))
-        for row in zip(*columns):
-            print("\t".join([f"{row[0]:.6g}", f"{row[1]:.6g}", f"{row[2]:.6g}"] + [f"{v:.6f}" for v in row[3:]]))
-        return 0
+            lo, hi = fit.predict_interval(compute, n_pmt, n_ctx, level)
+    except (KeyError, TypeError, IndexError) as error:
+        raise UserError(f"{args.fit} is not a complete ctxscale fit ({type(error).__name__}: {error})") from None
+    if has_bootstrap:
+        header += [f"lo{level:g}", f"hi{level:g}"]
+        columns += [np.atleast_1d(lo), np.atleast_1d(hi)]
+    print("\t".join(header))
+    for row in zip(*columns):
+        print("\t".join([f"{row[0]:.6g}", f"{row[1]:.6g}", f"{row[2]:.6g}"] + [f"{v:.6f}" for v in row[3:]]))
+    return 0
 
-    return handle_user_errors(body)
 
-
-main = predict_main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,7 +19,7 @@ One row per run (``model, task, dataset, n_shots``; :data:`ctxscale.observations
 - ``model``: ``--model``, else the basename of ``pretrained=`` in the run's ``model_args``; ``n_ctx``
   and ``compute`` from ``--model-sheet``, a CSV with columns ``model, n_ctx`` and either ``C`` (FLOPs) or
   ``N`` (non-embedding parameters) and ``D`` (training tokens), ``C = 6 N D``
-  (:func:`ctxscale.compute.training_compute`).
+  (:func:`ctxscale.model_info.training_compute`).
 
 Every mistake is one line (``error: ...``, exit 2), checked before any tokenizer is loaded: a run that
 mixes tasks, a run without samples (no ``--log_samples``), a model missing from the sheet, an unknown
@@ -28,7 +28,6 @@ metric (the error names the available ones), two runs of one cell.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -37,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctxscale.compute import training_compute
+from ctxscale.model_info import training_compute
 from ctxscale.errors import UserError
+from ctxscale.steps import cli_main, parse_step_args, step_parser
 from ctxscale.files import read_json_object
 from ctxscale.observations import OBSERVATION_COLUMNS, validate_observations
 
@@ -179,12 +179,12 @@ def check_runs(runs, sheet: pd.DataFrame, metric: str) -> list:
     return runs
 
 
-def main(argv=None) -> int:
+@cli_main
+def main(argv: list[str] | None = None) -> int:
     """``ctxscale ingest OUT_DIR [...] --model-sheet SHEET.csv --tokenizer TOK --metric M --out OBS.csv``."""
-    from ctxscale.steps import handle_user_errors
     from ctxscale.observations import write_observations
 
-    parser = argparse.ArgumentParser(prog="ctxscale ingest", description=__doc__.splitlines()[0],
+    parser = step_parser("ctxscale ingest", __doc__.splitlines()[0],
                                      epilog="model sheet: CSV with model, n_ctx and either C or N and D (C = 6ND)")
     parser.add_argument("runs", nargs="+", help="lm-eval --output_path folders (or results_*.json files)")
     parser.add_argument("--model-sheet", required=True, help="CSV: model, n_ctx, and C or N and D")
@@ -193,21 +193,17 @@ def main(argv=None) -> int:
     parser.add_argument("--task", help="task name in the table (the law's unit; default the lm-eval task)")
     parser.add_argument("--model", help="model name in the sheet (default: basename of pretrained=)")
     parser.add_argument("--out", required=True, help="observations CSV to write (atomically)")
-    args = parser.parse_args(argv)
+    args = parse_step_args(parser, argv)
+    if Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a directory; give the observations file's path")
+    sheet = read_sheet(args.model_sheet)
+    check_runs(find_runs(args.runs, args.model), sheet, args.metric)  # every check before the tokenizer loads
+    from ctxscale.datasets.tokenizer import load_tokenizer
 
-    def body():
-        if Path(args.out).is_dir():
-            raise UserError(f"--out {args.out} is a directory; give the observations file's path")
-        sheet = read_sheet(args.model_sheet)
-        check_runs(find_runs(args.runs, args.model), sheet, args.metric)  # every check before the tokenizer loads
-        from ctxscale.datasets.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(args.tokenizer, hub=True)
-        frame = ingest(args.runs, sheet, tokenizer, args.metric, args.task, args.model)
-        print(write_observations(args.out, frame))
-        return 0
-
-    return handle_user_errors(body)
+    tokenizer = load_tokenizer(args.tokenizer, hub=True)
+    frame = ingest(args.runs, sheet, tokenizer, args.metric, args.task, args.model)
+    print(write_observations(args.out, frame))
+    return 0
 
 
 if __name__ == "__main__":

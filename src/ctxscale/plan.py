@@ -4,7 +4,7 @@ Inputs, all known before a model loads:
 
 - the checkpoint's ``config.json``: layers, attention and KV heads, head size, dtype (:class:`Architecture`);
 - the weights' size: the checkpoint's weight files on disk, rescaled from their dtype to the evaluation's
-  ``dtype``; before a download, the parameter count from ``config.json`` (:mod:`ctxscale.compute`) times
+  ``dtype``; before a download, the parameter count from ``config.json`` (:mod:`ctxscale.model_info`) times
   the dtype's size;
 - the longest prompt the job will send: the prepared data's ``prompt_tokens`` profile (token count of the
   first k shots as one block, and of the longest query; :func:`ctxscale.datasets.tokenizer.prompt_token_profile`)
@@ -84,7 +84,7 @@ class Architecture:
             heads = int(config["num_attention_heads"])
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"config.json lacks a usable {error.args[0] if error.args else 'field'}") from None
-        from ctxscale.compute import non_embedding_params_from_config, total_params_from_config
+        from ctxscale.model_info import non_embedding_params_from_config, total_params_from_config
 
         try:
             params = total_params_from_config(dict(config))

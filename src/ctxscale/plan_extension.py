@@ -9,7 +9,7 @@ gradients and optimizer state, and a chunked loss (the LM head and cross-entropy
 ``micro_batch`` sequences of ``n_ctx`` tokens, so activations do not shrink with G; the sharded state does.
 
 Inputs, all known before a model loads: the base model's ``config.json`` (:class:`ctxscale.plan.Architecture`;
-parameters counted by :mod:`ctxscale.compute`), ``n_ctx`` of the extended model, its recipe
+parameters counted by :mod:`ctxscale.model_info`), ``n_ctx`` of the extended model, its recipe
 (``models.<m>.extend`` over the schema's ``$defs/extend_spec`` defaults) and the config's GPU keys
 (``evaluation.gpu_memory_gib``, ``gpu_overhead_gib``, ``max_gpus_per_job``; ``extension.gpus``).
 
@@ -106,7 +106,7 @@ TERMS = (*STATE_TERMS, "gathered", "saved", "layer", "loss")
 def layer_split(arch: Architecture) -> tuple[int, int]:
     """(parameters of one decoder layer, parameters outside the layers: embedding, LM head unless tied, final norm)."""
     if arch.params is None or arch.non_embedding_params is None or not arch.intermediate or not arch.vocab:
-        raise UserError("cannot count this model type's parameters (ctxscale.compute), so its training memory "
+        raise UserError("cannot count this model type's parameters (ctxscale.model_info), so its training memory "
                         "cannot be planned")  # fmt: skip
     per_layer = (arch.non_embedding_params - arch.hidden) // arch.layers
     return per_layer, arch.params - arch.layers * per_layer

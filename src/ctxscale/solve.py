@@ -26,13 +26,13 @@ share whose own prediction meets the requirement at the estimate.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
 import numpy as np
 
 from ctxscale.errors import UserError
+from ctxscale.steps import cli_main, parse_step_args, step_parser
 from ctxscale.law import LawSpec
 
 QUESTIONS = ("compute", "prompt", "window")
@@ -179,12 +179,12 @@ def _check(name, value, low=0.0, high=None, inclusive_high=False):
         raise UserError(f"--{name} must be a number above {low:g}{bound}, got {value}")
 
 
-def main(argv=None) -> int:
+@cli_main
+def main(argv: list[str] | None = None) -> int:
     """``ctxscale solve {compute,prompt,window} FIT.json ...`` (module docstring)."""
-    from ctxscale.steps import handle_user_errors
     from ctxscale.fitting import load_fit
 
-    parser = argparse.ArgumentParser(prog="ctxscale solve", description="Planning queries: invert a fitted law.",
+    parser = step_parser("ctxscale solve", "Planning queries: invert a fitted law.",
                                      epilog="See ctxscale.solve for the definitions; intervals need a fit made "
                                             "with --bootstrap N.")
     sub = parser.add_subparsers(dest="question", required=True, metavar="QUESTION")
@@ -207,84 +207,80 @@ def main(argv=None) -> int:
     for p in (q_compute, q_prompt, q_window):
         p.add_argument("fit", help="fit JSON written by `ctxscale fit` (with --bootstrap N for intervals)")
         p.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
-    args = parser.parse_args(argv)
-
-    def body():
-        _check("level", args.level, 0.0, 1.0)
-        for name in ("n_pmt", "n_ctx", "compute", "tokens_per_shot"):
-            _check(name.replace("_", "-"), getattr(args, name, None))
-        if getattr(args, "query_tokens", 0.0) < 0:
-            raise UserError(f"--query-tokens must not be negative, got {args.query_tokens}")
-        _check("target", getattr(args, "target", None), 0.0, 1.0)
-        fit = load_fit(args.fit)
-        spec, ident = fit.spec, fit.identifiable_params
-        reps = _replicate_params(fit)
-        lines = [f"law {spec.law} ({fit.path})"]
-        try:
-            if args.question == "compute":
-                estimate = float(required_compute(spec, ident, args.target, args.n_pmt, args.n_ctx))
-                with np.errstate(over="ignore"):
-                    ceiling = float(spec.predict(ident, HUGE, args.n_pmt, args.n_ctx))
-                lines.append(f"question: training compute for P >= {args.target:g} at n_pmt {args.n_pmt:g}, "
-                             f"n_ctx {args.n_ctx:g}")
-                rep_values = None if reps is None else required_compute(spec, reps, args.target, args.n_pmt, args.n_ctx)
-                unit, meets_at = " FLOPs", None
-                if math.isinf(estimate):
-                    lines.append(f"answer: out of reach: the law's ceiling there is P = {ceiling:.4f} (unlimited "
-                                 f"compute), below the target {args.target:g}")
-                else:
-                    lines.append(f"answer: {_fmt(estimate, unit)}")
-                    if reps is not None:
-                        meets_at = np.asarray(fit.spec.predict(reps, estimate, args.n_pmt, args.n_ctx)) >= args.target
-            elif args.question == "prompt":
-                _check("share", args.share, 0.0, 1.0, inclusive_high=True)
-                n_est, best = shortest_prompt(spec, ident, args.compute, args.n_ctx, args.share)
-                estimate = float(n_est)
-                lines.append(f"question: shortest prompt inside n_ctx {args.n_ctx:g} reaching {args.share:.0%} of "
-                             f"the best score there (P_best = {float(best):.4f}) at compute {args.compute:g}")
-                lines.append(f"answer: {_fmt(estimate, ' tokens')}" + _shots(estimate, args))
-                rep_values, unit, meets_at = None, " tokens", None
-                if reps is not None:
-                    rep_values, rep_best = shortest_prompt(spec, reps, args.compute, args.n_ctx, args.share)
-                    floor = _floor(spec, _params(reps))
-                    p_at = spec.predict(_params(reps), args.compute, estimate, args.n_ctx)
-                    meets_at = p_at >= floor + args.share * (rep_best - floor) - 1e-12
+    args = parse_step_args(parser, argv)
+    _check("level", args.level, 0.0, 1.0)
+    for name in ("n_pmt", "n_ctx", "compute", "tokens_per_shot"):
+        _check(name.replace("_", "-"), getattr(args, name, None))
+    if getattr(args, "query_tokens", 0.0) < 0:
+        raise UserError(f"--query-tokens must not be negative, got {args.query_tokens}")
+    _check("target", getattr(args, "target", None), 0.0, 1.0)
+    fit = load_fit(args.fit)
+    spec, ident = fit.spec, fit.identifiable_params
+    reps = _replicate_params(fit)
+    lines = [f"law {spec.law} ({fit.path})"]
+    try:
+        if args.question == "compute":
+            estimate = float(required_compute(spec, ident, args.target, args.n_pmt, args.n_ctx))
+            with np.errstate(over="ignore"):
+                ceiling = float(spec.predict(ident, HUGE, args.n_pmt, args.n_ctx))
+            lines.append(f"question: training compute for P >= {args.target:g} at n_pmt {args.n_pmt:g}, "
+                         f"n_ctx {args.n_ctx:g}")
+            rep_values = None if reps is None else required_compute(spec, reps, args.target, args.n_pmt, args.n_ctx)
+            unit, meets_at = " FLOPs", None
+            if math.isinf(estimate):
+                lines.append(f"answer: out of reach: the law's ceiling there is P = {ceiling:.4f} (unlimited "
+                             f"compute), below the target {args.target:g}")
             else:
-                share = args.share if args.share is not None or args.target is not None else 0.99
-                if args.share is not None or args.target is None:
-                    _check("share", share, 0.0, 1.0)
-                w_est, need, unlimited = required_window(spec, ident, args.compute, args.n_pmt,
-                                                         share if args.target is None else None, args.target)
-                estimate = float(w_est)
-                what = (f"{share:.0%} of its unlimited-window score (P = {float(unlimited):.4f})" if args.target is None
-                        else f"P >= {args.target:g}")
-                lines.append(f"question: smallest window for a prompt of {args.n_pmt:g} tokens reaching {what} at "
-                             f"compute {args.compute:g}")
-                unit, rep_values, meets_at = " tokens", None, None
-                if math.isinf(estimate):
-                    lines.append(f"answer: out of reach: even an unlimited window gives P = {float(unlimited):.4f}")
-                else:
-                    lines.append(f"answer: {_fmt(estimate, unit)}")
+                lines.append(f"answer: {_fmt(estimate, unit)}")
                 if reps is not None:
-                    rep_values, rep_need, _ = required_window(spec, reps, args.compute, args.n_pmt,
-                                                              share if args.target is None else None, args.target)
-                    if not math.isinf(estimate):
-                        meets_at = spec.predict(_params(reps), args.compute, args.n_pmt, estimate) >= rep_need - 1e-12
-        except (KeyError, TypeError, IndexError) as error:
-            raise UserError(f"{args.fit} is not a complete ctxscale fit ({type(error).__name__}: {error})") from None
-        summary = _summary(estimate, rep_values, args.level)
-        if summary is None:
-            lines.append("interval: none (the fit has no bootstrap; refit with --bootstrap N)")
+                    meets_at = np.asarray(fit.spec.predict(reps, estimate, args.n_pmt, args.n_ctx)) >= args.target
+        elif args.question == "prompt":
+            _check("share", args.share, 0.0, 1.0, inclusive_high=True)
+            n_est, best = shortest_prompt(spec, ident, args.compute, args.n_ctx, args.share)
+            estimate = float(n_est)
+            lines.append(f"question: shortest prompt inside n_ctx {args.n_ctx:g} reaching {args.share:.0%} of "
+                         f"the best score there (P_best = {float(best):.4f}) at compute {args.compute:g}")
+            lines.append(f"answer: {_fmt(estimate, ' tokens')}" + _shots(estimate, args))
+            rep_values, unit, meets_at = None, " tokens", None
+            if reps is not None:
+                rep_values, rep_best = shortest_prompt(spec, reps, args.compute, args.n_ctx, args.share)
+                floor = _floor(spec, _params(reps))
+                p_at = spec.predict(_params(reps), args.compute, estimate, args.n_ctx)
+                meets_at = p_at >= floor + args.share * (rep_best - floor) - 1e-12
         else:
-            lines.append(f"{args.level:.0%} interval over {summary['n']} bootstrap replicates: "
-                         f"[{_fmt(summary['lo'], unit)}, {_fmt(summary['hi'], unit)}]")
-            lines.append(f"replicates that can reach it: {summary['reach_share']:.0%}"
-                         + ("" if meets_at is None else
-                            f"; replicates that meet it at the answer: {float(np.mean(meets_at)):.0%}"))
-        print("\n".join(lines))
-        return 0
-
-    return handle_user_errors(body)
+            share = args.share if args.share is not None or args.target is not None else 0.99
+            if args.share is not None or args.target is None:
+                _check("share", share, 0.0, 1.0)
+            w_est, need, unlimited = required_window(spec, ident, args.compute, args.n_pmt,
+                                                     share if args.target is None else None, args.target)
+            estimate = float(w_est)
+            what = (f"{share:.0%} of its unlimited-window score (P = {float(unlimited):.4f})" if args.target is None
+                    else f"P >= {args.target:g}")
+            lines.append(f"question: smallest window for a prompt of {args.n_pmt:g} tokens reaching {what} at "
+                         f"compute {args.compute:g}")
+            unit, rep_values, meets_at = " tokens", None, None
+            if math.isinf(estimate):
+                lines.append(f"answer: out of reach: even an unlimited window gives P = {float(unlimited):.4f}")
+            else:
+                lines.append(f"answer: {_fmt(estimate, unit)}")
+            if reps is not None:
+                rep_values, rep_need, _ = required_window(spec, reps, args.compute, args.n_pmt,
+                                                          share if args.target is None else None, args.target)
+                if not math.isinf(estimate):
+                    meets_at = spec.predict(_params(reps), args.compute, args.n_pmt, estimate) >= rep_need - 1e-12
+    except (KeyError, TypeError, IndexError) as error:
+        raise UserError(f"{args.fit} is not a complete ctxscale fit ({type(error).__name__}: {error})") from None
+    summary = _summary(estimate, rep_values, args.level)
+    if summary is None:
+        lines.append("interval: none (the fit has no bootstrap; refit with --bootstrap N)")
+    else:
+        lines.append(f"{args.level:.0%} interval over {summary['n']} bootstrap replicates: "
+                     f"[{_fmt(summary['lo'], unit)}, {_fmt(summary['hi'], unit)}]")
+        lines.append(f"replicates that can reach it: {summary['reach_share']:.0%}"
+                     + ("" if meets_at is None else
+                        f"; replicates that meet it at the answer: {float(np.mean(meets_at)):.0%}"))
+    print("\n".join(lines))
+    return 0
 
 
 def _shots(n_pmt: float, args) -> str:

@@ -2,8 +2,9 @@
 decorated with :func:`cli_main` (the one error path: a :class:`~ctxscale.errors.UserError` becomes one
 ``error: <message>`` line on stderr and exit code 2, never a traceback) and parses its arguments with a
 :func:`step_parser` through :func:`parse_step_args` (the one logging flag style: ``-q`` warnings only,
-``-v`` debug details, progress otherwise, on stderr). The ``ctxscale`` command (:mod:`ctxscale.cli`) runs
-the same ``main`` functions by name.
+``-v`` debug details, progress otherwise, on stderr). A step with two jobs takes them as argparse subcommands
+made by :func:`step_subparser` (``python -m ctxscale.tables write|table1``). The ``ctxscale`` command
+(:mod:`ctxscale.cli`) runs the same ``main`` functions by name.
 """
 
 from __future__ import annotations
@@ -43,10 +44,22 @@ def step_parser(prog: str, description: str, **kwargs) -> argparse.ArgumentParse
     """The argument parser of one step's command line, with ``-q/--quiet`` and ``-v/--verbose``; read it with
     :func:`parse_step_args`."""
     parser = argparse.ArgumentParser(prog=prog, description=description, **kwargs)
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    _add_logging_flags(parser, default=False)
     return parser
+
+
+def step_subparser(subparsers, name: str, description: str, **kwargs) -> argparse.ArgumentParser:
+    """One job of a step with several (``subparsers`` from the :func:`step_parser`'s ``add_subparsers``); it
+    takes ``-q``/``-v`` too, after its own name."""
+    parser = subparsers.add_parser(name, help=description, description=description, **kwargs)
+    _add_logging_flags(parser, default=argparse.SUPPRESS)  # unset unless given: the step parser's value stands
+    return parser
+
+
+def _add_logging_flags(parser: argparse.ArgumentParser, default) -> None:
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", default=default, help="log warnings only")
+    verbosity.add_argument("-v", "--verbose", action="store_true", default=default, help="log debug details")
 
 
 def parse_step_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -62,17 +75,3 @@ def parse_json_option(text: str, option: str):
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"{option} is not valid JSON ({error.msg} at character {error.pos})") from None
-
-
-def handle_user_errors(body: Callable[[], int | None]) -> int:
-    """Run ``body()``; a :class:`UserError` becomes ``error: <message>`` on stderr and exit code 2."""
-    try:
-        return int(body() or 0)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-
-
-def verbosity_level(verbosity: int) -> int:
-    """-q (-1): warnings only; default (0): progress; -v (1): debug details."""
-    return logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO

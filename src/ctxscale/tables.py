@@ -7,7 +7,7 @@ Markdown (rounded for reading) under ``results/tables/``:
 name                       content
 =========================  ===============================================================================
 ``table1``                 models, N, n_ctx, D, C from the workflow config (and model-info files for tiny
-                           models), with the paper's C beside ours where the paper lists the model
+                           models), with the paper's D and C beside ours where the paper lists the model
 ``parameters``             fitted parameters per experiment and task, identifiable and paper form, with
                            bootstrap percentile intervals when the fit has a bootstrap
 ``mae_in_distribution``    MAE (and RMSE, R^2, MAE within / beyond n_ctx) of the in-distribution fit
@@ -33,26 +33,33 @@ Choices where the paper is silent:
   :mod:`ctxscale.law`); only the identifiable parameters (``log10_C50``, ``alpha``, ``log10_n50``,
   ``beta``) are determined by data, and the Markdown says so.
 - The "with penalty" row of the ablation is the in-distribution fit (the same cells, the full law).
+- Table 1 (:func:`table1`, the one builder: the tables step writes it, ``ctxscale table1`` prints it) uses
+  C = 6 N D. Two of the paper's rows cannot be reproduced from it: the 4k base models, whose paper C
+  (7.7719e22, 1.5227e23) exceeds 6 N x 2.0T (7.7715e22, 1.5226e23) although every extended row matches
+  6 N (2T + extension) exactly; we keep the recomputed values (:data:`TABLE1_KNOWN_DISCREPANCIES`). The paper
+  also lists 0.836B extension tokens at 32k where 400 x 64 x 32768 = 0.839B; C agrees to 4 significant
+  figures either way.
 
 This module also holds the loaders shared with :mod:`ctxscale.figures` (fits, model infos, labels).
+``python -m ctxscale.tables write ...`` is the workflow's tables step; ``python -m ctxscale.tables table1 CONFIG``
+(``ctxscale table1``) prints Table 1 of a config.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ctxscale.compute import read_model_info
+from ctxscale.config import built_by_extension, enabled_models
 from ctxscale.errors import UserError
-from ctxscale.steps import parse_json_option
 from ctxscale.experiments import EXPERIMENTS, regression_metrics
 from ctxscale.files import atomic_write
+from ctxscale.model_info import read_model_info, training_compute
+from ctxscale.steps import cli_main, parse_json_option, parse_step_args, step_parser, step_subparser
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +83,26 @@ TASK_TITLES = {"arithmetic": "Arithmetic reasoning", "common-sense": "Common-sen
 
 TABLE_NAMES = ("table1", "parameters", "mae_in_distribution", "mae_heldout_context", "mae_penalty_ablation",
                "mae_heldout_compute", "mae_leave_one_model_out", "mae_summary")
+
+# The paper's Table 1 (spec §3.1): base model, context limit, non-embedding parameters, tokens as
+# printed ("2.0T + 0.210B"), and the paper's C.
+PAPER_TABLE1 = pd.DataFrame(
+    [(base, n_ctx, n_params, 2.0e12 + ext_billions * 1e9, c_paper)
+     for base, n_params, rows in (
+        ("llama2-7b", 6_476_271_616, ((4096, 0.0, 7.7719e22), (8192, 0.210, 7.7723e22), (16384, 0.419, 7.7732e22),
+                                      (32768, 0.836, 7.7748e22), (65536, 1.678, 7.7780e22),
+                                      (131072, 3.355, 7.7846e22))),
+        ("llama2-13b", 12_688_184_320, ((4096, 0.0, 1.5227e23), (8192, 0.210, 1.5227e23), (16384, 0.419, 1.5229e23),
+                                        (32768, 0.836, 1.5232e23), (65536, 1.678, 1.5239e23),
+                                        (131072, 3.355, 1.5251e23))))
+     for n_ctx, ext_billions, c_paper in rows],
+    columns=["base", "n_ctx", "N", "D", "C"])
+
+# (base, n_ctx) -> why the paper's C differs from 6 N D in the 4th significant figure.
+TABLE1_KNOWN_DISCREPANCIES = {
+    ("llama2-7b", 4096): "paper 7.7719e22, but 6 x 6,476,271,616 x 2.0e12 = 7.7715e22 (extended rows match 6ND)",
+    ("llama2-13b", 4096): "paper 1.5227e23, but 6 x 12,688,184,320 x 2.0e12 = 1.5226e23 (extended rows match 6ND)",
+}
 
 MODEL_INFO_COLUMNS = ["model", "source", "family", "group", "base", "n_ctx", "non_embedding_params",
                       "pretrain_tokens", "extension_tokens", "compute", "extension"]
@@ -130,7 +157,7 @@ def load_fits(fits_dir) -> dict:
 
 
 def load_model_info(paths) -> pd.DataFrame:
-    """Model-info files (``results/models/{model}.json``, read by :func:`ctxscale.compute.read_model_info`) as a
+    """Model-info files (``results/models/{model}.json``, read by :func:`ctxscale.model_info.read_model_info`) as a
     table indexed by model name."""
     records = [{column: info.get(column) for column in MODEL_INFO_COLUMNS} for info in read_model_info(paths).values()]
     return pd.DataFrame(records, columns=MODEL_INFO_COLUMNS).set_index("model", drop=False)
@@ -168,37 +195,63 @@ def _fits_of(fits: dict, experiment: str, tasks=None) -> list:
     return [(task, by_task[task]) for task in order]
 
 
-def table1(config: dict, model_info: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Table 1 (models, N, n_ctx, D, C) of the config's enabled models, with the paper's D and C beside ours.
+TABLE1_COLUMNS = ["model", "base", "n_ctx", "N", "D", "C", "D_paper", "C_paper"]
 
-    ``ctxscale.compute.table1`` gives N, D and C from the config; models whose numbers come from training
-    (tiny models) take them from ``model_info`` (the model-info files), and stay empty without one.
+
+def table1(config: dict, model_info: pd.DataFrame | None = None, include_disabled: bool = False) -> pd.DataFrame:
+    """Table 1 (model, base, n_ctx, N, D, C) of the config's models, with the paper's D and C beside ours.
+
+    Models of enabled groups only, unless ``include_disabled``. N and D come from the model's config entry and
+    C = 6 N D. Models whose numbers come from training (``source: tiny``, and models built by extension when
+    ``extension.compute_tokens`` is not ``config``) or whose entry lacks N or tokens take N, D and C from their
+    model-info record (``model_info``, as :func:`load_model_info` returns), and stay empty (NaN) without one.
     """
-    from ctxscale import compute
-
-    with tempfile.TemporaryDirectory() as no_model_files:  # numbers come only from config and model_info
-        frame = compute.table1(config, models_dir=no_model_files).copy()
-    frame["N"] = frame["N"].astype("float")
-    if model_info is not None and len(model_info):
-        for i, model in enumerate(frame["model"]):
-            if model not in model_info.index:
-                continue
-            row = model_info.loc[model]
-            tokens = _sum_tokens(row.get("pretrain_tokens"), row.get("extension_tokens"))
-            for column, value in (("N", row.get("non_embedding_params")), ("D", tokens), ("C", row.get("compute"))):
-                if _missing(frame.at[frame.index[i], column]) and not _missing(value):
-                    frame.at[frame.index[i], column] = float(value)
-    paper = compute.PAPER_TABLE1.set_index(["base", "n_ctx"])
-    keys = list(zip(frame["base"], frame["n_ctx"].astype(int)))
+    compute_tokens = (config.get("extension") or {}).get("compute_tokens", "config")
+    rows = []
+    for name in list(config["models"]) if include_disabled else enabled_models(config):
+        spec = config["models"][name]
+        n_params, tokens = spec.get("non_embedding_params"), None
+        if spec.get("pretrain_tokens") is not None:
+            tokens = float(spec["pretrain_tokens"]) + float(spec.get("extension_tokens") or 0)
+        measured = spec.get("source") == "tiny" or (built_by_extension(config, name) and compute_tokens != "config")
+        if measured or n_params is None or tokens is None:
+            n_params, tokens, compute = _recorded_numbers(name, model_info)
+        else:
+            compute = float(training_compute(n_params, tokens))
+        rows.append({"model": name, "base": spec.get("base"), "n_ctx": int(spec["n_ctx"]), "N": float(n_params),
+                     "D": tokens, "C": compute})
+    frame = pd.DataFrame(rows, columns=TABLE1_COLUMNS[:6])
+    keys = list(zip(frame["base"], frame["n_ctx"]))
+    paper = PAPER_TABLE1.set_index(["base", "n_ctx"])
     frame["D_paper"] = [paper.at[key, "D"] if key in paper.index else np.nan for key in keys]
     frame["C_paper"] = [paper.at[key, "C"] if key in paper.index else np.nan for key in keys]
-    return frame.reset_index(drop=True)
+    return frame
 
 
-def _sum_tokens(pretrain, extension):
-    if _missing(pretrain):
-        return None
-    return float(pretrain) + (0.0 if _missing(extension) else float(extension))
+def _recorded_numbers(model: str, model_info: pd.DataFrame | None) -> tuple[float, float, float]:
+    """N, D and C of a model from its model-info record (NaN where there is none)."""
+    if model_info is None or model not in model_info.index:
+        return np.nan, np.nan, np.nan
+    row = model_info.loc[model]
+    pretrain, extension = row.get("pretrain_tokens"), row.get("extension_tokens")
+    tokens = np.nan if _missing(pretrain) else float(pretrain) + (0.0 if _missing(extension) else float(extension))
+    n_params, compute = (np.nan if _missing(v) else float(v) for v in (row.get("non_embedding_params"), row.get("compute")))
+    return n_params, tokens, compute
+
+
+def format_table1(frame: pd.DataFrame, style: str = "text") -> str:
+    """Table 1's columns model, base, n_ctx, N, D, C as ``ctxscale table1`` prints them: text, Markdown or CSV."""
+    frame = frame[TABLE1_COLUMNS[:6]].assign(N=frame["N"].astype("Int64"))
+    if style == "csv":
+        return frame.to_csv(index=False).rstrip("\n")
+    shown = frame.assign(N=frame["N"].map(lambda v: "N/A" if pd.isna(v) else f"{int(v):,}"),
+                         D=frame["D"].map(lambda v: "N/A" if pd.isna(v) else f"{v:,.0f}"),
+                         C=frame["C"].map(lambda v: "N/A" if pd.isna(v) else f"{v:.4e}"))
+    if style == "markdown":
+        lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+        lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+        return "\n".join(lines)
+    return shown.to_string(index=False)
 
 
 def _missing(value) -> bool:
@@ -499,42 +552,63 @@ def write_tables(tables: dict, out_dir) -> list:
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def _read_config(args) -> dict:
-    if args.config:
-        from ctxscale.config import load_config
-
-        return load_config(args.config)
-    config = parse_json_option(args.config_json, "--config-json")
+def _config_of_json(text: str) -> dict:
+    config = parse_json_option(text, "--config-json")
     if not isinstance(config, dict) or not isinstance(config.get("models"), dict):
         raise UserError("--config-json must be a JSON object with a 'models' mapping (the workflow config)")
     return config
 
 
-def main(argv=None) -> int:
-    from ctxscale.steps import handle_user_errors, setup_logging, verbosity_level
+def _write(args) -> None:
+    from ctxscale.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m ctxscale.tables",
-                                     description="Write the paper's tables (CSV and Markdown) from the fits.")
-    source = parser.add_mutually_exclusive_group(required=True)
+    config = load_config(args.config) if args.config else _config_of_json(args.config_json)
+    model_info = load_model_info(args.model_info)
+    fits = load_fits(args.fits_dir)
+    written = write_tables(build_tables(config, fits, model_info), args.out_dir)
+    print(f"wrote {len(written)} files to {args.out_dir}")
+
+
+def _print_table1(args) -> None:
+    from ctxscale.config import load_config
+
+    config = load_config(args.config)
+    models_dir = Path(args.models_dir)
+    # the model-info files of the config's models only: other files there are not Table 1's business
+    paths = [models_dir / f"{name}.json" for name in config["models"] if (models_dir / f"{name}.json").exists()]
+    frame = table1(config, load_model_info(paths), args.all)
+    if frame.empty:
+        raise UserError(f"{args.config}: no models in enabled groups (use --all)")
+    print(format_table1(frame, args.format))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(format_table1(frame, "csv") + "\n")
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ctxscale.tables write ...`` (the workflow's tables step) or ``... table1 CONFIG.yaml``."""
+    parser = step_parser("python -m ctxscale.tables", "The paper's tables: write every table from the fits "
+                                                      "(write), or print Table 1 of a workflow config (table1).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    write = step_subparser(commands, "write", "Write the paper's tables (CSV and Markdown) from the fits.")
+    source = write.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="workflow config YAML (validated)")
     source.add_argument("--config-json", help="the workflow config as a JSON string (as Snakemake passes it)")
-    parser.add_argument("--fits-dir", required=True, help="folder holding {experiment}/{task}.json fits")
-    parser.add_argument("--model-info", nargs="*", default=[], metavar="FILE",
-                        help="model-info files results/models/{model}.json (fill Table 1 for tiny models)")
-    parser.add_argument("--out-dir", required=True, help="where the tables go (results/tables)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
-    args = parser.parse_args(argv)
-    setup_logging(verbosity_level(-1 if args.quiet else 0))
-
-    def body():
-        config = _read_config(args)
-        model_info = load_model_info(args.model_info)
-        fits = load_fits(args.fits_dir)
-        written = write_tables(build_tables(config, fits, model_info), args.out_dir)
-        print(f"wrote {len(written)} files to {args.out_dir}")
-        return 0
-
-    return handle_user_errors(body)
+    write.add_argument("--fits-dir", required=True, help="folder holding {experiment}/{task}.json fits")
+    write.add_argument("--model-info", nargs="*", default=[], metavar="FILE",
+                       help="model-info files results/models/{model}.json (fill Table 1 for tiny models)")
+    write.add_argument("--out-dir", required=True, help="where the tables go (results/tables)")
+    show = step_subparser(commands, "table1", "Print Table 1 (N, D, C = 6ND) of a workflow config's models.",
+                          prog="ctxscale table1")
+    show.add_argument("config", help="workflow config (YAML)")
+    show.add_argument("--all", action="store_true", help="include models of disabled groups")
+    show.add_argument("--models-dir", default="results/models", help="model-info files for tiny models")
+    show.add_argument("--format", default="text", choices=("text", "markdown", "csv"))
+    show.add_argument("--out", help="also write the table (CSV) here")
+    args = parse_step_args(parser, argv)
+    (_write if args.command == "write" else _print_table1)(args)
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 from ctxscale import config as ctxconfig
 from ctxscale import compare as ctxcompare
 from ctxscale import experiments as ctxexperiments
+from ctxscale import figures as ctxfigures
 from ctxscale import plan as ctxplan
 from ctxscale.errors import UserError
 from ctxscale.tables import TABLE_NAMES
@@ -274,21 +275,10 @@ def figure_settings():
     return json.dumps({**config["figures"], "tasks": TASKS}, sort_keys=True)
 
 
-# Figure -> experiments whose fits it draws (ctxscale.figures); a figure is made when they are all fitted.
-FIGURE_EXPERIMENTS = {
-    "fig1": ["in-distribution", "context-agnostic"],
-    "fig2": ["in-distribution"],
-    "heldout_context": ["held-out-context"],
-    "heldout_compute": ["held-out-compute"],
-    "pi_vs_yarn": ["in-distribution"],
-    "per_model": ["in-distribution"],
-    "extension_validation": [],
-}
-
-
 def figure_names():
+    """The figures of ctxscale.figures.FIGURES whose fits are all made, less those with no models to draw."""
     fitted = set(experiments())
-    names = [n for n, needs in FIGURE_EXPERIMENTS.items() if set(needs) <= fitted]
+    names = [n for n, spec in ctxfigures.FIGURES.items() if set(spec.experiments) <= fitted]
     if not any(model_spec(m)["group"] == "pi" for m in MODELS):
         names = [n for n in names if n != "pi_vs_yarn"]
     if not any(ctxconfig.extension_spec(config, m)["validation"]["sequences"] for m in models_from("extend")):

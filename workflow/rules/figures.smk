@@ -35,5 +35,5 @@ rule tables:
     conda:
         CONDA_ENV
     shell:
-        "python -m ctxscale.tables --config-json {params.config:q} --fits-dir results/fits"
+        "python -m ctxscale.tables write --config-json {params.config:q} --fits-dir results/fits"
         " --model-info {input.models} --out-dir results/tables 2> {log}"

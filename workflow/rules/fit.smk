@@ -16,7 +16,7 @@ rule fit:
     conda:
         CONDA_ENV
     shell:
-        "python -m ctxscale.cli fit {input} --task {wildcards.task} {params.arguments} --out {output} 2> {log}"
+        "python -m ctxscale.experiments {input} --task {wildcards.task} {params.arguments} --out {output} 2> {log}"
 
 
 # Every law variant of ctxscale.law, compared out of sample on the same cells (experiments.compare).
@@ -36,4 +36,4 @@ rule compare:
     conda:
         CONDA_ENV
     shell:
-        "python -m ctxscale.cli compare {input} {params.arguments} --out-dir results/tables -q 2> {log}"
+        "python -m ctxscale.compare {input} {params.arguments} --out-dir results/tables -q 2> {log}"

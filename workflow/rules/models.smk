@@ -140,5 +140,5 @@ rule model_info:
     conda:
         CONDA_ENV
     shell:
-        "python -m ctxscale.compute model-info --model {wildcards.model} --spec {params.spec:q}"
+        "python -m ctxscale.model_info --model {wildcards.model} --spec {params.spec:q}"
         " --checkpoint {input.checkpoint} --out {output} 2> {log}"

@@ -1,20 +1,15 @@
-"""Compute accounting: parameter counts, C = 6ND, the paper's Table 1, model-info files."""
+"""Compute accounting: parameter counts, C = 6ND, model-info files."""
 
 import json
 import logging
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-import yaml
 
-from ctxscale.compute import (PAPER_TABLE1, TABLE1_KNOWN_DISCREPANCIES, model_info, model_info_main,
-                              non_embedding_params_from_config, table1, table1_main, total_params_from_config,
-                              training_compute)
+from ctxscale.model_info import main as model_info_main
+from ctxscale.model_info import (model_info, non_embedding_params_from_config, total_params_from_config,
+                                 training_compute)
 from ctxscale.errors import UserError
 
-CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 
 LLAMA2_7B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
              "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000, "tie_word_embeddings": False,
@@ -77,71 +72,6 @@ def test_unsupported_or_incomplete_configs():
         non_embedding_params_from_config({"model_type": "gpt_neox"})
     with pytest.raises(UserError, match="config.json lacks intermediate_size"):
         non_embedding_params_from_config({k: v for k, v in LLAMA2_7B.items() if k != "intermediate_size"})
-
-
-def test_table1_reproduces_the_paper_to_four_significant_figures():
-    ours = table1(yaml.safe_load(CONFIG.read_text()))
-    assert list(ours.columns) == ["model", "base", "n_ctx", "N", "D", "C"] and len(ours) == 12
-    merged = ours.merge(PAPER_TABLE1, on=["base", "n_ctx"], suffixes=("", "_paper"))
-    assert len(merged) == 12
-    for row in merged.itertuples():
-        assert row.N == row.N_paper
-        assert row.D == pytest.approx(row.D_paper, rel=2e-3)  # the paper prints tokens to 3 decimals (0.836B)
-        same = f"{row.C:.4e}" == f"{row.C_paper:.4e}"
-        if (row.base, row.n_ctx) in TABLE1_KNOWN_DISCREPANCIES:
-            # documented: the paper's 4k rows are not 6 N x 2.0T; ours are, like every extended row
-            assert not same
-            assert row.C == pytest.approx(6 * row.N * 2.0e12, rel=1e-12)
-            assert abs(row.C - row.C_paper) / row.C_paper < 1e-4
-        else:
-            assert same, (row.model, row.C, row.C_paper)
-    assert sorted(TABLE1_KNOWN_DISCREPANCIES) == [("llama2-13b", 4096), ("llama2-7b", 4096)]
-    assert f"{ours.loc[ours.model == 'llama2-7b-4k', 'C'].item():.4e}" == "7.7715e+22"
-    assert f"{ours.loc[ours.model == 'llama2-13b-4k', 'C'].item():.4e}" == "1.5226e+23"
-
-
-def test_table1_groups_and_tiny_models(tmp_path):
-    config = {"model_groups": {"yarn": {"enabled": True}, "ood": {"enabled": False}},
-              "models": {"big": {"group": "yarn", "source": "hf", "base": "b", "n_ctx": 4096,
-                                 "non_embedding_params": 1000, "pretrain_tokens": 2.0e6, "extension_tokens": 0},
-                         "off": {"group": "ood", "source": "hf", "base": "o", "n_ctx": 8192,
-                                 "non_embedding_params": 10, "pretrain_tokens": 1.0e3},
-                         "tiny-a": {"group": "tiny", "source": "tiny", "base": "tiny", "n_ctx": 256},
-                         "tiny-b": {"group": "tiny", "source": "tiny", "base": "tiny", "n_ctx": 512}}}
-    (tmp_path / "tiny-a.json").write_text(json.dumps({"model": "tiny-a", "n_ctx": 256, "compute": 3.06e11,
-                                                      "non_embedding_params": 50_000, "pretrain_tokens": 1_000_000,
-                                                      "extension_tokens": 20_000}))
-    frame = table1(config, tmp_path)
-    assert frame["model"].tolist() == ["big", "tiny-a", "tiny-b"]
-    big, tiny_a, tiny_b = (frame.iloc[i] for i in range(3))
-    assert big["C"] == pytest.approx(6 * 1000 * 2.0e6)
-    assert tiny_a["N"] == 50_000 and tiny_a["D"] == 1_020_000 and tiny_a["C"] == pytest.approx(6 * 50_000 * 1_020_000)
-    assert pd.isna(tiny_b["N"]) and np.isnan(tiny_b["C"])
-    assert "off" in table1(config, tmp_path, include_disabled=True)["model"].tolist()
-    (tmp_path / "tiny-b.json").write_text(json.dumps({"model": "tiny-b", "n_ctx": 512, "compute": 1.0,
-                                                      "non_embedding_params": 1}))
-    with pytest.raises(UserError, match="tiny-b.json is unreadable or incomplete"):
-        table1(config, tmp_path)
-    (tmp_path / "tiny-b.json").write_text(json.dumps({"model": "tiny-b", "non_embedding_params": 1}))
-    with pytest.raises(UserError, match="tiny-b.json: n_ctx must be a positive number"):  # the one reader's check
-        table1(config, tmp_path)
-
-
-def test_table1_cli(tmp_path, capsys):
-    assert table1_main([str(CONFIG), "--out", str(tmp_path / "t1.csv")]) == 0
-    out = capsys.readouterr().out
-    assert "llama2-7b-8k" in out and "7.7723e+22" in out and "6,476,271,616" in out and "qwen" not in out
-    assert len(pd.read_csv(tmp_path / "t1.csv")) == 12
-    assert table1_main([str(CONFIG), "--all", "--format", "markdown"]) == 0
-    assert "| qwen2.5-0.5b |" in capsys.readouterr().out
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({"models": {"t": {"source": "tiny", "n_ctx": 256}}}))
-    assert table1_main([str(tmp_path / "tiny.yaml"), "--models-dir", str(tmp_path)]) == 0
-    assert "N/A" in capsys.readouterr().out
-    assert table1_main([str(tmp_path / "missing.yaml")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: config file {tmp_path / 'missing.yaml'} does not exist"
-    (tmp_path / "bad.yaml").write_text("models: [1, 2]\n")
-    assert table1_main([str(tmp_path / "bad.yaml")]) == 2
-    assert "has no `models:` mapping" in capsys.readouterr().err
 
 
 HF_SPEC = {"group": "yarn", "source": "hf", "repo_id": "x/Llama-2-7b", "revision": "main", "family": "llama2",

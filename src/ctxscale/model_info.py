@@ -1,4 +1,4 @@
-"""Compute accounting: C = 6 N D (Kaplan et al.), non-embedding parameters, the paper's Table 1, model info.
+"""Training compute C = 6 N D (Kaplan et al.) and the model-info files (``results/models/{model}.json``).
 
 - ``N`` = non-embedding parameters = total - input embedding - LM head (tied embeddings counted once, so
   a tied model loses one ``vocab x hidden`` matrix, an untied one two). Counted analytically from a
@@ -7,14 +7,10 @@
   four RMSNorms per layer). Every count includes the final norm. Checked in the tests against
   ``transformers`` models built on the meta device and against the paper's Table 1.
 - ``D`` = pretraining tokens + context-extension tokens (the paper's Table 1 adds 400 steps x 64
-  sequences x n_ctx of YaRN training to 2.0T).
-- Table 1 (spec §3.1): :data:`PAPER_TABLE1` holds the paper's values. Two rows cannot be reproduced
-  from C = 6 N D: the 4k base models, whose paper C (7.7719e22, 1.5227e23) exceeds 6 N x 2.0T
-  (7.7715e22, 1.5226e23) although every extended row matches 6 N (2T + extension) exactly. We use the
-  recomputed values (:data:`TABLE1_KNOWN_DISCREPANCIES`). The paper also lists 0.836B extension tokens at
-  32k where 400 x 64 x 32768 = 0.839B; C agrees to 4 significant figures either way.
+  sequences x n_ctx of YaRN training to 2.0T). The paper's Table 1 itself, beside ours, is built by
+  :func:`ctxscale.tables.table1`.
 
-Model info step (``python -m ctxscale.compute model-info``; contract in docs/architecture.md): for
+Model info step (``python -m ctxscale.model_info``; contract in docs/architecture.md): for
 ``source: hf`` the numbers come from the model's config entry; with ``--checkpoint DIR`` holding a
 ``config.json`` N is also counted and a disagreement is logged (the config value is kept, it is what
 the paper used); ``source: local`` likewise, N counted from the checkpoint when the entry has none. For ``source: tiny`` the checkpoint's ``ctxscale_training.json`` gives the numbers
@@ -25,45 +21,21 @@ keeps the training's tokens fed, tokens at a non-zero LR and validation loss by 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from ctxscale.config import built_by_extension
 from ctxscale.errors import UserError
 from ctxscale.files import read_json_object
+from ctxscale.steps import cli_main, parse_json_option, parse_step_args, step_parser
 
 log = logging.getLogger(__name__)
 
 FLOPS_PER_PARAM_TOKEN = 6
 TRAINING_FILE = "ctxscale_training.json"
-TABLE1_COLUMNS = ["model", "base", "n_ctx", "N", "D", "C"]
-
-# The paper's Table 1 (spec §3.1): base model, context limit, non-embedding parameters, tokens as
-# printed ("2.0T + 0.210B"), and the paper's C.
-PAPER_TABLE1 = pd.DataFrame(
-    [(base, n_ctx, n_params, 2.0e12 + ext_billions * 1e9, c_paper)
-     for base, n_params, rows in (
-        ("llama2-7b", 6_476_271_616, ((4096, 0.0, 7.7719e22), (8192, 0.210, 7.7723e22), (16384, 0.419, 7.7732e22),
-                                      (32768, 0.836, 7.7748e22), (65536, 1.678, 7.7780e22),
-                                      (131072, 3.355, 7.7846e22))),
-        ("llama2-13b", 12_688_184_320, ((4096, 0.0, 1.5227e23), (8192, 0.210, 1.5227e23), (16384, 0.419, 1.5229e23),
-                                        (32768, 0.836, 1.5232e23), (65536, 1.678, 1.5239e23),
-                                        (131072, 3.355, 1.5251e23))))
-     for n_ctx, ext_billions, c_paper in rows],
-    columns=["base", "n_ctx", "N", "D", "C"])
-
-# (base, n_ctx) -> why the paper's C differs from 6 N D in the 4th significant figure.
-TABLE1_KNOWN_DISCREPANCIES = {
-    ("llama2-7b", 4096): "paper 7.7719e22, but 6 x 6,476,271,616 x 2.0e12 = 7.7715e22 (extended rows match 6ND)",
-    ("llama2-13b", 4096): "paper 1.5227e23, but 6 x 12,688,184,320 x 2.0e12 = 1.5226e23 (extended rows match 6ND)",
-}
 
 # model_type -> (RMSNorms per decoder layer, bias on q/k/v by default, bias on o_proj by default)
 _ARCHITECTURES = {
@@ -114,29 +86,8 @@ def total_params_from_config(config: dict) -> int:
     return non_embedding_params_from_config(config) + embedding * (1 if tied else 2)
 
 
-def _load_yaml(path) -> dict:
-    import yaml
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"config file {path} does not exist")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("models"), dict):
-        raise UserError(f"config file {path} has no `models:` mapping")
-    return config
-
-
-def _group_enabled(config: dict, group: str | None) -> bool:
-    groups = config.get("model_groups") or {}
-    entry = groups.get(group)
-    return True if entry is None else bool(entry.get("enabled", True))
-
-
 def read_model_info(paths) -> dict[str, dict]:
-    """Model-info files (``results/models/{model}.json``, written by :func:`model_info_main`) by model name
+    """Model-info files (``results/models/{model}.json``, written by :func:`main`) by model name
     (the file's ``model`` field, else its stem), each with a positive ``n_ctx`` and ``compute``: the one
     reader of these files (aggregation, tables, figures). Unreadable, incomplete or doubled files are user
     errors that name the file."""
@@ -153,62 +104,6 @@ def read_model_info(paths) -> dict[str, dict]:
             raise UserError(f"model {name!r} has more than one model-info file")
         infos[name] = {**info, "model": name}
     return infos
-
-
-def table1(config: dict, models_dir="results/models", include_disabled: bool = False) -> pd.DataFrame:
-    """Table 1 (model, base, n_ctx, N, D, C) for the models of a workflow config.
-
-    Only models of enabled groups unless ``include_disabled``. Models with ``source: tiny`` carry no
-    numbers in the config: their row is read from ``models_dir/{model}.json`` when it exists, else N, D
-    and C are missing (NaN, printed N/A).
-    """
-    rows = []
-    for name, spec in (config.get("models") or {}).items():
-        if not include_disabled and not _group_enabled(config, spec.get("group")):
-            continue
-        n_params, tokens = spec.get("non_embedding_params"), None
-        if spec.get("pretrain_tokens") is not None:
-            tokens = float(spec["pretrain_tokens"]) + float(spec.get("extension_tokens") or 0)
-        measured = spec.get("source") == "tiny" or (
-            built_by_extension(config, name) and config.get("extension", {}).get("compute_tokens", "config") != "config"
-        )
-        if measured or n_params is None or tokens is None:
-            info_path = Path(models_dir) / f"{name}.json"
-            if info_path.exists():
-                info = read_model_info([info_path])[name]
-                try:
-                    n_params = int(info["non_embedding_params"])
-                    tokens = float(info["pretrain_tokens"]) + float(info["extension_tokens"])
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise UserError(f"model-info file {info_path} is unreadable or incomplete ({exc})") from None
-            else:
-                n_params, tokens = None, None
-        compute = float(training_compute(n_params, tokens)) if n_params is not None else math.nan
-        rows.append({"model": name, "base": spec.get("base"), "n_ctx": int(spec["n_ctx"]),
-                     "N": n_params, "D": tokens if tokens is not None else math.nan, "C": compute})
-    frame = pd.DataFrame(rows, columns=TABLE1_COLUMNS)
-    frame["N"] = frame["N"].astype("Int64")
-    return frame
-
-
-def format_table1(frame: pd.DataFrame, style: str = "text") -> str:
-    def n_text(v):
-        return "N/A" if pd.isna(v) else f"{int(v):,}"
-
-    def d_text(v):
-        return "N/A" if pd.isna(v) else f"{v:,.0f}"
-
-    shown = pd.DataFrame({"model": frame["model"], "base": frame["base"], "n_ctx": frame["n_ctx"],
-                          "N": frame["N"].map(n_text), "D": frame["D"].map(d_text),
-                          "C": frame["C"].map(lambda v: "N/A" if pd.isna(v) else f"{v:.4e}")})
-    if style == "csv":
-        return frame.to_csv(index=False).rstrip("\n")
-    if style == "markdown":
-        header = "| " + " | ".join(shown.columns) + " |"
-        lines = [header, "|" + "---|" * len(shown.columns)]
-        lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-        return "\n".join(lines)
-    return shown.to_string(index=False)
 
 
 def model_info(model: str, spec: dict, checkpoint=None) -> dict:
@@ -305,62 +200,22 @@ def _extension_numbers(model: str, spec: dict, checkpoint: Path | None) -> tuple
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def model_info_main(argv=None) -> int:
-    """``python -m ctxscale.compute model-info --model NAME --spec JSON [--checkpoint DIR] --out PATH``."""
-    from ctxscale.steps import handle_user_errors, parse_json_option, setup_logging
-    from ctxscale.fitting import write_json_atomic
-
-    parser = argparse.ArgumentParser(prog="ctxscale model-info", description="Write a model-info JSON (N, D, C).")
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ctxscale.model_info --model NAME --spec JSON [--checkpoint DIR] --out PATH``."""
+    parser = step_parser("ctxscale model-info", "Write a model-info JSON (N, D, C).")
     parser.add_argument("--model", required=True, help="model name (key of the config's models:)")
     parser.add_argument("--spec", required=True, help="the model's config entry as a JSON string")
     parser.add_argument("--checkpoint", help="checkpoint directory (tiny, extend: required; hf: optional N cross-check)")
     parser.add_argument("--out", required=True, help="output JSON path")
-    args = parser.parse_args(argv)
-    setup_logging()
+    args = parse_step_args(parser, argv)
+    from ctxscale.fitting import write_json_atomic  # scipy and the fitting stack load only when the step runs
 
-    def body():
-        spec = parse_json_option(args.spec, "--spec")
-        info = model_info(args.model, spec, args.checkpoint)
-        write_json_atomic(args.out, info)
-        log.info("%s: N = %s, D = %.4g, C = %.4e", args.model, f"{info['non_embedding_params']:,}",
-                 info["pretrain_tokens"] + info["extension_tokens"], info["compute"])
-        return 0
-
-    return handle_user_errors(body)
-
-
-def table1_main(argv=None) -> int:
-    """``ctxscale table1 CONFIG.yaml``: print Table 1 for the config's (enabled) models."""
-    from ctxscale.steps import handle_user_errors
-
-    parser = argparse.ArgumentParser(prog="ctxscale table1", description="Print Table 1 (N, D, C = 6ND).")
-    parser.add_argument("config", help="workflow config (YAML)")
-    parser.add_argument("--all", action="store_true", help="include models of disabled groups")
-    parser.add_argument("--models-dir", default="results/models", help="model-info files for tiny models")
-    parser.add_argument("--format", default="text", choices=("text", "markdown", "csv"))
-    parser.add_argument("--out", help="also write the table (CSV) here")
-    args = parser.parse_args(argv)
-
-    def body():
-        frame = table1(_load_yaml(args.config), args.models_dir, args.all)
-        if frame.empty:
-            raise UserError(f"{args.config}: no models in enabled groups (use --all)")
-        print(format_table1(frame, args.format))
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            frame.to_csv(args.out, index=False)
-        return 0
-
-    return handle_user_errors(body)
-
-
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"model-info": model_info_main, "table1": table1_main}
-    if not argv or argv[0] not in commands:
-        print("usage: python -m ctxscale.compute {model-info,table1} ...", file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    return commands[argv[0]](argv[1:])
+    info = model_info(args.model, parse_json_option(args.spec, "--spec"), args.checkpoint)
+    write_json_atomic(args.out, info)
+    log.info("%s: N = %s, D = %.4g, C = %.4e", args.model, f"{info['non_embedding_params']:,}",
+             info["pretrain_tokens"] + info["extension_tokens"], info["compute"])
+    return 0
 
 
 if __name__ == "__main__":
