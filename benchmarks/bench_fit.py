@@ -20,7 +20,8 @@ import time
 
 import pandas as pd
 
-from ctxscale.experiments import EXPERIMENTS, FitSettings, run_experiment, select_cells
+from ctxscale.experiments import EXPERIMENTS, run_experiment
+from ctxscale.fit_inputs import FitSettings, select_cells
 from ctxscale.fitting import bootstrap_law, fit_law, FitData
 from ctxscale.law import PAPER_CONTEXT_LIMITS, simulate_observations
 from ctxscale.observations import validate_observations

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ctxscale.compare import compare_laws
-from ctxscale.experiments import FitSettings
+from ctxscale.fit_inputs import FitSettings
 from ctxscale.external import helmet_observations, pythia_observations, ruler_observations
 from ctxscale.files import atomic_write
 from ctxscale.observations import load_observations

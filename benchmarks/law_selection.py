@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctxscale.experiments import FitSettings, select_cells
+from ctxscale.fit_inputs import FitSettings, select_cells
 from ctxscale.external import (cerebras_observations, helmet_observations, mir_observations, pythia_observations,
                                ruler_observations)
 from ctxscale.files import atomic_write

@@ -7,7 +7,7 @@ import pytest
 
 from ctxscale.cli import main
 from ctxscale.compare import COLUMNS, compare_task, information_criteria
-from ctxscale.experiments import FitSettings, select_cells
+from ctxscale.fit_inputs import FitSettings, select_cells
 from ctxscale.law import LawSpec, simulate_observations
 
 TRUTH = {"log10_C50": 22.0, "alpha": 0.4, "log10_n50": 2.8, "beta": 0.6}

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from ctxscale.errors import UserError
-from ctxscale.experiments import (CellSet, FitSettings, context_agnostic, held_out_compute, held_out_context,
-                                  in_distribution, leave_one_model_out, no_penalty, regression_metrics,
-                                  run_experiment, select_cells)
+from ctxscale.experiments import (context_agnostic, held_out_compute, held_out_context, in_distribution,
+                                  leave_one_model_out, no_penalty, regression_metrics, run_experiment)
+from ctxscale.fit_inputs import CellSet, FitSettings, select_cells
 from ctxscale.fitting import FitResult
 from ctxscale.law import PAPER_CONTEXT_LIMITS, simulate_observations
 from ctxscale.observations import validate_observations

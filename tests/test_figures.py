@@ -20,7 +20,8 @@ import pytest
 from matplotlib.collections import PathCollection, PolyCollection
 
 from ctxscale import figures
-from ctxscale.experiments import FitSettings, run_experiment, select_cells
+from ctxscale.experiments import run_experiment
+from ctxscale.fit_inputs import FitSettings, select_cells
 from ctxscale.fitting import load_fit, write_json_atomic
 from ctxscale.law import paper_law
 

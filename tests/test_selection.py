@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctxscale.experiments import FitSettings, select_cells
+from ctxscale.fit_inputs import FitSettings, select_cells
 from ctxscale.law import LawSpec, simulate_observations
 from ctxscale.selection import (MARGIN, REFERENCE, auto_select, decide, inner_threshold, model_bootstrap,
                                 per_model_differences)

@@ -29,7 +29,8 @@ import pandas as pd
 from ctxscale import config as ctxconfig
 from ctxscale.errors import UserError
 from ctxscale.steps import cli_main, parse_step_args, step_parser
-from ctxscale.experiments import DEFAULT_TRAIN_MAX_N_PMT, FitSettings, held_out_context, leave_one_model_out, select_cells
+from ctxscale.experiments import DEFAULT_TRAIN_MAX_N_PMT, held_out_context, leave_one_model_out
+from ctxscale.fit_inputs import FitSettings, select_cells
 from ctxscale.law import LAWS, LawSpec, resolve_law
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ import hashlib
 import logging
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +46,12 @@ from ctxscale.steps import cli_main, parse_step_args, step_parser
 from ctxscale.fitting import (BOOTSTRAP_REFITS, BOOTSTRAP_UNITS, DEFAULT_BOOTSTRAP_REPLICATES,
                               DEFAULT_BOOTSTRAP_UNIT, DEFAULT_LAW, DEFAULT_MAX_EXPONENT, DEFAULT_OBJECTIVE,
                               DEFAULT_PENALTY, DEFAULT_SEEDS, OBJECTIVES,
-                              ROBUST_SCALE, FitData, LawFit, bootstrap_law, check_max_exponent, fit_law,
+                              ROBUST_SCALE, FitData, LawFit, bootstrap_law, fit_law,
                               library_versions,
                               prediction_interval, write_json_atomic)
+from ctxscale.fit_inputs import CellSet, FitSettings, select_cells
 from ctxscale.law import LAW_CHOICES, PENALTIES, LawSpec
-from ctxscale.observations import load_observations, select_task, task_cells
+from ctxscale.observations import load_observations
 
 log = logging.getLogger(__name__)
 
@@ -60,96 +61,6 @@ DEFAULT_TRAIN_MAX_N_PMT = ctxconfig.schema_defaults("experiment")["train_max_n_p
 # Experiments whose fits carry bootstrap intervals in the workflow (parameter table, held-out bands).
 BOOTSTRAPPED_EXPERIMENTS = ("in-distribution", "held-out-context", "held-out-compute")
 SCHEMA_VERSION = 1
-
-
-@dataclass
-class FitSettings:
-    """Settings shared by every experiment (the paper-silent defaults of spec §2/§8)."""
-
-    penalty: str = DEFAULT_PENALTY
-    penalty_width: float | None = None
-    law: str = DEFAULT_LAW
-    floor: float | None = None
-    objective: str = DEFAULT_OBJECTIVE
-    seeds: tuple = DEFAULT_SEEDS
-    bootstrap: int = 0
-    bootstrap_seed: int = 0
-    bootstrap_unit: str = DEFAULT_BOOTSTRAP_UNIT
-    bootstrap_refit: str = "global"
-    level: float = 0.95
-    robust_scale: float = ROBUST_SCALE
-    max_exponent: float = DEFAULT_MAX_EXPONENT
-
-    def __post_init__(self):
-        self.seeds = tuple(int(s) for s in self.seeds)
-        self.max_exponent = check_max_exponent(self.max_exponent)
-        if self.objective not in OBJECTIVES:
-            raise UserError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if self.bootstrap_unit not in BOOTSTRAP_UNITS:
-            raise UserError(f"unknown bootstrap unit {self.bootstrap_unit!r}; choose one of {', '.join(BOOTSTRAP_UNITS)}")
-        if self.bootstrap_refit not in BOOTSTRAP_REFITS:
-            raise UserError(f"unknown bootstrap refit {self.bootstrap_refit!r}; choose one of {', '.join(BOOTSTRAP_REFITS)}")
-        if self.bootstrap < 0:
-            raise UserError("--bootstrap must be >= 0")
-        if not 0 < self.level < 1:
-            raise UserError(f"--level must lie strictly between 0 and 1, got {self.level}")
-
-    def spec(self, model_form: str = "context-aware") -> LawSpec:
-        if model_form != "context-aware":
-            return LawSpec(model_form)
-        return LawSpec(model_form, self.penalty, self.penalty_width, self.law, self.floor)
-
-
-@dataclass
-class CellSet:
-    """The cells of one task a fit sees, plus the per-dataset parts each averaged cell came from."""
-
-    task: str
-    cells: pd.DataFrame
-    parts: pd.DataFrame | None
-    datasets: list = field(default_factory=list)
-    per_dataset: bool = False
-
-    def subset(self, mask) -> "CellSet":
-        mask = np.asarray(mask, dtype=bool)
-        cells = self.cells[mask].reset_index(drop=True)
-        parts = None
-        if self.parts is not None:
-            new_index = np.full(len(self.cells), -1)
-            new_index[mask] = np.arange(mask.sum())
-            parts = self.parts[mask[self.parts["cell"].to_numpy()]].copy()
-            parts["cell"] = new_index[parts["cell"].to_numpy()]
-        return CellSet(self.task, cells, parts, self.datasets, self.per_dataset)
-
-    @property
-    def models(self) -> list:
-        return sorted(self.cells["model"].unique())
-
-
-def select_cells(observations: pd.DataFrame, task: str, datasets=None, per_dataset: bool = False,
-                 models=None, exclude_models=None) -> CellSet:
-    """The cells of ``task``: averaged over its datasets (default) or one per dataset (``per_dataset``)."""
-    rows = select_task(observations, task, datasets)
-    known = sorted(rows["model"].unique())
-    for names, flag in ((models, "--models"), (exclude_models, "--exclude-models")):
-        unknown = [m for m in names or () if m not in known]
-        if unknown:
-            raise UserError(f"unknown model(s) {', '.join(unknown)} in {flag}; task {task} has {', '.join(known)}")
-    if models:
-        rows = rows[rows["model"].isin(models)]
-    if exclude_models:
-        rows = rows[~rows["model"].isin(exclude_models)]
-    if rows.empty:
-        raise UserError(f"no observations left for task {task} after the model filters")
-    rows = rows.sort_values(["model", "dataset", "n_shots"], kind="stable").reset_index(drop=True)
-    used = sorted(rows["dataset"].unique())
-    if per_dataset:
-        return CellSet(task, rows, None, used, True)
-    cells = task_cells(rows).reset_index(drop=True)
-    position = {key: i for i, key in enumerate(zip(cells["model"], cells["n_shots"]))}
-    parts = rows[["model", "dataset", "n_shots", "score", "n_instances"]].copy()
-    parts["cell"] = [position[key] for key in zip(parts["model"], parts["n_shots"])]
-    return CellSet(task, cells, parts, used, False)
 
 
 def regression_metrics(observed, predicted, n_pmt, n_ctx) -> dict:

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ctxscale.errors import UserError
-from ctxscale.experiments import CellSet, FitSettings
+from ctxscale.fit_inputs import CellSet, FitSettings
 from ctxscale.fitting import FitData, bounds_summary, fit_law
 from ctxscale.law import LAWS, LawSpec, resolve_law
 
