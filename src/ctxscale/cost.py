@@ -1,0 +1,336 @@
+"""What a run will cost: the tokens of every evaluate job and their roofline GPU time (``ctxscale plan --cost``).
+
+**Tokens, per evaluate job and shot count k** (``n`` instances):
+
+- *submitted*: the prompt tokens sent to the engine, BOS included; with no prefix reuse (the ``hf`` backend,
+  or vLLM without ``enable_prefix_caching``) every one of them is prefilled.
+- *prefilled with reuse*: vLLM's automatic prefix cache. vLLM hashes a prompt in full blocks of
+  ``block_size`` tokens (the hash of a block chains its predecessors', so a block matches only behind an
+  identical prefix; a trailing partial block is never cached) and, of a new prompt, reuses the longest run of
+  leading blocks already in the cache, at most ``(length - 1) // block_size`` of them (the last token is
+  always computed, for its logits). :func:`vllm_cached_tokens` replays exactly that over token ids. Shot
+  counts run in ascending order in one engine, and the model assumes the KV pool keeps a job's distinct
+  prefix blocks (no eviction), true for the paper's nested shots, whose k-shot prompts share one prefix.
+- *decode*: ``max_new_tokens`` × instances, an upper bound (generation stops earlier at a stop string);
+  where results exist (``results/eval/<model>/<dataset>/shots_<k>.samples.jsonl.gz``) and a tokenizer is
+  at hand, the tokens each instance generated: its raw response's tokens plus one for the stop (capped at
+  the budget).
+
+Each figure is a ``count`` or a ``bound``. Prompt tokens are counted from the prepared data with the family's
+tokenizer (``resources/tokenizers/<family>``): with nested shots (the paper's) a k-shot prompt is
+``BOS + shot_block[k] + query`` (the manifest's token profile, :func:`ctxscale.datasets.prompt_token_profile`,
+and each query tokenized: a count up to BPE merges where the query meets the block, a token or two); with
+per-instance shot orders every prompt is tokenized and replayed through :func:`vllm_cached_tokens`. Without
+the tokenizer they are bounded from the profile (every query as long as the longest), and before the data is
+prepared from the length filter, as the GPU plan bounds them (:func:`ctxscale.plan.bound_prompt_tokens`:
+every shot and query ``max_length_per_example`` tokens, ``max_eval_samples`` instances). Reuse of a bound is
+bounded too: a non-first prompt of a shot count prefills at most its query plus ``block_size - 1`` tokens.
+
+**Roofline time.** N is every parameter, L layers, d the hidden size (``config.json`` alone, weights from the
+parameter count, :mod:`ctxscale.plan`). A token at position t (t tokens before it) costs
+``2 N + 4 L d t`` FLOPs: the weight products, and attention's ``Q K^T`` and ``P V`` over t positions (2
+FLOPs a multiply-add, 2 products of d per layer; grouped-query attention shares K and V but not these FLOPs).
+A prompt of length l with c cached tokens costs ``sum_{t=c}^{l-1} (2 N + 4 L d t)``.
+
+- *Prefill* is compute-bound: its FLOPs / (peak bf16 FLOP/s × tensor-parallel GPUs).
+- *Decode* is memory-bound: each step of a batch of B sequences reads the weights once (bytes at the
+  evaluation's dtype) plus the KV cache, ``2 L kv_heads head_dim`` values a token. **vLLM** (V1,
+  FlashAttention backend) uses cascade attention when the batch's common prefix is at least 256 tokens and it
+  runs at least 8 sequences: the shared shot block is read once per step, each sequence's own tokens once each.
+  vLLM runs every instance of a shot count at once, up to 256 sequences (its ``max_num_seqs``) and what the
+  KV pool (:class:`ctxscale.plan.JobPlan`) holds beside the shared prefix. **hf** (transformers ``generate``)
+  has no cascade: each of its ``batch_size`` sequences reads its whole cache, shared prefix included, each
+  step; hf prefills without reuse. A step takes the longer of its bytes / (bandwidth × GPUs) and its FLOPs
+  / (peak × GPUs); a shot count takes ``ceil(n / B)`` batches of (decode tokens / n) steps.
+
+Roofline times are ideals: real kernels reach a fraction of peak (prefill often 40-70 %, decode 50-80 % of
+bandwidth), so read them as lower bounds. GPU-hours = (prefill + decode seconds) × the job's GPUs / 3600.
+
+**Extension (training) jobs**: ``6 N × tokens`` FLOPs (tokens = updates × global batch × n_ctx of the recipe)
+at ``cost.training_mfu`` of peak; GPU-hours do not depend on the GPU count.
+
+The GPU presets (``cost.gpus``: peak dense bf16 FLOP/s, memory bandwidth, memory as nvidia-smi reports it)
+are config values; the defaults are NVIDIA's datasheets (H100 SXM 80 GB: 989 TFLOP/s dense bf16 (1,979 with
+sparsity), 3.35 TB/s; H200 141 GB: 989 TFLOP/s, 4.8 TB/s; https://www.nvidia.com/en-us/data-center/h100/,
+https://www.nvidia.com/en-us/data-center/h200/). Each preset re-plans the jobs for its memory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ctxscale.errors import UserError
+
+# vLLM's KV block size on CUDA when the config leaves it null (vllm.config.CacheConfig, 0.32).
+VLLM_DEFAULT_BLOCK_SIZE = 16
+# vLLM's default cap on sequences per step (SchedulerConfig.max_num_seqs).
+VLLM_MAX_NUM_SEQS = 256
+# vLLM V1 FlashAttention's cascade conditions (flash_attn.use_cascade_attention): common prefix and batch.
+CASCADE_MIN_PREFIX, CASCADE_MIN_SEQUENCES = 256, 8
+COUNT, BOUND = "count", "bound"
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU preset of ``cost.gpus``."""
+
+    name: str
+    description: str
+    peak_flops: float  # dense bf16 FLOP/s
+    bandwidth: float  # memory bytes/s
+    memory_gib: float  # as nvidia-smi reports it (the plan's gpu_memory_gib)
+
+    @classmethod
+    def from_config(cls, name: str, entry: Mapping[str, Any]) -> Gpu:
+        return cls(name=name, description=str(entry["description"]), peak_flops=float(entry["peak_bf16_tflops"]) * 1e12,
+                   bandwidth=float(entry["memory_bandwidth_tbps"]) * 1e12, memory_gib=float(entry["memory_gib"]))  # fmt: skip
+
+
+def gpu_presets(config: Mapping[str, Any]) -> dict[str, Gpu]:
+    return {name: Gpu.from_config(name, entry) for name, entry in config["cost"]["gpus"].items()}
+
+
+# ------------------------------------------------------------------------------------------ tokens
+
+
+@dataclass
+class ShotTokens:
+    """The prompts of one shot count: each prompt's length and the tokens vLLM's prefix cache serves it."""
+
+    shots: int
+    lengths: np.ndarray  # tokens per prompt, BOS included
+    cached: np.ndarray  # tokens per prompt served from the prefix cache (vLLM, block granularity)
+    shared_prefix: int  # tokens every prompt shares (the cascade-attention prefix); 0 if none
+    prompt_kind: str  # COUNT or BOUND
+    decode: int = 0  # generated tokens (all instances)
+    decode_kind: str = BOUND
+
+    @property
+    def instances(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def submitted(self) -> int:
+        return int(self.lengths.sum())
+
+    @property
+    def prefilled_with_reuse(self) -> int:
+        return int((self.lengths - self.cached).sum())
+
+
+def vllm_cached_tokens(prompts: Iterable[Sequence[int]], block_size: int, seen: set | None = None) -> list[int]:
+    """Tokens of each prompt, in order, that vLLM's prefix cache serves: the leading full blocks whose chained
+    hash an earlier prompt (or ``seen``, updated in place) produced, at most ``(len - 1) // block_size``."""
+    seen = set() if seen is None else seen
+    cached = []
+    for ids in prompts:
+        usable, parent, hit = (len(ids) - 1) // block_size, None, 0
+        for block in range(len(ids) // block_size):
+            parent = hash((parent, tuple(ids[block * block_size : (block + 1) * block_size])))
+            if hit == block and block < usable and parent in seen:
+                hit += 1
+            seen.add(parent)
+        cached.append(hit * block_size)
+    return cached
+
+
+def shared_prefix_cached(lengths: np.ndarray, shared: int, first_shared: int, block_size: int) -> np.ndarray:
+    """Cached tokens of prompts that all begin with one ``shared``-token prefix, the first of which finds only
+    ``first_shared`` tokens of it in the cache (the previous shot count's prefix)."""
+    prefix = np.full(len(lengths), shared)
+    if len(prefix):
+        prefix[0] = min(first_shared, shared)
+    return (np.minimum(prefix, lengths - 1) // block_size) * block_size
+
+
+def bounded_shot_tokens(shots: int, instances: int, shared: int, query: int, block_size: int,
+                        max_prompt_tokens: int | None = None) -> ShotTokens:  # fmt: skip
+    """Every prompt ``shared + query`` tokens long (bounds), at most ``max_prompt_tokens`` (a longer prompt is
+    refused, not submitted); a non-first prompt prefills at most its query plus ``block_size - 1`` tokens of the
+    shared prefix's partial block, the first prompt all of it."""
+    length = shared + query if max_prompt_tokens is None else min(shared + query, max_prompt_tokens)
+    lengths = np.full(instances, length, dtype=np.int64)
+    cached = np.maximum(0, lengths - (query + block_size - 1))
+    if instances:
+        cached[0] = 0
+    return ShotTokens(shots, lengths, cached, shared, BOUND)
+
+
+def length_bound_tokens(shots: Sequence[int], instances: int, max_length_per_example: int, block_size: int,
+                        max_prompt_tokens: int | None = None) -> list[ShotTokens]:  # fmt: skip
+    """Before the data is prepared: every shot and query ``max_length_per_example`` tokens, plus BOS (the GPU
+    plan's bound, :func:`ctxscale.plan.bound_prompt_tokens`)."""
+    from ctxscale.plan import bound_prompt_tokens
+
+    return [bounded_shot_tokens(k, instances, bound_prompt_tokens(max_length_per_example, k) - max_length_per_example,
+                                max_length_per_example, block_size, max_prompt_tokens) for k in shots]  # fmt: skip
+
+
+def profile_bound_tokens(manifest: Mapping[str, Any], shots: Sequence[int], instances: int, block_size: int,
+                         max_prompt_tokens: int | None = None) -> list[ShotTokens]:  # fmt: skip
+    """From the manifest's token profile alone (no tokenizer): every query as long as the longest."""
+    from ctxscale.plan import BOUNDARY_MARGIN
+
+    profile = manifest["prompt_tokens"]
+    return [bounded_shot_tokens(k, instances, int(profile["bos"]) + int(profile["shot_block"][k]),
+                                int(profile["max_query"]) + BOUNDARY_MARGIN, block_size, max_prompt_tokens)
+            for k in shots]  # fmt: skip
+
+
+def counted_tokens(data_dir: str | Path, tokenizer, shots: Sequence[int], block_size: int,
+                   max_samples: int | None = None, max_prompt_tokens: int | None = None) -> list[ShotTokens]:  # fmt: skip
+    """Counts from the prepared data and the tokenizer (module docstring). Prompts longer than
+    ``max_prompt_tokens`` are refused by the evaluate step, so they are not submitted."""
+    from ctxscale.datasets import load_tokenizer, prompt_token_profile, read_prepared, shot_order_of
+
+    prepared = read_prepared(data_dir)
+    tokenizer = load_tokenizer(tokenizer)
+    manifest, test = prepared.manifest, prepared.test[:max_samples] if max_samples else prepared.test
+    limit = max_prompt_tokens if max_prompt_tokens is not None else math.inf
+    results: list[ShotTokens] = []
+    if shot_order_of(manifest)["kind"] == "per-instance":
+        seen: set = set()
+        for k in sorted(shots):
+            ids = [tokenizer(prepared.prompt(row["input"], k, row["id"])).input_ids for row in test]
+            ids = [i for i in ids if len(i) <= limit]
+            cached = vllm_cached_tokens(ids, block_size, seen)
+            results.append(ShotTokens(k, np.array([len(i) for i in ids], dtype=np.int64), np.array(cached, dtype=np.int64),
+                                      0, COUNT))  # fmt: skip
+        return results
+    m = manifest
+    profile = m.get("prompt_tokens") or prompt_token_profile(tokenizer, prepared.shots, test, m["prefix"], m["suffix"],
+                                                             m["separator"])  # fmt: skip
+    queries = [(m["prefix"] + row["input"] + m["suffix"]).rstrip() for row in test]
+    query_tokens = np.array([len(i) for i in tokenizer(queries, add_special_tokens=False)["input_ids"]], dtype=np.int64)
+    previous_shared = 0
+    for k in sorted(shots):
+        shared = int(profile["bos"]) + int(profile["shot_block"][k])
+        lengths = shared + query_tokens
+        lengths = lengths[lengths <= limit]
+        results.append(ShotTokens(k, lengths, shared_prefix_cached(lengths, shared, previous_shared, block_size),
+                                  shared, COUNT))  # fmt: skip
+        previous_shared = shared
+    return results
+
+
+def add_decode_tokens(tokens: list[ShotTokens], budget: int, results_dir: str | Path | None, tokenizer) -> None:
+    """Decode tokens per shot count: what each instance generated where samples and a tokenizer exist (its
+    response's tokens plus the stop, at most ``budget``), else ``budget`` × instances (a bound)."""
+    for entry in tokens:
+        entry.decode, entry.decode_kind = budget * entry.instances, BOUND
+        samples = Path(results_dir) / f"shots_{entry.shots}.samples.jsonl.gz" if results_dir else None
+        if tokenizer is None or samples is None or not samples.is_file():
+            continue
+        with gzip.open(samples, "rt", encoding="utf-8") as handle:
+            responses = [json.loads(line)["resps"][0][0] for line in handle if line.strip()]
+        counts = tokenizer(responses, add_special_tokens=False)["input_ids"] if responses else []
+        entry.decode, entry.decode_kind = sum(min(budget, len(ids) + 1) for ids in counts), COUNT
+
+
+# ------------------------------------------------------------------------------------------ roofline
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """What the roofline reads of a model and its job."""
+
+    params: int  # N, all parameters
+    layers: int
+    hidden: int
+    weight_bytes: int  # at the evaluation dtype
+    kv_bytes_per_token: int  # all GPUs together
+
+    def prefill_flops(self, lengths: np.ndarray, cached: np.ndarray) -> float:
+        """sum over prompts of sum_{t=c}^{l-1} (2 N + 4 L d t)."""
+        lengths, cached = lengths.astype(np.float64), cached.astype(np.float64)
+        positions = (lengths * (lengths - 1) - cached * (cached - 1)) / 2  # sum of t from c to l-1
+        return float((2 * self.params * (lengths - cached) + 4 * self.layers * self.hidden * positions).sum())
+
+
+def decode_seconds(roof: Roofline, entry: ShotTokens, gpu: Gpu, gpus: int, *, cascade: bool, batch: int) -> float:
+    """Roofline decode time of one shot count (module docstring); ``batch``: sequences decoded together."""
+    n = entry.instances
+    if n == 0 or entry.decode == 0:
+        return 0.0
+    steps = entry.decode / n  # per sequence
+    batch = max(1, min(batch, n))
+    own = float((entry.lengths - (entry.shared_prefix if cascade else 0)).mean()) + steps / 2  # mean over steps
+    kv_tokens = (entry.shared_prefix if cascade else 0) + batch * own
+    step_bytes = roof.weight_bytes + roof.kv_bytes_per_token * kv_tokens
+    context = float(entry.lengths.mean()) + steps / 2
+    step_flops = batch * (2 * roof.params + 4 * roof.layers * roof.hidden * context)
+    step_seconds = max(step_bytes / (gpu.bandwidth * gpus), step_flops / (gpu.peak_flops * gpus))
+    return math.ceil(n / batch) * steps * step_seconds
+
+
+@dataclass(frozen=True)
+class JobCost:
+    """One evaluate job on one GPU preset."""
+
+    gpu: str
+    model: str
+    dataset: str
+    backend: str
+    gpus: int
+    instances: int
+    submitted_tokens: int
+    prefilled_tokens_with_reuse: int
+    decode_tokens: int
+    prompt_kind: str
+    decode_kind: str
+    prefill_seconds: float
+    decode_seconds: float
+    gpu_hours: float
+
+
+def job_cost(*, gpu: Gpu, model: str, dataset: str, backend: str, prefix_caching: bool, hf_batch_size: int,
+             roof: Roofline, gpus: int, kv_pool_tokens: float, tokens: list[ShotTokens]) -> JobCost:  # fmt: skip
+    """Roofline time of one evaluate job from its tokens (module docstring)."""
+    reuse = backend == "vllm" and prefix_caching
+    prefill = decode = 0.0
+    for entry in tokens:
+        cached = entry.cached if reuse else np.zeros_like(entry.cached)
+        prefill += roof.prefill_flops(entry.lengths, cached) / (gpu.peak_flops * gpus)
+        if backend == "vllm":
+            cascade = reuse and entry.shared_prefix >= CASCADE_MIN_PREFIX
+            per_sequence = float(entry.lengths.mean() - (entry.shared_prefix if reuse else 0)) + entry.decode / max(1, entry.instances)
+            fits = (kv_pool_tokens - (entry.shared_prefix if reuse else 0)) // max(1.0, per_sequence)
+            batch = int(max(1, min(VLLM_MAX_NUM_SEQS, fits)))
+            cascade = cascade and min(batch, entry.instances) >= CASCADE_MIN_SEQUENCES
+        else:
+            cascade, batch = False, hf_batch_size
+        decode += decode_seconds(roof, entry, gpu, gpus, cascade=cascade, batch=batch)
+    kinds = {e.prompt_kind for e in tokens}
+    return JobCost(
+        gpu=gpu.name, model=model, dataset=dataset, backend=backend, gpus=gpus,
+        instances=sum(e.instances for e in tokens), submitted_tokens=sum(e.submitted for e in tokens),
+        prefilled_tokens_with_reuse=sum(e.prefilled_with_reuse for e in tokens),
+        decode_tokens=sum(e.decode for e in tokens), prompt_kind=BOUND if BOUND in kinds else COUNT,
+        decode_kind=BOUND if any(e.decode_kind == BOUND for e in tokens) else COUNT,
+        prefill_seconds=prefill, decode_seconds=decode, gpu_hours=(prefill + decode) * gpus / 3600,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainingCost:
+    """One extend job on one GPU preset: 6 N tokens FLOPs at the assumed MFU."""
+
+    gpu: str
+    model: str
+    gpus: int | None
+    tokens: int
+    flops: float
+    gpu_hours: float
+
+
+def training_cost(gpu: Gpu, *, model: str, params: int, tokens: int, mfu: float, gpus: int | None) -> TrainingCost:
+    flops = 6.0 * params * tokens
+    return TrainingCost(gpu=gpu.name, model=model, gpus=gpus, tokens=tokens, flops=flops,
+                        gpu_hours=flops / (gpu.peak_flops * mfu) / 3600)  # fmt: skip
