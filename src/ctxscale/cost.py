@@ -188,35 +188,66 @@ def counted_tokens(data_dir: str | Path, tokenizer, shots: Sequence[int], block_
                    max_samples: int | None = None, max_prompt_tokens: int | None = None) -> list[ShotTokens]:  # fmt: skip
     """Counts from the prepared data and the tokenizer (module docstring). Prompts longer than
     ``max_prompt_tokens`` are refused by the evaluate step, so they are not submitted."""
-    from ctxscale.datasets import load_tokenizer, prompt_token_profile, read_prepared, shot_order_of
+    from ctxscale.datasets import load_tokenizer, read_prepared, shot_order_of
 
     prepared = read_prepared(data_dir)
     tokenizer = load_tokenizer(tokenizer)
-    manifest, test = prepared.manifest, prepared.test[:max_samples] if max_samples else prepared.test
+    test = prepared.test[:max_samples] if max_samples else prepared.test
     limit = max_prompt_tokens if max_prompt_tokens is not None else math.inf
     results: list[ShotTokens] = []
-    if shot_order_of(manifest)["kind"] == "per-instance":
+    if shot_order_of(prepared.manifest)["kind"] == "per-instance":  # no shared block: replay every prompt
         seen: set = set()
         for k in sorted(shots):
             ids = [tokenizer(prepared.prompt(row["input"], k, row["id"])).input_ids for row in test]
             ids = [i for i in ids if len(i) <= limit]
             cached = vllm_cached_tokens(ids, block_size, seen)
-            results.append(ShotTokens(k, np.array([len(i) for i in ids], dtype=np.int64), np.array(cached, dtype=np.int64),
-                                      0, COUNT))  # fmt: skip
+            results.append(ShotTokens(k, np.array([len(i) for i in ids], dtype=np.int64),
+                                      np.array(cached, dtype=np.int64), 0, COUNT))  # fmt: skip
         return results
-    m = manifest
-    profile = m.get("prompt_tokens") or prompt_token_profile(tokenizer, prepared.shots, test, m["prefix"], m["suffix"],
-                                                             m["separator"])  # fmt: skip
+    return _nested_counts(prepared, test, tokenizer, sorted(shots), block_size, limit)
+
+
+def _nested_counts(prepared, test, tokenizer, shots: list[int], block_size: int, limit: float) -> list[ShotTokens]:
+    """Nested shots: a k-shot prompt is BOS + the first ``shot_block[k]`` tokens of the whole shot block
+    (tokenized once, cut at shot ends) + its query. Every prompt of k shares the full blocks of that prefix;
+    what lies behind them (the prefix's partial block and the query) is replayed by :func:`vllm_cached_tokens`,
+    and so is the first prompt of k against the previous shot count's prompts. Only the queries and one
+    block are tokenized, so a 511-shot dataset costs one pass over its longest prompt."""
+    import bisect
+
+    m = prepared.manifest
+    if shots and max(shots) > len(prepared.shots):
+        raise UserError(f"{m['dataset']}: {max(shots)} shots requested, the pool has {len(prepared.shots)}")
+    texts = [m["prefix"] + s["input"] + m["suffix"] + s["reference"] + m["separator"] for s in prepared.shots[: max(shots)]]
+    block = "".join(texts)
+    encoded = tokenizer(block, add_special_tokens=False, return_offsets_mapping=True) if block else {"input_ids": []}
+    block_ids = list(encoded["input_ids"])
+    ends = np.cumsum([len(t) for t in texts]).tolist()
+    starts = [start for start, _ in encoded.get("offset_mapping", [])]
+    bos = list(tokenizer("", add_special_tokens=True)["input_ids"])
     queries = [(m["prefix"] + row["input"] + m["suffix"]).rstrip() for row in test]
-    query_tokens = np.array([len(i) for i in tokenizer(queries, add_special_tokens=False)["input_ids"]], dtype=np.int64)
-    previous_shared = 0
-    for k in sorted(shots):
-        shared = int(profile["bos"]) + int(profile["shot_block"][k])
-        lengths = shared + query_tokens
-        lengths = lengths[lengths <= limit]
-        results.append(ShotTokens(k, lengths, shared_prefix_cached(lengths, shared, previous_shared, block_size),
-                                  shared, COUNT))  # fmt: skip
-        previous_shared = shared
+    query_ids = tokenizer(queries, add_special_tokens=False)["input_ids"] if queries else []
+    results, previous = [], None  # previous: (shared prefix ids, its full blocks, the replay's seen set)
+    for k in shots:
+        # tokens that start before the k-th shot's end (a token straddling the boundary counts)
+        prefix = bos + block_ids[: bisect.bisect_left(starts, ends[k - 1]) if k else 0]
+        prompts = [prefix + list(q) for q in query_ids if len(prefix) + len(q) <= limit]
+        full = len(prefix) // block_size
+        seen: set = set()
+        behind = vllm_cached_tokens([p[full * block_size :] for p in prompts], block_size, seen)
+        cached = [full * block_size + hit if len(p) - 1 >= full * block_size else (len(p) - 1) // block_size * block_size
+                  for p, hit in zip(prompts, behind)]  # fmt: skip
+        if prompts:  # the first prompt finds only the earlier shot counts' blocks
+            first = 0
+            if previous is not None:
+                previous_full, previous_seen = previous[1], set(previous[2])
+                first = previous_full * block_size + vllm_cached_tokens(
+                    [prompts[0][previous_full * block_size :]], block_size, previous_seen)[0]  # fmt: skip
+                first = min(first, (len(prompts[0]) - 1) // block_size * block_size)
+            cached[0] = first
+        results.append(ShotTokens(k, np.array([len(p) for p in prompts], dtype=np.int64),
+                                  np.array(cached, dtype=np.int64), len(prefix), COUNT))  # fmt: skip
+        previous = (prefix, full, seen)
     return results
 
 
