@@ -219,7 +219,9 @@ def _nested_counts(prepared, test, tokenizer, shots: list[int], block_size: int,
     if shots and max(shots) > len(prepared.shots):
         raise UserError(f"{m['dataset']}: {max(shots)} shots requested, the pool has {len(prepared.shots)}")
     texts = [m["prefix"] + s["input"] + m["suffix"] + s["reference"] + m["separator"] for s in prepared.shots[: max(shots)]]
-    block = "".join(texts)
+    # followed by the prefix that follows every shot in a prompt (the next shot's or the query's), so the
+    # separator at a shot's end is split as the prompt splits it (BPE: "\n\n" before a letter is two tokens)
+    block = "".join(texts) + m["prefix"] if texts else ""
     encoded = tokenizer(block, add_special_tokens=False, return_offsets_mapping=True) if block else {"input_ids": []}
     block_ids = list(encoded["input_ids"])
     ends = np.cumsum([len(t) for t in texts]).tolist()
