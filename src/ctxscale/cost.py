@@ -89,8 +89,9 @@ class Gpu:
 
     @classmethod
     def from_config(cls, name: str, entry: Mapping[str, Any]) -> Gpu:
-        return cls(name=name, description=str(entry["description"]), peak_flops=float(entry["peak_bf16_tflops"]) * 1e12,
-                   bandwidth=float(entry["memory_bandwidth_tbps"]) * 1e12, memory_gib=float(entry["memory_gib"]))  # fmt: skip
+        return cls(name=name, description=str(entry["description"]),
+                   peak_flops=float(entry["peak_bf16_tflops"]) * 1e12,
+                   bandwidth=float(entry["memory_bandwidth_tbps"]) * 1e12, memory_gib=float(entry["memory_gib"]))
 
 
 def gpu_presets(config: Mapping[str, Any]) -> dict[str, Gpu]:
@@ -218,7 +219,8 @@ def _nested_counts(prepared, test, tokenizer, shots: list[int], block_size: int,
     m = prepared.manifest
     if shots and max(shots) > len(prepared.shots):
         raise UserError(f"{m['dataset']}: {max(shots)} shots requested, the pool has {len(prepared.shots)}")
-    texts = [m["prefix"] + s["input"] + m["suffix"] + s["reference"] + m["separator"] for s in prepared.shots[: max(shots)]]
+    texts = [m["prefix"] + shot["input"] + m["suffix"] + shot["reference"] + m["separator"]
+             for shot in prepared.shots[: max(shots)]]  # fmt: skip
     # followed by the prefix that follows every shot in a prompt (the next shot's or the query's), so the
     # separator at a shot's end is split as the prompt splits it (BPE: "\n\n" before a letter is two tokens)
     block = "".join(texts) + m["prefix"] if texts else ""
@@ -333,8 +335,9 @@ def job_cost(*, gpu: Gpu, model: str, dataset: str, backend: str, prefix_caching
         prefill += roof.prefill_flops(entry.lengths, cached) / (gpu.peak_flops * gpus)
         if backend == "vllm":
             cascade = reuse and entry.shared_prefix >= CASCADE_MIN_PREFIX
-            per_sequence = float(entry.lengths.mean() - (entry.shared_prefix if reuse else 0)) + entry.decode / max(1, entry.instances)
-            fits = (kv_pool_tokens - (entry.shared_prefix if reuse else 0)) // max(1.0, per_sequence)
+            shared = entry.shared_prefix if reuse else 0  # stored once in the KV pool, for every sequence
+            per_sequence = float(entry.lengths.mean()) - shared + entry.decode / max(1, entry.instances)
+            fits = (kv_pool_tokens - shared) // max(1.0, per_sequence)
             batch = int(max(1, min(VLLM_MAX_NUM_SEQS, fits)))
             cascade = cascade and min(batch, entry.instances) >= CASCADE_MIN_SEQUENCES
         else:

@@ -549,20 +549,21 @@ def format_cost(costs: Mapping[str, tuple[Any, list, list]]) -> str:
         for name in presets:
             other = costs[name][1][index]
             row[f"{name} GPUs"] = other.gpus
-            row[f"{name} GPU-h"] = round(other.gpu_hours, 3)
+            row[f"{name} GPU-h"] = other.gpu_hours
         rows.append(row)
     frame = pd.DataFrame(rows)
     lines = ["evaluate jobs (tokens: count or bound; GPU-hours: roofline, ctxscale.cost):", "",
-             frame.to_markdown(index=False), ""]  # fmt: skip
+             frame.to_markdown(index=False, floatfmt=".3g"), ""]  # fmt: skip
     hours = [f"{n} GPU-h" for n in presets]
     per_model = frame.groupby("model", sort=False)[["submitted", "prefilled (reuse)", "decode", *hours]].sum()
-    lines += ["per model:", "", per_model.reset_index().to_markdown(index=False), ""]
+    lines += ["per model:", "", per_model.reset_index().to_markdown(index=False, floatfmt=".4g"), ""]
     training = costs[first][2]
     if training:
         train_frame = pd.DataFrame([{"model": t.model, "GPUs": t.gpus, "tokens": t.tokens, "PFLOP": round(t.flops / 1e15),
-                                     **{f"{n} GPU-h": round(costs[n][2][i].gpu_hours, 1) for n in presets}}
+                                     **{f"{n} GPU-h": costs[n][2][i].gpu_hours for n in presets}}
                                     for i, t in enumerate(training)])  # fmt: skip
-        lines += ["extend jobs (6 N tokens FLOPs at cost.training_mfu):", "", train_frame.to_markdown(index=False), ""]
+        lines += ["extend jobs (6 N tokens FLOPs at cost.training_mfu):", "",
+                  train_frame.to_markdown(index=False, floatfmt=".4g"), ""]  # fmt: skip
     for name in presets:
         gpu, evaluate_jobs, extend_jobs = costs[name]
         evaluate_hours = sum(j.gpu_hours for j in evaluate_jobs)
