@@ -182,3 +182,10 @@ def test_plan_cost_of_the_paper_offline(tmp_path):
                             str(REPO / "config" / "config.yaml")], capture_output=True, text=True, cwd=tmp_path,
                            env=env, timeout=300)  # fmt: skip
     assert wrong.returncode == 2 and wrong.stderr == "error: --gpu a100: not a preset of cost.gpus (h100, h200)\n"
+
+
+def test_gpu_without_cost_is_refused(capsys):
+    from ctxscale import plan
+
+    assert plan.main(["--gpu", "h100", "--configfile", str(REPO / "config" / "config.yaml")]) == 2
+    assert capsys.readouterr().err == "error: --gpu selects a preset of --cost; add --cost\n"

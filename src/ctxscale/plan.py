@@ -29,7 +29,9 @@ plus the generation budget, capped at ``max_length``. The ``hf`` backend runs on
 or none (``device: cpu``) and is checked the same way with t = 1. A job that cannot fit fails before any
 model loads, with one line naming the model, the memory needed and the memory available.
 
-``ctxscale plan --configfile config/config.yaml`` prints the plan of every evaluate job as a table.
+``ctxscale plan --configfile config/config.yaml`` prints the plan of every evaluate job as a table; with
+``--cost``, what every evaluate and extend job will cost in tokens and GPU-hours (:mod:`ctxscale.cost`), each
+GPU preset of ``cost.gpus`` planned for its own memory.
 """
 
 from __future__ import annotations
@@ -580,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the GPU plan of every evaluate job (max_model_len, tensor parallel size, GPUs) and of "
         "every extend job (GPUs, per-GPU memory; ctxscale.plan_extension) for a workflow config. Uses prepared "
         "data and downloaded checkpoints where present; otherwise the length-filter bound and the hub's "
-        "config.json.",
+        "config.json. With --cost: what the run will cost (tokens, GPU-hours).",
     )
     parser.add_argument("--configfile", default="config/config.yaml", help="workflow config (default: the paper)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
