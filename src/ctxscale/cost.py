@@ -333,7 +333,7 @@ class JobCost:
     dataset: str
     backend: str
     gpus: int
-    instances: int
+    prompts: int  # instances × shot counts, refused prompts left out
     submitted_tokens: int
     prefilled_tokens_with_reuse: int
     decode_tokens: int
@@ -365,7 +365,7 @@ def job_cost(*, gpu: Gpu, model: str, dataset: str, backend: str, prefix_caching
     kinds = {e.prompt_kind for e in tokens}
     return JobCost(
         gpu=gpu.name, model=model, dataset=dataset, backend=backend, gpus=gpus,
-        instances=sum(e.instances for e in tokens), submitted_tokens=sum(e.submitted for e in tokens),
+        prompts=sum(e.instances for e in tokens), submitted_tokens=sum(e.submitted for e in tokens),
         prefilled_tokens_with_reuse=sum(e.prefilled_with_reuse for e in tokens),
         decode_tokens=sum(e.decode for e in tokens), prompt_kind=BOUND if BOUND in kinds else COUNT,
         decode_kind=BOUND if any(e.decode_kind == BOUND for e in tokens) else COUNT,

@@ -545,9 +545,9 @@ def format_cost(costs: Mapping[str, tuple[Any, list, list]]) -> str:
     first = presets[0]
     rows = []
     for index, job in enumerate(costs[first][1]):
-        row = {"model": job.model, "dataset": job.dataset, "instances": job.instances,
+        row = {"model": job.model, "dataset": job.dataset, "prompts": job.prompts,
                "submitted": job.submitted_tokens, "prefilled (reuse)": job.prefilled_tokens_with_reuse,
-               "decode": job.decode_tokens, "prompts": job.prompt_kind, "decode kind": job.decode_kind}  # fmt: skip
+               "decode": job.decode_tokens, "prompt kind": job.prompt_kind, "decode kind": job.decode_kind}  # fmt: skip
         for name in presets:
             other = costs[name][1][index]
             row[f"{name} GPUs"] = other.gpus
