@@ -647,3 +647,22 @@ def test_extension_jobs_of_a_config_and_unknown_architectures(tmp_path, monkeypa
     config["models"]["llama2-7b-pi-32k"]["extend"]["micro_batch"] = 0
     with pytest.raises(UserError, match="config error in models.llama2-7b-pi-32k.extend at micro_batch"):
         extension.plan_extension_config(config)
+
+
+def test_shipped_configs_are_the_fixtures_and_stand_in_offline(tmp_path, monkeypatch):
+    """The package's Llama-2 configs equal the test fixtures (the hub's files), and the plan falls back to them
+    by the model's base when the hub cannot be reached."""
+    from ctxscale import config as ctxconfig
+
+    for base, fixture in (("llama2-7b", "Llama-2-7b-hf"), ("llama2-13b", "Llama-2-13b-hf")):
+        assert plan.shipped_config(base) == json.loads((CONFIGS / f"{fixture}.json").read_text())
+    assert plan.shipped_config("qwen2.5-0.5b") is None and plan.shipped_config("") is None
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.chdir(tmp_path)
+    config = ctxconfig.load_config(REPO / "config" / "config.yaml")
+    arch, weight_bytes, where = plan._architecture_for(config, "llama2-13b-64k")
+    assert (arch.params, weight_bytes, where) == (13_015_864_320, None, "shipped config.json of llama2-13b")
+    config["models"]["llama2-13b-64k"]["base"] = "unknown"
+    with pytest.raises(UserError, match="llama2-13b-64k: not downloaded"):
+        plan._architecture_for(config, "llama2-13b-64k")

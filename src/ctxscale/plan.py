@@ -29,7 +29,9 @@ plus the generation budget, capped at ``max_length``. The ``hf`` backend runs on
 or none (``device: cpu``) and is checked the same way with t = 1. A job that cannot fit fails before any
 model loads, with one line naming the model, the memory needed and the memory available.
 
-``ctxscale plan --configfile config/config.yaml`` prints the plan of every evaluate job as a table.
+``ctxscale plan --configfile config/config.yaml`` prints the plan of every evaluate job as a table; with
+``--cost``, what every evaluate and extend job will cost in tokens and GPU-hours (:mod:`ctxscale.cost`), each
+GPU preset of ``cost.gpus`` planned for its own memory.
 """
 
 from __future__ import annotations
@@ -315,6 +317,9 @@ def _architecture_for(config: dict, model: str) -> tuple[Architecture | None, in
     try:
         path = hf_hub_download(spec["repo_id"], "config.json", revision=spec.get("revision", "main"))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as error:
+        shipped = shipped_config(spec.get("base", ""))
+        if shipped is not None:  # offline: the package's copy of the family's public config (same shapes)
+            return Architecture.from_config(shipped), None, f"shipped config.json of {spec['base']}"
         raise UserError(
             f"{model}: not downloaded (resources/models/{model}) and its config.json could not be fetched "
             f"from {spec['repo_id']}: {str(error).splitlines()[0]}"
@@ -322,16 +327,39 @@ def _architecture_for(config: dict, model: str) -> tuple[Architecture | None, in
     return read_architecture(Path(path).parent), None, "hub config.json"
 
 
-def plan_config(config: dict) -> list[JobPlan]:
-    """The plan of every evaluate job of a validated config (prepared data where present, else the bound)."""
+@dataclass(frozen=True)
+class JobInputs:
+    """What the plan (and the cost, :mod:`ctxscale.cost`) of one evaluate job reads, before it is planned."""
+
+    model: str
+    dataset: str
+    family: str
+    arch: Architecture | None
+    weight_bytes: int | None
+    data_dir: Path
+    manifest: dict | None  # None: not prepared yet
+    longest_prompt: int
+    prompt_source: str
+    max_new_tokens: int
+
+    def plan(self, settings: Mapping[str, Any]) -> JobPlan:
+        return plan_job(model=self.model, dataset=self.dataset, settings=settings, arch=self.arch,
+                        weight_bytes=self.weight_bytes, longest_prompt=self.longest_prompt,
+                        prompt_source=self.prompt_source, max_new_tokens=self.max_new_tokens)  # fmt: skip
+
+
+def evaluate_job_inputs(config: dict, *, architectures: bool | None = None) -> list[JobInputs]:
+    """Every evaluate job of a validated config with its inputs (prepared data where present, else the bound);
+    ``architectures``: read each model's config.json (default: only when the jobs run on a GPU)."""
     from ctxscale import config as ctxconfig
 
     settings = planning_settings(config)
     shots = sorted(config["shots"])
-    plans = []
+    read_arch = _needs_gpu(settings) if architectures is None else architectures
+    jobs = []
     for model in ctxconfig.enabled_models(config):
         spec = config["models"][model]
-        arch, weight_bytes, _ = _architecture_for(config, model) if _needs_gpu(settings) else (None, None, "")
+        arch, weight_bytes, _ = _architecture_for(config, model) if read_arch else (None, None, "")
         for dataset in ctxconfig.dataset_names(config):
             data_dir = Path("resources/data") / spec["family"] / dataset
             manifest_path = data_dir / "manifest.json"
@@ -342,10 +370,25 @@ def plan_config(config: dict) -> list[JobPlan]:
                 longest = bound_prompt_tokens(config["data"]["max_length_per_example"], max(shots))
                 source = "length-filter bound"
             max_new = int(manifest["max_new_tokens"]) if manifest else _max_new_tokens(config, dataset)
-            plans.append(plan_job(model=model, dataset=dataset, settings=settings, arch=arch,
-                                  weight_bytes=weight_bytes, longest_prompt=longest, prompt_source=source,
-                                  max_new_tokens=max_new))  # fmt: skip
-    return plans
+            jobs.append(JobInputs(model=model, dataset=dataset, family=spec["family"], arch=arch,
+                                  weight_bytes=weight_bytes, data_dir=data_dir, manifest=manifest,
+                                  longest_prompt=longest, prompt_source=source, max_new_tokens=max_new))  # fmt: skip
+    return jobs
+
+
+def shipped_config(base: str) -> dict | None:
+    """The package's copy of a public ``config.json`` for a model ``base`` (``ctxscale/model_configs/<base>.json``,
+    sources in the README there), or None: what the plan and the cost read offline before any download."""
+    from importlib.resources import files
+
+    resource = files("ctxscale") / "model_configs" / f"{base}.json"
+    return json.loads(resource.read_text()) if base and resource.is_file() else None
+
+
+def plan_config(config: dict) -> list[JobPlan]:
+    """The plan of every evaluate job of a validated config (prepared data where present, else the bound)."""
+    settings = planning_settings(config)
+    return [job.plan(settings) for job in evaluate_job_inputs(config)]
 
 
 def _needs_gpu(settings: Mapping[str, Any]) -> bool:
@@ -416,13 +459,130 @@ def format_plan(plans: list[JobPlan], collapse: bool = True) -> str:
     return grouped.reset_index()[["model", "datasets", "longest_prompt", *outcome]].to_markdown(index=False)
 
 
+# ---------------------------------------------------------------------------------------------- cost
+
+
+def _job_tokens(config: dict, job: JobInputs, shots: list[int], block_size: int, tokenizer) -> list:
+    """The prompts of one job's shot counts (:mod:`ctxscale.cost`): counted with the tokenizer where the data is
+    prepared, else bounded from the manifest's profile, else from the length filter."""
+    from ctxscale import cost
+
+    evaluation = config["evaluation"]
+    max_samples = evaluation["max_samples"]
+    limit = int(evaluation["max_length"]) - job.max_new_tokens  # longer prompts are refused (ctxscale.evaluate)
+    if job.manifest is not None and tokenizer is not None:
+        return cost.counted_tokens(job.data_dir, tokenizer, shots, block_size, max_samples, max_prompt_tokens=limit)
+    if job.manifest is not None and job.manifest.get("prompt_tokens"):
+        written = int(job.manifest.get("counts", {}).get("test_written") or config["data"]["max_eval_samples"])
+        return cost.profile_bound_tokens(job.manifest, shots, min(written, max_samples or written), block_size, limit)
+    instances = min(config["data"]["max_eval_samples"], max_samples or config["data"]["max_eval_samples"])
+    return cost.length_bound_tokens(shots, instances, config["data"]["max_length_per_example"], block_size, limit)
+
+
+def cost_config(config: dict, gpu, recipe: Mapping[str, Any] | None = None) -> tuple[list, list]:
+    """The cost of every evaluate job and every extend job of a validated config on one GPU preset
+    (:class:`ctxscale.cost.Gpu`), the jobs planned for its memory: (JobCost list, TrainingCost list)."""
+    import copy
+    import dataclasses
+
+    from ctxscale import cost
+    from ctxscale import plan_extension as extension
+    from ctxscale.config import extension_spec
+    from ctxscale.datasets.tokenizer import load_tokenizer
+
+    config = copy.deepcopy(config)
+    config["evaluation"]["gpu_memory_gib"] = gpu.memory_gib
+    settings = planning_settings(config)
+    evaluation = config["evaluation"]
+    block_size = int(evaluation["block_size"] or cost.VLLM_DEFAULT_BLOCK_SIZE)
+    dtype = str(evaluation["dtype"])
+    shots = sorted(config["shots"])
+    tokens_by_data: dict[tuple[str, str], list] = {}
+    tokenizers: dict[str, Any] = {}
+    jobs = []
+    for job in evaluate_job_inputs(config, architectures=True):
+        if job.arch is None or job.arch.params is None:
+            raise UserError(f"{job.model}: its architecture is unknown (no config.json to count its parameters); "
+                            "download or build the model first")  # fmt: skip
+        if job.family not in tokenizers:
+            directory = Path("resources/tokenizers") / job.family
+            tokenizers[job.family] = load_tokenizer(directory) if directory.is_dir() else None
+        tokenizer = tokenizers[job.family]
+        key = (job.family, job.dataset)
+        if key not in tokens_by_data:
+            tokens_by_data[key] = _job_tokens(config, job, shots, block_size, tokenizer)
+        tokens = [dataclasses.replace(entry) for entry in tokens_by_data[key]]
+        cost.add_decode_tokens(tokens, job.max_new_tokens, Path("results/eval") / job.model / job.dataset, tokenizer)
+        plan = job.plan(settings)
+        arch = job.arch
+        run_dtype = arch.checkpoint_dtype if dtype == "auto" else dtype
+        roof = cost.Roofline(params=arch.params, layers=arch.layers, hidden=arch.hidden,
+                             weight_bytes=weights_bytes(arch, dtype, job.weight_bytes),
+                             kv_bytes_per_token=arch.kv_bytes_per_token(DTYPE_BYTES[run_dtype]))  # fmt: skip
+        jobs.append(cost.job_cost(
+            gpu=gpu, model=job.model, dataset=job.dataset, backend=plan.backend,
+            prefix_caching=bool(evaluation["enable_prefix_caching"]), hf_batch_size=int(evaluation["batch_size"]),
+            roof=roof, gpus=max(1, plan.gpus), kv_pool_tokens=plan.sequences_in_kv * plan.max_model_len, tokens=tokens,
+        ))  # fmt: skip
+    training = []
+    for extend_plan in extension.plan_extension_config(config, recipe):
+        arch, _, _ = _architecture_for(config, extend_plan.base)
+        spec = extension_spec(config, extend_plan.model, recipe)
+        trained = int(spec["updates"]) * int(spec["global_batch"]) * int(spec["n_ctx"])
+        if arch is None or arch.params is None:
+            raise UserError(f"{extend_plan.model}: the architecture of its base {extend_plan.base} is unknown")
+        training.append(cost.training_cost(gpu, model=extend_plan.model, params=arch.params, tokens=trained,
+                                           mfu=float(config["cost"]["training_mfu"]), gpus=extend_plan.gpus))  # fmt: skip
+    return jobs, training
+
+
+def format_cost(costs: Mapping[str, tuple[Any, list, list]]) -> str:
+    """Per-job table (one GPU-hours column per preset), then per-model and overall totals; ``costs``: by preset
+    name, (its :class:`ctxscale.cost.Gpu`, :func:`cost_config`'s two lists)."""
+    import pandas as pd
+
+    presets = list(costs)
+    first = presets[0]
+    rows = []
+    for index, job in enumerate(costs[first][1]):
+        row = {"model": job.model, "dataset": job.dataset, "prompts": job.prompts,
+               "submitted": job.submitted_tokens, "prefilled (reuse)": job.prefilled_tokens_with_reuse,
+               "decode": job.decode_tokens, "prompt kind": job.prompt_kind, "decode kind": job.decode_kind}  # fmt: skip
+        for name in presets:
+            other = costs[name][1][index]
+            row[f"{name} GPUs"] = other.gpus
+            row[f"{name} GPU-h"] = other.gpu_hours
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    lines = ["evaluate jobs (tokens: count or bound; GPU-hours: roofline, ctxscale.cost):", "",
+             frame.to_markdown(index=False, floatfmt=".3g"), ""]  # fmt: skip
+    hours = [f"{n} GPU-h" for n in presets]
+    per_model = frame.groupby("model", sort=False)[["submitted", "prefilled (reuse)", "decode", *hours]].sum()
+    lines += ["per model:", "", per_model.reset_index().to_markdown(index=False, floatfmt=".4g"), ""]
+    training = costs[first][2]
+    if training:
+        train_frame = pd.DataFrame([{"model": t.model, "GPUs": t.gpus, "tokens": t.tokens, "PFLOP": round(t.flops / 1e15),
+                                     **{f"{n} GPU-h": costs[n][2][i].gpu_hours for n in presets}}
+                                    for i, t in enumerate(training)])  # fmt: skip
+        lines += ["extend jobs (6 N tokens FLOPs at cost.training_mfu):", "",
+                  train_frame.to_markdown(index=False, floatfmt=".4g"), ""]  # fmt: skip
+    for name in presets:
+        gpu, evaluate_jobs, extend_jobs = costs[name]
+        evaluate_hours = sum(j.gpu_hours for j in evaluate_jobs)
+        training_hours = sum(t.gpu_hours for t in extend_jobs)
+        lines.append(f"total on {name} ({gpu.description}): {evaluate_hours:,.1f} GPU-hours for "
+                     f"{len(evaluate_jobs)} evaluate jobs + {training_hours:,.1f} for {len(extend_jobs)} extend "
+                     f"jobs = {evaluate_hours + training_hours:,.1f} GPU-hours")  # fmt: skip
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctxscale plan",
         description="Print the GPU plan of every evaluate job (max_model_len, tensor parallel size, GPUs) and of "
         "every extend job (GPUs, per-GPU memory; ctxscale.plan_extension) for a workflow config. Uses prepared "
         "data and downloaded checkpoints where present; otherwise the length-filter bound and the hub's "
-        "config.json.",
+        "config.json. With --cost: what the run will cost (tokens, GPU-hours).",
     )
     parser.add_argument("--configfile", default="config/config.yaml", help="workflow config (default: the paper)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -431,6 +591,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(extend.cpu_offload=true) (repeatable)")  # fmt: skip
     parser.add_argument("--per-dataset", action="store_true", help="one row per job instead of grouped rows")
     parser.add_argument("--json", action="store_true", help="print the plans as JSON lines (key job: evaluate|extend)")
+    parser.add_argument("--cost", action="store_true",
+                        help="print what the run will cost instead: per job, prompt tokens submitted and prefilled "
+                        "with vLLM's prefix reuse, decode tokens, and roofline GPU-hours, plus the extend jobs' "
+                        "training (ctxscale.cost documents the model)")  # fmt: skip
+    parser.add_argument("--gpu", action="append", metavar="PRESET",
+                        help="with --cost: a GPU preset of the config's cost.gpus (default presets: h100, h200); "
+                        "repeatable; default: every preset")  # fmt: skip
     return parser
 
 
@@ -452,6 +619,25 @@ def _apply_overrides(config: dict, items: list[str]) -> dict[str, Any]:
     return recipe
 
 
+def _print_cost(config: dict, recipe: Mapping[str, Any], names: list[str] | None, *, as_json: bool) -> int:
+    from ctxscale import cost
+
+    presets = cost.gpu_presets(config)
+    unknown = [name for name in names or [] if name not in presets]
+    if unknown:
+        raise UserError(f"--gpu {unknown[0]}: not a preset of cost.gpus ({', '.join(presets)})")
+    costs = {name: (presets[name], *cost_config(config, presets[name], recipe)) for name in names or presets}
+    if not as_json:
+        print(format_cost(costs))
+        return 0
+    for _, evaluate_jobs, extend_jobs in costs.values():
+        for job in evaluate_jobs:
+            print(json.dumps({"job": "evaluate", **asdict(job)}, sort_keys=True))
+        for job in extend_jobs:
+            print(json.dumps({"job": "extend", **asdict(job)}, sort_keys=True))
+    return 0
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     from ctxscale import config as ctxconfig
@@ -461,6 +647,10 @@ def main(argv: list[str] | None = None) -> int:
     config = ctxconfig.load_config(args.configfile)
     recipe = _apply_overrides(config, args.set)
     config = ctxconfig.validate_config(config)
+    if args.gpu and not args.cost:
+        raise UserError("--gpu selects a preset of --cost; add --cost")
+    if args.cost:
+        return _print_cost(config, recipe, args.gpu, as_json=args.json)
     plans = plan_config(config)
     extend_plans = extension.plan_extension_config(config, recipe)
     if args.json:

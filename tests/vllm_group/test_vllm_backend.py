@@ -223,3 +223,32 @@ def test_plugin_is_inert_without_its_variable(monkeypatch):
 
     plugins = importlib.metadata.entry_points(group="vllm.general_plugins")
     assert [p.value for p in plugins if p.name == "ctxscale_rope"] == ["ctxscale.evaluate.vllm_rope:register"]
+
+
+def test_predicted_prefill_tokens_match_the_prefix_cache_counters(engines, tmp_path, smollm2):
+    """``ctxscale plan --cost``'s token counts (ctxscale.cost) against vLLM's own prefix-cache counters: a sweep in
+    a fresh engine (an empty cache), SmolLM2-135M's BPE tokenizer on nested shots (the paper's layout, counted from
+    one tokenized shot block and the queries; tests/test_cost.py checks the per-instance replay against the
+    prompts tokenized). Tokens submitted and prefilled with reuse within 5 % of ``metadata.prefix_cache``."""
+    from ctxscale import cost
+
+    data = write_prepared(tmp_path / "data", ARITHMETIC_POOL, ARITHMETIC_TEST, ARITHMETIC_MANIFEST)
+    engine = build_engine(smollm2, Settings.from_mapping(VLLM), MAX_NEW_TOKENS)
+    engines.append(engine)
+    shots = [0, 1, 2, 3]
+    results = run_evaluate(smollm2, data, tmp_path / "out", shots, VLLM, engine)
+    predicted = cost.counted_tokens(data, smollm2, shots, VLLM["block_size"],
+                                    max_prompt_tokens=VLLM["max_length"] - MAX_NEW_TOKENS)  # fmt: skip
+    totals = [0, 0, 0, 0]
+    for entry in predicted:
+        result = results[entry.shots]
+        assert entry.lengths.tolist() == [i["prompt_tokens"] for i in result["instances"]]
+        measured = result["metadata"]["prefix_cache"]
+        figures = (entry.submitted, measured["queried_tokens"], entry.prefilled_with_reuse, measured["prefilled_tokens"])
+        print(f"k={entry.shots}: submitted predicted {figures[0]} measured {figures[1]}; prefilled with reuse "
+              f"predicted {figures[2]} measured {figures[3]}")  # fmt: skip
+        assert abs(figures[0] - figures[1]) <= 0.05 * figures[1] and abs(figures[2] - figures[3]) <= 0.05 * figures[3]
+        totals = [a + b for a, b in zip(totals, figures)]
+    print(f"total: submitted predicted {totals[0]} measured {totals[1]}; prefilled predicted {totals[2]} measured "
+          f"{totals[3]}")  # fmt: skip
+    assert totals[3] < 0.8 * totals[1]  # the shared shot block is prefilled once a shot count
