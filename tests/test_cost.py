@@ -1,4 +1,4 @@
-"""ctxscale.cost: token counts with vLLM's block prefix reuse and the roofline time, worked by hand on tiny
+"""ctxscale.plan.cost: token counts with vLLM's block prefix reuse and the roofline time, worked by hand on tiny
 figures; ``ctxscale plan --cost`` on the paper's config offline."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctxscale import cost
+from ctxscale.plan import cost
 from ctxscale.datasets.prepared import read_prepared, write_prepared
 from ctxscale.datasets.tokenizer import prompt_token_profile
 from ctxscale.tiny import build_tokenizer
@@ -186,7 +186,7 @@ def test_plan_cost_of_the_paper_offline(tmp_path):
 
 
 def test_gpu_without_cost_is_refused(capsys):
-    from ctxscale import plan
+    from ctxscale.plan import cli
 
-    assert plan.main(["--gpu", "h100", "--configfile", str(REPO / "config" / "config.yaml")]) == 2
+    assert cli.main(["--gpu", "h100", "--configfile", str(REPO / "config" / "config.yaml")]) == 2
     assert capsys.readouterr().err == "error: --gpu selects a preset of --cost; add --cost\n"

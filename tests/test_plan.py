@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctxscale import plan
 from ctxscale.errors import UserError
+from ctxscale.plan import architecture, evaluation
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).parent / "data" / "model-configs"
@@ -24,8 +24,8 @@ PAPER_GPU = {"backend": "vllm", "device": "cuda", "dtype": "bfloat16", "max_leng
              "gpu_memory_gib": 79.6, "gpu_overhead_gib": 4.0, "max_gpus_per_job": 8}  # fmt: skip
 
 
-def arch(name: str) -> plan.Architecture:
-    return plan.Architecture.from_config(json.loads((CONFIGS / f"{name}.json").read_text()))
+def arch(name: str) -> architecture.Architecture:
+    return architecture.Architecture.from_config(json.loads((CONFIGS / f"{name}.json").read_text()))
 
 
 @pytest.mark.parametrize(
@@ -54,8 +54,8 @@ def test_kv_heads_split_then_replicated_across_gpus():
     assert llama70.kv_bytes_per_token(2, 16) == 2 * 80 * 1 * 128 * 2  # replicated past 8 KV heads
 
 
-def job(name: str, longest: int, max_new: int = 400, **overrides) -> plan.JobPlan:
-    return plan.plan_job(model=name, dataset="gsm", settings={**PAPER_GPU, **overrides}, arch=arch(name),
+def job(name: str, longest: int, max_new: int = 400, **overrides) -> evaluation.JobPlan:
+    return evaluation.plan_job(model=name, dataset="gsm", settings={**PAPER_GPU, **overrides}, arch=arch(name),
                          weight_bytes=None, longest_prompt=longest, prompt_source="test",
                          max_new_tokens=max_new)  # fmt: skip
 
@@ -115,10 +115,10 @@ def test_weights_from_disk_are_rescaled_to_the_run_dtype(tmp_path):
     (tmp_path / "config.json").write_text((CONFIGS / "gemma-2-9b.json").read_text())  # float32 on disk
     (tmp_path / "model-00001.safetensors").write_bytes(b"\0" * 4000)
     (tmp_path / "pytorch_model.bin").write_bytes(b"\0" * 9999)  # ignored: safetensors are preferred
-    disk = plan.checkpoint_weight_bytes(tmp_path)
+    disk = architecture.checkpoint_weight_bytes(tmp_path)
     assert disk == 4000
-    assert plan.weights_bytes(plan.read_architecture(tmp_path), "bfloat16", disk) == 2000
-    assert plan.weights_bytes(plan.read_architecture(tmp_path), "auto", disk) == 4000
+    assert architecture.weights_bytes(architecture.read_architecture(tmp_path), "bfloat16", disk) == 2000
+    assert architecture.weights_bytes(architecture.read_architecture(tmp_path), "auto", disk) == 4000
 
 
 def test_longest_prompt_from_the_token_profile_matches_real_tokenization(tmp_path):
@@ -134,10 +134,10 @@ def test_longest_prompt_from_the_token_profile_matches_real_tokenization(tmp_pat
     for k in (0, 1, 7, 12):
         actual = max(len(tokenizer(build_prompt("Question: ", "\nAnswer:", "\n\n", shots[:k], row["input"]))["input_ids"])
                      for row in test)  # fmt: skip
-        predicted = plan.longest_prompt_tokens(manifest, k)
-        assert actual <= predicted <= actual + plan.BOUNDARY_MARGIN
+        predicted = evaluation.longest_prompt_tokens(manifest, k)
+        assert actual <= predicted <= actual + evaluation.BOUNDARY_MARGIN
     with pytest.raises(UserError, match="13 shots requested, the pool has 12"):
-        plan.longest_prompt_tokens(manifest, 13)
+        evaluation.longest_prompt_tokens(manifest, 13)
 
 
 def test_plan_from_files_uses_checkpoint_and_manifest(tmp_path):
@@ -149,9 +149,9 @@ def test_plan_from_files_uses_checkpoint_and_manifest(tmp_path):
     data.mkdir()
     profile = {"shot_block": [0, *range(130, 130 * 512, 130)][:512], "max_query": 200, "bos": 1}
     (data / "manifest.json").write_text(json.dumps({"dataset": "gsm", "max_new_tokens": 400, "prompt_tokens": profile}))
-    p = plan.plan_from_files(model="m", checkpoint_dir=checkpoint, data_dir=data, shots=[0, 255, 511],
+    p = evaluation.plan_from_files(model="m", checkpoint_dir=checkpoint, data_dir=data, shots=[0, 255, 511],
                              settings=PAPER_GPU)  # fmt: skip
-    assert p.longest_prompt == 1 + profile["shot_block"][511] + 200 + plan.BOUNDARY_MARGIN
+    assert p.longest_prompt == 1 + profile["shot_block"][511] + 200 + evaluation.BOUNDARY_MARGIN
     assert p.max_model_len == p.longest_prompt + 400
     assert p.prompt_source == "prepared data"
 
@@ -238,23 +238,23 @@ def test_tiny_model_checkpoint_plans_from_its_saved_files(tmp_path):
 
     tokenizer = build_tokenizer()
     save_checkpoint(init_model(tokenizer, hidden_size=64, num_layers=2, num_heads=2), tokenizer, tmp_path / "tiny")
-    tiny = plan.read_architecture(tmp_path / "tiny")
+    tiny = architecture.read_architecture(tmp_path / "tiny")
     assert (tiny.layers, tiny.kv_heads, tiny.head_dim, tiny.checkpoint_dtype) == (2, 2, 32, "float32")
     assert tiny.kv_bytes_per_token(4) == 2 * 2 * 2 * 32 * 4
-    disk = plan.checkpoint_weight_bytes(tmp_path / "tiny")
+    disk = architecture.checkpoint_weight_bytes(tmp_path / "tiny")
     assert abs(disk - 4 * tiny.params) < 64 * 1024  # float32 weights + the safetensors header
     common = dict(model="tiny", dataset="d", arch=tiny, weight_bytes=disk, longest_prompt=900,
                   prompt_source="test", max_new_tokens=6)  # fmt: skip
-    cpu = plan.plan_job(settings={**PAPER_GPU, "backend": "hf", "device": "cpu", "max_length": 4096}, **common)
+    cpu = evaluation.plan_job(settings={**PAPER_GPU, "backend": "hf", "device": "cpu", "max_length": 4096}, **common)
     assert (cpu.gpus, cpu.max_model_len) == (0, 906)
-    gpu = plan.plan_job(settings={**PAPER_GPU, "dtype": "auto"}, **common)
+    gpu = evaluation.plan_job(settings={**PAPER_GPU, "dtype": "auto"}, **common)
     assert (gpu.gpus, gpu.tensor_parallel_size) == (1, 1)
     assert gpu.kv_gib == pytest.approx(906 * 1024 / GIB, abs=0.01) and gpu.weights_gib == pytest.approx(disk / GIB, abs=0.01)
 
 
-# ------------------------------------------------------------------------------ extend jobs (plan_extension)
+# ------------------------------------------------------------------------------ extend jobs (ctxscale.plan.extension)
 
-from ctxscale import plan_extension as extension  # noqa: E402
+from ctxscale.plan import extension  # noqa: E402
 
 RECIPE = {"micro_batch": 1, "global_batch": 64, "precision": "bf16", "activation_checkpointing": True,
           "cpu_offload": False, "loss_chunk_tokens": 4096, "attention": "sdpa"}  # fmt: skip
@@ -321,7 +321,7 @@ def test_saved_bytes_per_token_are_what_autograd_saves_in_a_llama_layer(attentio
               position_embeddings=cos_sin)  # fmt: skip
     weights = {p.untyped_storage().data_ptr() for p in layer.parameters()} | {x.untyped_storage().data_ptr()}
     saved = sum(size for pointer, size in storages.items() if pointer not in weights)
-    small = plan.Architecture(layers=1, heads=4, kv_heads=2, head_dim=64, checkpoint_dtype="bfloat16", params=None,
+    small = architecture.Architecture(layers=1, heads=4, kv_heads=2, head_dim=64, checkpoint_dtype="bfloat16", params=None,
                               hidden=256, intermediate=688)  # fmt: skip
     expected = extension.saved_bytes_per_token(small, 2, attention, tokens) + extension.rope_bytes_per_token(small, 2)
     assert saved == tokens * expected
@@ -390,7 +390,7 @@ def test_checkpointed_layer_backward_peak_is_saved_plus_backward_bytes():
         torch.set_num_threads(threads)
     gradients = 2 * (sum(p.numel() for p in layer.parameters()) + x.numel())  # kept after the step, not transient
     measured = (peak.peak - base - gradients) / tokens
-    small = plan.Architecture(layers=1, heads=heads, kv_heads=heads, head_dim=hidden // heads,
+    small = architecture.Architecture(layers=1, heads=heads, kv_heads=heads, head_dim=hidden // heads,
                               checkpoint_dtype="bfloat16", params=None, hidden=hidden, intermediate=width)  # fmt: skip
     # S + B, less the incoming gradient B counts, made before the measurement here: upper-leaning, by < 10%
     # (measured 12,762 B per token against 13,560 on 2026-12-05; 26,628 against 27,112 at 512/1376/8 x 4096)
@@ -602,30 +602,30 @@ def test_extension_gpus_and_host_memory_for_the_rule(tmp_path, monkeypatch):
     config = ctxconfig.load_config(path)
     base = tmp_path / "resources" / "models" / "llama2-7b-4k"
     with pytest.raises(FileNotFoundError):  # not downloaded yet: Snakemake asks again when the job is ready
-        plan.extension_gpus(config, "llama2-7b-pi-16k", tmp_path / "missing")
-    assert plan.extension_gpus(config, "llama2-7b-pi-16k", base) == 2
-    assert plan.extension_gpus(config, "llama2-7b-pi-64k", base) == 1
+        extension.extension_gpus(config, "llama2-7b-pi-16k", tmp_path / "missing")
+    assert extension.extension_gpus(config, "llama2-7b-pi-16k", base) == 2
+    assert extension.extension_gpus(config, "llama2-7b-pi-64k", base) == 1
     # without offload: 4 B x 6.74e9 loading copy + 2 x 4 GiB = 35.5 GB < the configured 256,000 MB
-    assert plan.extension_mem_mb(config, "llama2-7b-pi-16k", base) == 256_000
+    assert extension.extension_mem_mb(config, "llama2-7b-pi-16k", base) == 256_000
     # offload: 16 + 4 B x 6.74e9 + 4 GiB = 139.1 GB, still below
-    assert plan.extension_mem_mb(config, "llama2-7b-pi-64k", base) == 256_000
+    assert extension.extension_mem_mb(config, "llama2-7b-pi-64k", base) == 256_000
     config["extension"]["mem_mb"] = 1000
     host = 20 * 6_738_415_616 + 4 * GIB
-    assert plan.extension_mem_mb(config, "llama2-7b-pi-64k", base) == math.ceil(round(host / GIB, 2) * GIB / 1e6)
+    assert extension.extension_mem_mb(config, "llama2-7b-pi-64k", base) == math.ceil(round(host / GIB, 2) * GIB / 1e6)
     monkeypatch.chdir(tmp_path)  # the workflow's layout: resources/models/<base>
-    assert plan.extension_mem_mb(config, "llama2-7b-pi-64k") == plan.extension_mem_mb(config, "llama2-7b-pi-64k", base)
+    assert extension.extension_mem_mb(config, "llama2-7b-pi-64k") == extension.extension_mem_mb(config, "llama2-7b-pi-64k", base)
     config["extension"]["gpus"] = 4
-    assert plan.extension_gpus(config, "llama2-7b-pi-16k", base) == 4
+    assert extension.extension_gpus(config, "llama2-7b-pi-16k", base) == 4
     config["extension"]["gpus"] = 0
-    assert plan.extension_gpus(config, "llama2-7b-pi-16k", base) == 0
+    assert extension.extension_gpus(config, "llama2-7b-pi-16k", base) == 0
     config["evaluation"].update(backend="hf", device="cpu")
-    assert plan.extension_gpus(config, "llama2-7b-pi-16k", base) == 0
+    assert extension.extension_gpus(config, "llama2-7b-pi-16k", base) == 0
     config["extension"]["gpus"] = 2  # a fixed count wins over the evaluation's device, as in the rule
-    assert plan.extension_gpus(config, "llama2-7b-pi-16k", base) == 2
+    assert extension.extension_gpus(config, "llama2-7b-pi-16k", base) == 2
     config["extension"]["gpus"] = "auto"
-    assert plan.extension_gpus(config, "llama2-7b-pi-16k", base) == 0
+    assert extension.extension_gpus(config, "llama2-7b-pi-16k", base) == 0
     # CPU-only: the whole state, the activations at 16k and the loading copy on the host
-    assert plan.extension_mem_mb(config, "llama2-7b-pi-16k", base) > 20 * 6_738_415_616 / 1e6
+    assert extension.extension_mem_mb(config, "llama2-7b-pi-16k", base) > 20 * 6_738_415_616 / 1e6
 
 
 def test_extension_jobs_of_a_config_and_unknown_architectures(tmp_path, monkeypatch):
@@ -655,14 +655,14 @@ def test_shipped_configs_are_the_fixtures_and_stand_in_offline(tmp_path, monkeyp
     from ctxscale import config as ctxconfig
 
     for base, fixture in (("llama2-7b", "Llama-2-7b-hf"), ("llama2-13b", "Llama-2-13b-hf")):
-        assert plan.shipped_config(base) == json.loads((CONFIGS / f"{fixture}.json").read_text())
-    assert plan.shipped_config("qwen2.5-0.5b") is None and plan.shipped_config("") is None
+        assert architecture.shipped_config(base) == json.loads((CONFIGS / f"{fixture}.json").read_text())
+    assert architecture.shipped_config("qwen2.5-0.5b") is None and architecture.shipped_config("") is None
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hub-cache"))
     monkeypatch.chdir(tmp_path)
     config = ctxconfig.load_config(REPO / "config" / "config.yaml")
-    arch, weight_bytes, where = plan._architecture_for(config, "llama2-13b-64k")
+    arch, weight_bytes, where = architecture.architecture_for(config, "llama2-13b-64k")
     assert (arch.params, weight_bytes, where) == (13_015_864_320, None, "shipped config.json of llama2-13b")
     config["models"]["llama2-13b-64k"]["base"] = "unknown"
     with pytest.raises(UserError, match="llama2-13b-64k: not downloaded"):
-        plan._architecture_for(config, "llama2-13b-64k")
+        architecture.architecture_for(config, "llama2-13b-64k")

@@ -69,7 +69,7 @@ def test_the_wheel_ships_the_schema_and_imports_from_site_packages(installed):
     assert (site_packages / "ctxscale" / "schemas" / "config.schema.yaml").is_file()
     assert schema == "https://json-schema.org/draft/2020-12/schema" and default == 10000
     # the shipped Llama-2 configs (ctxscale plan --cost before any download) are package data too
-    probe = "from ctxscale.plan import shipped_config; print(shipped_config('llama2-13b')['hidden_size'])"
+    probe = "from ctxscale.plan.architecture import shipped_config; print(shipped_config('llama2-13b')['hidden_size'])"
     assert _run([python, "-c", probe], work, env).stdout.strip() == "5120"
     assert (site_packages / "ctxscale" / "model_configs" / "README.md").is_file()
 

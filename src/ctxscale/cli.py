@@ -32,7 +32,7 @@ COMMANDS: dict[str, Command] = {
     "tables": Command("ctxscale.tables", "write the paper's tables (CSV and Markdown) from the fits", job="write"),
     "figures": Command("ctxscale.figures", "render the paper's figures from the observations and the fits"),
     "model-info": Command("ctxscale.model_info", "write results/models/{model}.json for one model"),
-    "plan": Command("ctxscale.plan", "print the GPU plan (max_model_len, tensor parallel size, GPUs) of every evaluate job"),
+    "plan": Command("ctxscale.plan.cli", "print the GPU plan (max_model_len, tensor parallel size, GPUs) of every evaluate job"),
     "pin-revisions": Command("ctxscale.download", "resolve the config's model revisions (branches) to commits",
                              function="pin_main"),
 }

@@ -226,11 +226,11 @@ def test_plugin_is_inert_without_its_variable(monkeypatch):
 
 
 def test_predicted_prefill_tokens_match_the_prefix_cache_counters(engines, tmp_path, smollm2):
-    """``ctxscale plan --cost``'s token counts (ctxscale.cost) against vLLM's own prefix-cache counters: a sweep in
+    """``ctxscale plan --cost``'s token counts (ctxscale.plan.cost) against vLLM's own prefix-cache counters: a sweep in
     a fresh engine (an empty cache), SmolLM2-135M's BPE tokenizer on nested shots (the paper's layout, counted from
     one tokenized shot block and the queries; tests/test_cost.py checks the per-instance replay against the
     prompts tokenized). Tokens submitted and prefilled with reuse within 5 % of ``metadata.prefix_cache``."""
-    from ctxscale import cost
+    from ctxscale.plan import cost
 
     data = write_prepared(tmp_path / "data", ARITHMETIC_POOL, ARITHMETIC_TEST, ARITHMETIC_MANIFEST)
     engine = build_engine(smollm2, Settings.from_mapping(VLLM), MAX_NEW_TOKENS)

@@ -9,7 +9,8 @@ from ctxscale import config as ctxconfig
 from ctxscale import compare as ctxcompare
 from ctxscale import experiments as ctxexperiments
 from ctxscale import figures as ctxfigures
-from ctxscale import plan as ctxplan
+from ctxscale.plan import evaluation as evaluation_plan
+from ctxscale.plan import extension as extension_plan
 from ctxscale.errors import UserError
 from ctxscale.tables import TABLE_NAMES
 
@@ -140,16 +141,17 @@ def extension_data_json(wildcards):
 
 
 def extension_gpus(wildcards, input):
-    """GPUs of one extend job (ctxscale.plan.extension_gpus): the plan's, or a fixed extension.gpus checked against
-    it (a job that cannot fit fails here, in one line, before any model loads); 0 on a CPU-only run. <TBD> until
-    the base checkpoint's config.json exists: Snakemake asks again when the job is ready."""
-    return ctxplan.extension_gpus(config, wildcards.model, input.base)
+    """GPUs of one extend job (ctxscale.plan.extension.extension_gpus): the plan's, or a fixed extension.gpus
+    checked against it (a job that cannot fit fails here, in one line, before any model loads); 0 on a CPU-only
+    run. <TBD> until the base checkpoint's config.json exists: Snakemake asks again when the job is ready."""
+    return extension_plan.extension_gpus(config, wildcards.model, input.base)
 
 
 def extension_mem_mb(wildcards, attempt):
     """Host memory of one extend job: extension.mem_mb, or more when the plan's (offloaded fp32 state, the loading
-    copy, the processes; ctxscale.plan) needs it, times the attempt; <TBD> until the base checkpoint exists."""
-    return ctxplan.extension_mem_mb(config, wildcards.model) * attempt
+    copy, the processes; ctxscale.plan.extension) needs it, times the attempt; <TBD> until the base checkpoint
+    exists."""
+    return extension_plan.extension_mem_mb(config, wildcards.model) * attempt
 
 
 def extension_runtime(wildcards, attempt):
@@ -215,7 +217,8 @@ def evaluation_max_gpus_per_job():
 
 
 def evaluation_gpus(wildcards, input):
-    """GPUs of one evaluate job: the config's number, or (auto) the job's plan from its inputs (ctxscale.plan)."""
+    """GPUs of one evaluate job: the config's number, or (auto) the job's plan from its inputs
+    (ctxscale.plan.evaluation)."""
     requested = config["evaluation"]["gpus"]
     if requested != "auto":
         return requested
@@ -228,9 +231,9 @@ def evaluation_gpus(wildcards, input):
             raise FileNotFoundError(2, "not yet created", str(path))
     # several datasets (job_per: model): the job runs on the largest of their plans
     return max(
-        ctxplan.plan_from_files(
+        evaluation_plan.plan_from_files(
             model=wildcards.model, checkpoint_dir=model_dir, data_dir=data_dir, shots=SHOTS,
-            settings=ctxplan.planning_settings(config),
+            settings=evaluation_plan.planning_settings(config),
         ).gpus
         for data_dir in data_dirs
     )  # fmt: skip

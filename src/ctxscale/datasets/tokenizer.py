@@ -65,7 +65,7 @@ def prompt_token_profile(
     tokenizer, shots: Sequence[Mapping[str, str]], test: Sequence[Mapping[str, str]],
     prefix: str, suffix: str, separator: str, per_instance: bool = False,
 ) -> dict[str, Any]:
-    """Token counts that bound every prompt length, for the GPU plan (:mod:`ctxscale.plan`).
+    """Token counts that bound every prompt length, for the GPU plan (:mod:`ctxscale.plan.evaluation`).
 
     ``shot_block[k]``: tokens of the first k shots as one block (the block tokenized once, cut at each
     shot's end through the offset mapping, so merges inside the block count as lm-eval sees them);

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def planned_settings(args: argparse.Namespace, settings: dict) -> dict:
     """``settings`` with the job's planned ``max_length`` and ``tensor_parallel_size`` (ctxscale.plan); with
     several datasets, the largest of their plans, so that one loaded model serves them all."""
-    from ctxscale import plan
+    from ctxscale.plan import evaluation as plan
 
     plan_settings = {
         **{key: settings.get(key, DEFAULT_SETTINGS[key]) for key in plan.RESULT_KEYS},

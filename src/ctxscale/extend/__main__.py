@@ -78,7 +78,7 @@ def checked_spec(args) -> dict:
 
 
 def check_gpu_memory(args, spec: dict, processes: int) -> None:
-    """On GPUs, the job's memory plan (:mod:`ctxscale.plan_extension`) against the memory of the GPUs it got, so a
+    """On GPUs, the job's memory plan (:mod:`ctxscale.plan.extension`) against the memory of the GPUs it got, so a
     job that cannot fit stops with one line before any model loads (the workflow plans with the config's GPU
     size; this checks the real one). Nothing to check on the CPU."""
     import torch
@@ -90,7 +90,7 @@ def check_gpu_memory(args, spec: dict, processes: int) -> None:
                         "(CUDA_VISIBLE_DEVICES)")
     from ctxscale.config import schema_defaults
     from ctxscale.extend.recipe import WORKFLOW_KEYS
-    from ctxscale.plan_extension import plan_extension_from_files
+    from ctxscale.plan.extension import plan_extension_from_files
 
     total = min(torch.cuda.get_device_properties(i).total_memory for i in range(processes))
     settings = {"gpu_memory_gib": total / 2**30, "gpu_overhead_gib": schema_defaults("evaluation")["gpu_overhead_gib"],

@@ -8,10 +8,10 @@ gradients and optimizer state, and a chunked loss (the LM head and cross-entropy
 ``loss_chunk_tokens`` positions at a time). Data parallelism only: every process runs its own
 ``micro_batch`` sequences of ``n_ctx`` tokens, so activations do not shrink with G; the sharded state does.
 
-Inputs, all known before a model loads: the base model's ``config.json`` (:class:`ctxscale.plan.Architecture`;
-parameters counted by :mod:`ctxscale.model_info`), ``n_ctx`` of the extended model, its recipe
-(``models.<m>.extend`` over the schema's ``$defs/extend_spec`` defaults) and the config's GPU keys
-(``evaluation.gpu_memory_gib``, ``gpu_overhead_gib``, ``max_gpus_per_job``; ``extension.gpus``).
+Inputs, all known before a model loads: the base model's ``config.json``
+(:class:`ctxscale.plan.architecture.Architecture`; parameters counted by :mod:`ctxscale.model_info`), ``n_ctx``
+of the extended model, its recipe (``models.<m>.extend`` over the schema's ``$defs/extend_spec`` defaults) and
+the config's GPU keys (``evaluation.gpu_memory_gib``, ``gpu_overhead_gib``, ``max_gpus_per_job``; ``extension.gpus``).
 
 Notation: N all parameters; P one decoder layer's parameters ((N_non-embedding - hidden) / layers); R the
 rest (N - layers x P: embedding, LM head unless tied, final norm); G processes; T = micro_batch x n_ctx
@@ -89,7 +89,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ctxscale.errors import UserError
-from ctxscale.plan import GIB, Architecture, read_architecture
+from ctxscale.plan.architecture import GIB, Architecture, architecture_for, read_architecture
+from ctxscale.plan.evaluation import needs_gpu
 
 COMPUTE_BYTES = {"bf16": 2, "fp32": 4}
 FP32 = 4
@@ -322,12 +323,10 @@ def extension_models(config: Mapping[str, Any]) -> list[str]:
 
 def extension_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """What the extension plan reads of a validated config (the GPU keys of ``evaluation``, ``extension.gpus``)."""
-    from ctxscale.plan import _needs_gpu
-
     evaluation = config["evaluation"]
     return {"gpu_memory_gib": evaluation["gpu_memory_gib"], "gpu_overhead_gib": evaluation["gpu_overhead_gib"],
             "max_gpus": evaluation["max_gpus_per_job"], "gpus": config["extension"]["gpus"],
-            "on_gpu": _needs_gpu(evaluation)}  # the evaluate jobs' rule: vllm, or hf on cuda  # fmt: skip
+            "on_gpu": needs_gpu(evaluation)}  # the evaluate jobs' rule: vllm, or hf on cuda  # fmt: skip
 
 
 def plan_extension_from_files(
@@ -344,14 +343,13 @@ def plan_extension_config(config: dict, overrides: Mapping[str, Any] | None = No
     """The plan of every extend job of a validated config (the base's checkpoint where present, else the hub's
     ``config.json``); ``overrides`` apply to every recipe (``ctxscale plan --set extend.KEY=VALUE``)."""
     from ctxscale.config import extension_spec
-    from ctxscale.plan import _architecture_for
 
     settings = extension_settings(config)
     plans = []
     for model in extension_models(config):
         entry = config["models"][model]
         base, spec = entry["extends"], extension_spec(config, model, overrides)
-        arch, _, where = _architecture_for(config, base)
+        arch, _, where = architecture_for(config, base)
         if arch is None:
             plans.append(ExtensionPlan(model=model, base=base, n_ctx=int(entry["n_ctx"]), rope=rope_label(
                 entry.get("rope_scaling")), gpus=None, micro_batch=int(spec["micro_batch"]), grad_accumulation=None,
@@ -371,3 +369,40 @@ def format_extension_plan(plans: list[ExtensionPlan]) -> str:
                *(f"{t}_gib" for t in (*TERMS, "overhead", "needed", "available", "host")), "note"]  # fmt: skip
     frame = pd.DataFrame([asdict(p) for p in plans], columns=columns).astype(object)
     return frame.where(frame.notna(), "").to_markdown(index=False)
+
+
+def extension_gpus(config: dict, model: str, base_checkpoint_dir: str | Path) -> int:
+    """GPUs of one extend job (the rule's ``gpu`` resource): ``extension.gpus`` when fixed (checked against the
+    plan), else the plan's (:func:`plan_extension`); 0 on a CPU-only run (``extension.gpus: 0``, or auto
+    with ``evaluation`` on the CPU, the rule of the evaluate jobs). Raises FileNotFoundError while the base checkpoint's
+    config.json does not exist yet (Snakemake then asks again when the job is ready) and a one-line UserError
+    when the job cannot fit."""
+    settings = extension_settings(config)
+    if settings["gpus"] == 0 or (settings["gpus"] == "auto" and not settings["on_gpu"]):
+        return 0
+    return int(_extension_plan_from_files(config, model, base_checkpoint_dir).gpus)
+
+
+def extension_mem_mb(config: dict, model: str, base_checkpoint_dir: str | Path | None = None) -> int:
+    """Host memory (MB) of one extend job, first attempt (the rule multiplies by the attempt): the larger of
+    ``extension.mem_mb`` and the plan's host memory (offloaded fp32 state, a loading copy, the processes; all of
+    it on a CPU-only run). ``base_checkpoint_dir`` defaults to the workflow's resources/models/<base>; raises
+    FileNotFoundError while it lacks config.json."""
+    if base_checkpoint_dir is None:
+        base_checkpoint_dir = Path("resources/models") / config["models"][model]["extends"]
+    planned = _extension_plan_from_files(config, model, base_checkpoint_dir).host_gib or 0.0
+    return max(int(config["extension"]["mem_mb"]), math.ceil(planned * GIB / 1e6))
+
+
+def _extension_plan_from_files(config: dict, model: str, base_checkpoint_dir: str | Path) -> ExtensionPlan:
+    """The plan of one workflow extend job from its base checkpoint (the rule's resources read it)."""
+    from ctxscale.config import extension_spec
+
+    if not (Path(base_checkpoint_dir) / "config.json").is_file():  # Snakemake: <TBD> until the input exists
+        raise FileNotFoundError(2, "not yet created", str(base_checkpoint_dir))
+    entry = config["models"][model]
+    return plan_extension_from_files(
+        model=model, base=entry["extends"], base_checkpoint_dir=base_checkpoint_dir, n_ctx=int(entry["n_ctx"]),
+        spec=extension_spec(config, model), settings=extension_settings(config),
+        rope_scaling=entry.get("rope_scaling"),
+    )  # fmt: skip

