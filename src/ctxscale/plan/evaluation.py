@@ -205,7 +205,7 @@ def planning_settings(config: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class JobInputs:
-    """What the plan (and the cost, :mod:`ctxscale.cost`) of one evaluate job reads, before it is planned."""
+    """What the plan (and the cost, :mod:`ctxscale.plan.cost`) of one evaluate job reads, before it is planned."""
 
     model: str
     dataset: str
