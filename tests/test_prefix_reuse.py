@@ -165,3 +165,17 @@ def test_sequence_length_dependent_rope_falls_back_to_full_prefill(tmp_path):
     assert counter.prefilled == sum(count_prompt_tokens(lm, nested_prompts(3))) and not lm._store
     counter.close()
     assert torch.is_tensor(lm.model.generate(input_ids=torch.tensor([[1, 5]]), max_new_tokens=1))
+
+
+def test_setting_selects_the_class_and_keys_the_cache(checkpoint):
+    from ctxscale import evaluate as ev
+
+    base = {"backend": "hf", "device": "cpu", "dtype": "float32", "batch_size": 2, "max_length": 256}
+    reuse, plain = (ev.Settings.from_mapping(base | {"prefix_reuse": flag}) for flag in (True, False))
+    assert reuse.result_affecting()["prefix_reuse"] is True and "batch_size" not in reuse.result_affecting()
+    assert "prefix_reuse" not in plain.result_affecting() and plain.result_affecting()["batch_size"] == 2
+    assert ev.Settings.from_mapping(base).prefix_reuse is True  # the schema's default
+    with pytest.raises(UserError, match="prefix_reuse must be true or false"):
+        ev.Settings.from_mapping(base | {"prefix_reuse": "yes"})
+    assert type(ev.build_backend(checkpoint, reuse, MAX_GEN_TOKS).lm) is PrefixReuseHFLM
+    assert type(ev.build_backend(checkpoint, plain, MAX_GEN_TOKS).lm) is HFLM

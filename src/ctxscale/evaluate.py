@@ -110,7 +110,7 @@ def _default_settings() -> dict[str, Any]:
 # backend, max_length (explicit window, never inferred), batch_size (fixed, never "auto": scores depend slightly
 # on it), dtype, device (hf; vLLM picks GPUs via CUDA_VISIBLE_DEVICES), seed, tensor_parallel_size (vllm;
 # "auto" is resolved by the job plan), gpu_memory_utilization, enable_prefix_caching, block_size, enforce_eager,
-# max_samples; see src/ctxscale/schemas/config.schema.yaml for each one's meaning and default.
+# prefix_reuse (hf), max_samples; see src/ctxscale/schemas/config.schema.yaml for each one's meaning and default.
 DEFAULT_SETTINGS: dict[str, Any] = _default_settings()
 BACKENDS = ("vllm", "hf")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -132,6 +132,7 @@ class Settings:
     tensor_parallel_size: int
     gpu_memory_utilization: float
     enable_prefix_caching: bool
+    prefix_reuse: bool
     block_size: int | None
     enforce_eager: bool
     revision: str
@@ -172,7 +173,7 @@ class Settings:
         device = merged["device"]
         if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
             raise UserError(f"evaluation setting device must be cpu, cuda or cuda:N, got {merged['device']!r}")
-        for key in ("enable_prefix_caching", "enforce_eager"):
+        for key in ("enable_prefix_caching", "enforce_eager", "prefix_reuse"):
             if not isinstance(merged[key], bool):
                 raise UserError(f"evaluation setting {key} must be true or false")
         utilization = merged["gpu_memory_utilization"]
@@ -212,6 +213,10 @@ class Settings:
             )
             # vLLM gets every prompt of a shot count in one call, so batch_size does not reach it.
             del affecting["device"], affecting["batch_size"]
+        elif self.prefix_reuse:
+            # Batch 1 with a cropped cache (ctxscale.prefix_reuse): batch_size does not reach the model either.
+            affecting["prefix_reuse"] = True
+            del affecting["batch_size"]
         return affecting
 
     def as_dict(self) -> dict[str, Any]:
@@ -284,10 +289,10 @@ RECORDED_VERSIONS = ("ctxscale", "lm_eval", "torch", "transformers", "vllm", "py
 
 
 # The modules whose code decides prompts, generations and scores: this one (the backends, generation
-# arguments, record building), the lm-eval tasks, the metrics, prompt building, and vLLM's position table.
-# Any edit to them is a new cache key: conservative (a comment edit re-evaluates), never stale.
+# arguments, record building), the lm-eval tasks, the metrics, prompt building, vLLM's position table, and hf's
+# prefix reuse. Any edit to them is a new cache key: conservative (a comment edit re-evaluates), never stale.
 RESULT_AFFECTING_MODULES = ("ctxscale.evaluate", "ctxscale.tasks", "ctxscale.metrics", "ctxscale.datasets",
-                            "ctxscale.vllm_rope")
+                            "ctxscale.vllm_rope", "ctxscale.prefix_reuse")
 
 
 def _code_fingerprint() -> str:
@@ -442,12 +447,14 @@ def _build_hf(model_dir: Path, settings: Settings) -> Backend:
     import transformers
     from lm_eval.models.huggingface import HFLM
 
+    from ctxscale.prefix_reuse import PrefixReuseHFLM
+
     if settings.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {settings.device} requested but torch has no CUDA device here; set device: cpu")
     if settings.device == "cpu":
         pin_cpu_code_paths()  # greedy decoding's near-ties then break the same way on every machine
     extra: dict[str, Any] = {}
-    details: dict[str, Any] = {"device": settings.device}
+    details: dict[str, Any] = {"device": settings.device, "prefix_reuse": settings.prefix_reuse}
     if settings.rope_scaling is not None:
         hf_config = transformers.AutoConfig.from_pretrained(model_dir)
         current = dict(getattr(hf_config, "rope_parameters", None) or {})
@@ -458,7 +465,7 @@ def _build_hf(model_dir: Path, settings: Settings) -> Backend:
             extra["config"] = hf_config
         details["rope_parameters"] = wanted
     # device must be explicit: on a CPU-only torch, transformers' loading warm-up otherwise calls into CUDA.
-    lm = HFLM(
+    lm = (PrefixReuseHFLM if settings.prefix_reuse else HFLM)(
         pretrained=str(model_dir),
         device=settings.device,
         dtype=settings.dtype,

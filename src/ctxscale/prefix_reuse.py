@@ -110,7 +110,8 @@ class PrefixReuseHFLM(HFLM):
 
     def _default_budget(self) -> int:
         """On a GPU, the prompt tokens whose keys and values fit in nine tenths of the memory free after the
-        model loaded (the plan's KV pool); on a CPU, DEFAULT_RETAINED_TOKENS."""
+        model loaded, less one working sequence of max_length (the plan's KV pool, ctxscale.plan's
+        retained_tokens); on a CPU, DEFAULT_RETAINED_TOKENS."""
         if self.device.type != "cuda":
             return DEFAULT_RETAINED_TOKENS
         config = self.model.config.get_text_config(decoder=True)
@@ -119,7 +120,7 @@ class PrefixReuseHFLM(HFLM):
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         bytes_per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
         free, _total = torch.cuda.mem_get_info(self.device)
-        return int(0.9 * free / bytes_per_token)
+        return max(0, int(0.9 * free / bytes_per_token) - self.max_length)
 
     # ------------------------------------------------------------------------------------------ the store
 
