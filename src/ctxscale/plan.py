@@ -28,8 +28,8 @@ power of two dividing the attention heads, for which this holds; ``max_model_len
 plus the generation budget, capped at ``max_length``. The ``hf`` backend runs on one GPU (``device: cuda``)
 or none (``device: cpu``) and is checked the same way with t = 1; with ``prefix_reuse`` (ctxscale.prefix_reuse)
 the finished prompts' caches it retains for the next shot count fill the KV pool left after one working
-sequence (``retained_tokens``; the engine's own bound, sized at load from the free memory). A job that cannot fit fails before any
-model loads, with one line naming the model, the memory needed and the memory available.
+sequence (``retained_tokens``; the engine's own bound, sized at load from the free memory). A job that cannot
+fit fails before any model loads, with one line naming the model, the memory needed and the memory available.
 
 ``ctxscale plan --configfile config/config.yaml`` prints the plan of every evaluate job as a table.
 """
