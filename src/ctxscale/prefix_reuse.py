@@ -52,10 +52,10 @@ from ctxscale.errors import UserError
 
 log = logging.getLogger("ctxscale.prefix_reuse")
 
-# Prompt tokens the store keeps by default: a few hundred thousand, enough for one retained prompt per
-# instance of a small model's sweep (the miniature: 96 instances under 4,096 tokens); on a GPU the store is
-# bounded by the memory left after loading instead (see _default_budget).
-DEFAULT_RETAINED_TOKENS = 2**19
+# Keys and values the store keeps by default on a CPU: 1 GiB, a million prompt tokens of the miniature's models
+# (their sweeps retain about 200,000: 96 instances' 31-shot prompts), 23,000 of SmolLM2-135M in float32; on a
+# GPU the store is bounded by the memory left after loading instead (see _default_budget).
+DEFAULT_RETAINED_BYTES = 2**30
 # rope types whose rotation depends on the sequence length in the forward pass: a chunked prefill differs.
 LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 
@@ -109,16 +109,16 @@ class PrefixReuseHFLM(HFLM):
         return True, ""
 
     def _default_budget(self) -> int:
-        """On a GPU, the prompt tokens whose keys and values fit in nine tenths of the memory free after the
-        model loaded, less one working sequence of max_length (the plan's KV pool, ctxscale.plan's
-        retained_tokens); on a CPU, DEFAULT_RETAINED_TOKENS."""
-        if self.device.type != "cuda":
-            return DEFAULT_RETAINED_TOKENS
+        """Prompt tokens the store may hold: on a CPU, those whose keys and values take DEFAULT_RETAINED_BYTES;
+        on a GPU, those fitting in nine tenths of the memory free after the model loaded, less one working
+        sequence of max_length (the plan's KV pool; ctxscale.plan reports it as retained_tokens)."""
         config = self.model.config.get_text_config(decoder=True)
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         bytes_per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
+        if self.device.type != "cuda":
+            return DEFAULT_RETAINED_BYTES // bytes_per_token
         free, _total = torch.cuda.mem_get_info(self.device)
         return max(0, int(0.9 * free / bytes_per_token) - self.max_length)
 
