@@ -37,6 +37,7 @@ module, ``lm_eval.simple_evaluate(model="hf-prefix-reuse", model_args="pretraine
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,9 @@ class PrefixReuseHFLM(HFLM):
         self._store: list[RetainedPrefix] = []
         self._clock = 0
         self.reuse_supported, self.reuse_refusal = self._reuse_support()
+        # transformers 5.25 renamed generate's past_key_values to cache (the old name warns); 5.19 knows only it.
+        parameters = inspect.signature(self.model.forward).parameters
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
         if not self.reuse_supported:
             log.warning("prefix reuse is off for this model (%s); every prompt is prefilled in full",
                         self.reuse_refusal)  # fmt: skip
@@ -192,8 +196,9 @@ class PrefixReuseHFLM(HFLM):
         max_length = kwargs.pop("max_length", len(ids) + max_gen_toks)
         context = torch.tensor([ids], device=self.device)
         cache = self._start_cache(ids)
+        kwargs[self._cache_argument] = cache
         output = self._model_generate(context=context, attention_mask=torch.ones_like(context), stop=until,
-                                      max_length=max_length, cache=cache, **kwargs)  # fmt: skip
+                                      max_length=max_length, **kwargs)  # fmt: skip
         self._retain(ids, cache)
         return self._continuation_text(output[0, len(ids):].tolist(), until)
 
