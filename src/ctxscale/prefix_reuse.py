@@ -31,8 +31,10 @@ sliding-window layers (a cropped sliding cache cannot grow back) fall back to ``
 
 Use through ``lm_eval.simple_evaluate(model=PrefixReuseHFLM(pretrained=...), ...)`` or, after importing this
 module, ``lm_eval.simple_evaluate(model="hf-prefix-reuse", model_args="pretrained=...")``; lm-eval 0.4.13's
-``lm_eval`` command cannot load out-of-tree models, so a user runs it from Python:
-``python -c "import ctxscale.prefix_reuse, lm_eval.__main__ as m; m.cli_evaluate()" --model hf-prefix-reuse ...``.
+``lm_eval`` command cannot load out-of-tree models, so a user runs its command line from Python::
+
+    python -c "import ctxscale.prefix_reuse, lm_eval.__main__ as m; m.cli_evaluate()" \
+        --model hf-prefix-reuse --model_args pretrained=DIR,max_length=4096 --device cuda --tasks ...
 """
 
 from __future__ import annotations
