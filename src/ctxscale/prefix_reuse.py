@@ -31,9 +31,9 @@ sliding-window layers (a cropped sliding cache cannot grow back) fall back to ``
 
 Use through ``lm_eval.simple_evaluate(model=PrefixReuseHFLM(pretrained=...), ...)`` or, after importing this
 module, ``lm_eval.simple_evaluate(model="hf-prefix-reuse", model_args="pretrained=...")``; lm-eval 0.4.13's
-``lm_eval`` command cannot load out-of-tree models, so a user runs its command line from Python::
+``lm_eval`` command cannot load out-of-tree models, so a user runs its command line from Python (one line)::
 
-    python -c "import ctxscale.prefix_reuse, lm_eval.__main__ as m; m.cli_evaluate()" \
+    python -c "import ctxscale.prefix_reuse, lm_eval.__main__ as m; m.cli_evaluate()"
         --model hf-prefix-reuse --model_args pretrained=DIR,max_length=4096 --device cuda --tasks ...
 """
 
