@@ -111,6 +111,14 @@ def test_cpu_jobs_take_no_gpu_and_hf_on_cuda_one():
         job("Llama-2-13b-hf", 120_000, backend="hf", device="cuda")
 
 
+def test_hf_prefix_reuse_store_takes_the_pool_beside_one_working_sequence():
+    with_reuse = job("Llama-2-7b-hf", 32_768, backend="hf", device="cuda")
+    # (71.64 available - 12.55 weights - 4 overhead - 16.20 working sequence) GiB / 0.5 MiB a token
+    assert with_reuse.retained_tokens == pytest.approx(38.89 * 2048, rel=1e-3)
+    assert job("Llama-2-7b-hf", 32_768, backend="hf", device="cuda", prefix_reuse=False).retained_tokens == 0
+    assert job("Llama-2-7b-hf", 32_768).retained_tokens == 0  # vLLM
+
+
 def test_weights_from_disk_are_rescaled_to_the_run_dtype(tmp_path):
     (tmp_path / "config.json").write_text((CONFIGS / "gemma-2-9b.json").read_text())  # float32 on disk
     (tmp_path / "model-00001.safetensors").write_bytes(b"\0" * 4000)

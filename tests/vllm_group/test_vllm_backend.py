@@ -205,6 +205,27 @@ def test_smollm2_matches_hf_and_answers(engines, tmp_path, smollm2):
     assert results[3]["score"] >= 0.75  # a real pretrained model: few-shot sums are mostly right
 
 
+def test_smollm2_prefix_reuse_matches_plain_hf(tmp_path, smollm2):
+    """hf with prefix reuse (ctxscale.evaluate.prefix_reuse) against lm-eval's plain HFLM on a real model: the same
+    predictions and prompt tokens, with fewer tokens prefilled (PrefillCounter, a forward hook)."""
+    from ctxscale.evaluate.prefix_reuse import PrefillCounter
+
+    data = write_prepared(tmp_path / "data", ARITHMETIC_POOL, ARITHMETIC_TEST, ARITHMETIC_MANIFEST)
+    results, prefilled = {}, {}
+    for reuse in (False, True):
+        settings = HF | {"prefix_reuse": reuse}
+        backend = ev.build_backend(smollm2, ev.Settings.from_mapping(settings), MAX_NEW_TOKENS)
+        counter = PrefillCounter(backend.lm.model)
+        results[reuse] = run_evaluate(smollm2, data, tmp_path / str(reuse), SMOLLM_SHOTS, settings, backend)
+        prefilled[reuse] = counter.prefilled
+    for k in SMOLLM_SHOTS:
+        with_reuse, plain = results[True][k]["instances"], results[False][k]["instances"]
+        for field in ("id", "prompt_tokens", "prediction", "score"):
+            assert [i[field] for i in with_reuse] == [i[field] for i in plain], (k, field)
+    submitted = sum(i["prompt_tokens"] for k in SMOLLM_SHOTS for i in results[False][k]["instances"])
+    assert prefilled[False] == submitted and prefilled[True] < 0.6 * submitted
+
+
 def test_unverified_vllm_is_refused(tmp_path, letters, monkeypatch):
     model_dir = tiny_checkpoint(tmp_path / "model")
     monkeypatch.setattr(vllm_rope, "vllm_version", lambda: "0.33.0")

@@ -1,4 +1,6 @@
-"""The ``hf`` engine: lm-eval's ``HFLM`` (transformers), batches of ``batch_size`` prompts.
+"""The ``hf`` engine: lm-eval's ``HFLM`` (transformers), batches of ``batch_size`` prompts; with the setting
+``prefix_reuse`` (the default), :class:`ctxscale.evaluate.prefix_reuse.PrefixReuseHFLM`, which prefills each
+shared shot prefix once (batch 1 with a cropped KV cache, so ``batch_size`` does not reach the model).
 
 transformers computes RoPE cos/sin on the fly from the position ids (plain, linear and YaRN alike), so any
 position up to ``max_length`` runs past the model's own limit; transformers only logs a reminder. A
@@ -23,8 +25,12 @@ class HfEngine(Engine):
     name = "hf"
 
     @classmethod
-    def lm_class(cls) -> type:
-        """The lm-eval LM class this engine loads (a subclass of HFLM may change how it generates)."""
+    def lm_class(cls, settings: Settings) -> type:
+        """The lm-eval LM class this engine loads: HFLM, or its prefix-reusing subclass."""
+        if settings.prefix_reuse:
+            from ctxscale.evaluate.prefix_reuse import PrefixReuseHFLM
+
+            return PrefixReuseHFLM
         from lm_eval.models.huggingface import HFLM
 
         return HFLM
@@ -39,7 +45,7 @@ class HfEngine(Engine):
         if settings.device == "cpu":
             pin_cpu_code_paths()  # greedy decoding's near-ties then break the same way on every machine
         extra: dict[str, Any] = {}
-        details: dict[str, Any] = {"device": settings.device}
+        details: dict[str, Any] = {"device": settings.device, "prefix_reuse": settings.prefix_reuse}
         if settings.rope_scaling is not None:
             hf_config = transformers.AutoConfig.from_pretrained(model_dir)
             current = dict(getattr(hf_config, "rope_parameters", None) or {})
@@ -50,7 +56,7 @@ class HfEngine(Engine):
                 extra["config"] = hf_config
             details["rope_parameters"] = wanted
         # device must be explicit: on a CPU-only torch, transformers' loading warm-up otherwise calls into CUDA.
-        lm = cls.lm_class()(
+        lm = cls.lm_class(settings)(
             pretrained=str(model_dir),
             device=settings.device,
             dtype=settings.dtype,
@@ -68,13 +74,15 @@ class HfEngine(Engine):
 
     @classmethod
     def result_affecting(cls, settings: Settings) -> dict[str, Any]:
-        return super().result_affecting(settings) | {
-            "batch_size": settings.batch_size,
+        affecting = super().result_affecting(settings) | {
             "device": settings.device.split(":")[0],  # which GPU does not matter, CPU vs GPU numerics do
         }
+        if settings.prefix_reuse:  # one prompt at a time: batch_size does not reach the model
+            return affecting | {"prefix_reuse": True}
+        return affecting | {"batch_size": settings.batch_size}  # the key of caches made before prefix reuse
 
     def batch_size_record(self, settings: Settings) -> int:
-        return settings.batch_size
+        return 1 if settings.prefix_reuse else settings.batch_size
 
     def built_for(self, settings: Settings) -> bool:
         return super().built_for(settings) and int(self.lm.batch_size) == settings.batch_size

@@ -20,7 +20,7 @@ def _default_settings() -> dict[str, Any]:
 
 # backend, max_length (explicit window, never inferred), batch_size (fixed, never "auto": scores depend slightly
 # on it), dtype, device (hf; vLLM picks GPUs via CUDA_VISIBLE_DEVICES), seed, tensor_parallel_size (vllm;
-# "auto" is resolved by the job plan), gpu_memory_utilization, enable_prefix_caching, block_size, enforce_eager,
+# "auto" is resolved by the job plan), gpu_memory_utilization, enable_prefix_caching, prefix_reuse (hf), block_size, enforce_eager,
 # max_samples; see src/ctxscale/schemas/config.schema.yaml for each one's meaning and default.
 DEFAULT_SETTINGS: dict[str, Any] = _default_settings()
 
@@ -48,6 +48,7 @@ class Settings:
     tensor_parallel_size: int
     gpu_memory_utilization: float
     enable_prefix_caching: bool
+    prefix_reuse: bool
     block_size: int | None
     enforce_eager: bool
     revision: str
@@ -88,7 +89,7 @@ class Settings:
         device = merged["device"]
         if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
             raise UserError(f"evaluation setting device must be cpu, cuda or cuda:N, got {merged['device']!r}")
-        for key in ("enable_prefix_caching", "enforce_eager"):
+        for key in ("enable_prefix_caching", "enforce_eager", "prefix_reuse"):
             if not isinstance(merged[key], bool):
                 raise UserError(f"evaluation setting {key} must be true or false")
         utilization = merged["gpu_memory_utilization"]

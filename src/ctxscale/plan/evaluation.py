@@ -27,8 +27,10 @@ The memory model is vLLM's start condition: the KV cache must hold at least one 
 (KV heads are split across GPUs, or replicated once t exceeds them). The plan takes the smallest t, a
 power of two dividing the attention heads, for which this holds; ``max_model_len`` is the longest prompt
 plus the generation budget, capped at ``max_length``. The ``hf`` backend runs on one GPU (``device: cuda``)
-or none (``device: cpu``) and is checked the same way with t = 1. A job that cannot fit fails before any
-model loads, with one line naming the model, the memory needed and the memory available.
+or none (``device: cpu``) and is checked the same way with t = 1; with ``prefix_reuse`` (ctxscale.evaluate.prefix_reuse)
+the finished prompts' caches it retains for the next shot count fill the KV pool left after one working
+sequence (``retained_tokens``; the engine's own bound, sized at load from the free memory). A job that cannot
+fit fails before any model loads, with one line naming the model, the memory needed and the memory available.
 
 
 The plans of every evaluate job of a config (:func:`plan_config`, :func:`format_plan`) are what ``ctxscale plan``
@@ -95,6 +97,7 @@ class JobPlan:
     needed_gib: float  # per GPU
     available_gib: float  # per GPU (gpu_memory_gib × utilization); 0 on CPU
     sequences_in_kv: float  # max_model_len sequences the KV pool holds (concurrency at full length)
+    retained_tokens: int = 0  # hf prefix reuse: prompt tokens its store can retain beside the working sequence
 
     def settings_update(self) -> dict[str, int]:
         """The evaluation settings the plan decides."""
@@ -178,7 +181,9 @@ def plan_job(
         needed_gib=round(needed / GIB, 2),
         available_gib=round(available / GIB, 2),
         sequences_in_kv=round(kv_pool / kv, 2),
-    )
+        retained_tokens=(int((kv_pool - kv) // arch.kv_bytes_per_token(dtype_bytes))
+                         if backend == "hf" and settings["prefix_reuse"] else 0),
+    )  # fmt: skip
 
 
 def plan_from_files(
@@ -277,7 +282,7 @@ def format_plan(plans: list[JobPlan], collapse: bool = True) -> str:
 
     frame = pd.DataFrame([asdict(p) for p in plans])
     outcome = ["max_model_len", "tensor_parallel_size", "gpus", "weights_gib", "kv_gib", "needed_gib",
-               "available_gib", "sequences_in_kv", "prompt_source"]  # fmt: skip
+               "available_gib", "sequences_in_kv", "retained_tokens", "prompt_source"]  # fmt: skip
     if not collapse:
         return frame[["model", "dataset", "longest_prompt", "max_new_tokens", *outcome]].to_markdown(index=False)
     grouped = frame.groupby(["model", *outcome], sort=False, dropna=False).agg(
