@@ -52,8 +52,9 @@ def token_count(text: str) -> int:
 
 # The window: at 3 shots the long instance t2 no longer fits, at 5 shots nothing does.
 MAX_LENGTH = max(token_count(official(3, row["input"])) for row in TEST_ROWS if row["id"] != "t2") + MAX_NEW_TOKENS
+# Plain HFLM in batches (tests/test_prefix_reuse.py covers the prefix-reusing class against it).
 SETTINGS = {"backend": "hf", "device": "cpu", "dtype": "float32", "batch_size": 2, "max_length": MAX_LENGTH,
-            "seed": 31337, "revision": "main", "n_ctx": N_CTX}
+            "seed": 31337, "revision": "main", "n_ctx": N_CTX, "prefix_reuse": False}
 
 
 @contextlib.contextmanager

@@ -10,9 +10,13 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from ctxscale.errors import UserError
-from ctxscale.evaluate import count_prompt_tokens
 from ctxscale.evaluate.prefix_reuse import PrefillCounter, PrefixReuseHFLM, common_prefix_length
 from ctxscale.tiny import build_tokenizer, init_model, save_checkpoint
+
+
+def count_prompt_tokens(lm, prompts: list[str]) -> list[int]:
+    """Token counts as the hf engine takes them (HfEngine.count_prompt_tokens: HFLM's tok_encode, BOS included)."""
+    return [len(lm.tok_encode(prompt)) for prompt in prompts]
 
 # Measured max |Δ log p| of a generated token, chunked against full prefill, float32 CPU: 2.9e-6 (2026-12-05).
 LOGPROB_TOLERANCE = 1e-4
@@ -168,14 +172,17 @@ def test_sequence_length_dependent_rope_falls_back_to_full_prefill(tmp_path):
 
 
 def test_setting_selects_the_class_and_keys_the_cache(checkpoint):
-    from ctxscale import evaluate as ev
+    from ctxscale.evaluate.engines import build_engine
+    from ctxscale.evaluate.hf_engine import HfEngine
+    from ctxscale.evaluate.settings import Settings
 
     base = {"backend": "hf", "device": "cpu", "dtype": "float32", "batch_size": 2, "max_length": 256}
-    reuse, plain = (ev.Settings.from_mapping(base | {"prefix_reuse": flag}) for flag in (True, False))
-    assert reuse.result_affecting()["prefix_reuse"] is True and "batch_size" not in reuse.result_affecting()
-    assert "prefix_reuse" not in plain.result_affecting() and plain.result_affecting()["batch_size"] == 2
-    assert ev.Settings.from_mapping(base).prefix_reuse is True  # the schema's default
+    reuse, plain = (Settings.from_mapping(base | {"prefix_reuse": flag}) for flag in (True, False))
+    reuse_key, plain_key = HfEngine.result_affecting(reuse), HfEngine.result_affecting(plain)
+    assert reuse_key["prefix_reuse"] is True and "batch_size" not in reuse_key
+    assert "prefix_reuse" not in plain_key and plain_key["batch_size"] == 2
+    assert Settings.from_mapping(base).prefix_reuse is True  # the schema's default
     with pytest.raises(UserError, match="prefix_reuse must be true or false"):
-        ev.Settings.from_mapping(base | {"prefix_reuse": "yes"})
-    assert type(ev.build_backend(checkpoint, reuse, MAX_GEN_TOKS).lm) is PrefixReuseHFLM
-    assert type(ev.build_backend(checkpoint, plain, MAX_GEN_TOKS).lm) is HFLM
+        Settings.from_mapping(base | {"prefix_reuse": "yes"})
+    assert type(build_engine(checkpoint, reuse, MAX_GEN_TOKS).lm) is PrefixReuseHFLM
+    assert type(build_engine(checkpoint, plain, MAX_GEN_TOKS).lm) is HFLM

@@ -214,9 +214,9 @@ def test_smollm2_prefix_reuse_matches_plain_hf(tmp_path, smollm2):
     results, prefilled = {}, {}
     for reuse in (False, True):
         settings = HF | {"prefix_reuse": reuse}
-        backend = ev.build_backend(smollm2, ev.Settings.from_mapping(settings), MAX_NEW_TOKENS)
-        counter = PrefillCounter(backend.lm.model)
-        results[reuse] = run_evaluate(smollm2, data, tmp_path / str(reuse), SMOLLM_SHOTS, settings, backend)
+        engine = build_engine(smollm2, Settings.from_mapping(settings), MAX_NEW_TOKENS)
+        counter = PrefillCounter(engine.lm.model)
+        results[reuse] = run_evaluate(smollm2, data, tmp_path / str(reuse), SMOLLM_SHOTS, settings, engine)
         prefilled[reuse] = counter.prefilled
     for k in SMOLLM_SHOTS:
         with_reuse, plain = results[True][k]["instances"], results[False][k]["instances"]

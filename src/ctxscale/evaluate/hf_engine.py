@@ -85,7 +85,8 @@ class HfEngine(Engine):
         return 1 if settings.prefix_reuse else settings.batch_size
 
     def built_for(self, settings: Settings) -> bool:
-        return super().built_for(settings) and int(self.lm.batch_size) == settings.batch_size
+        return (super().built_for(settings) and type(self.lm) is self.lm_class(settings)
+                and (settings.prefix_reuse or int(self.lm.batch_size) == settings.batch_size))
 
     def count_prompt_tokens(self, prompts: list[str]) -> list[int]:
         return [len(self.lm.tok_encode(prompt)) for prompt in prompts]
