@@ -1,5 +1,6 @@
 """How every step starts: ``python -m ctxscale.<step>`` runs the module's ``main(argv) -> int``, which is
-decorated with :func:`cli_main` (the one error path: a :class:`~ctxscale.errors.UserError` becomes one
+decorated with :func:`cli_main` (which first has the process keep freed memory for reuse,
+:mod:`ctxscale.allocator`, and is the one error path: a :class:`~ctxscale.errors.UserError` becomes one
 ``error: <message>`` line on stderr and exit code 2, never a traceback) and parses its arguments with a
 :func:`step_parser` through :func:`parse_step_args` (the one logging flag style: ``-q`` warnings only,
 ``-v`` debug details, progress otherwise, on stderr). A step with two jobs takes them as argparse subcommands
@@ -16,6 +17,7 @@ import logging
 import sys
 from typing import Callable
 
+from ctxscale.allocator import keep_freed_memory
 from ctxscale.errors import UserError
 
 
@@ -25,6 +27,7 @@ def cli_main(main: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
+        keep_freed_memory()
         try:
             return int(main(argv) or 0)
         except UserError as error:
