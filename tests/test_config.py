@@ -122,7 +122,8 @@ def test_a_validated_config_carries_every_default(demo):
 
 
 def test_tiny_fit_and_figure_defaults_come_from_the_schema():
-    from ctxscale import figures, fitting, tiny
+    from ctxscale import fitting, tiny
+    from ctxscale.figures import inputs as figure_inputs
 
     assert tiny.TRAIN_DEFAULTS == ctxconfig.schema_defaults("tiny_train")
     assert tiny.TRAIN_DEFAULTS["steps"] == 900
@@ -131,4 +132,4 @@ def test_tiny_fit_and_figure_defaults_come_from_the_schema():
     assert fitting.DEFAULT_SEEDS == tuple(range(fit["seeds"])) == (0, 1, 2, 3, 4)
     assert fitting.DEFAULT_BOOTSTRAP_REPLICATES == fit["bootstrap"] == 1000
     assert fitting.DEFAULT_BOOTSTRAP_UNIT == fit["bootstrap_unit"] == "instances"
-    assert figures.FigureSettings().formats == tuple(ctxconfig.schema_defaults("figures")["formats"]) == ("png", "pdf")
+    assert figure_inputs.FigureSettings().formats == tuple(ctxconfig.schema_defaults("figures")["formats"]) == ("png", "pdf")

@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection, PolyCollection
 
-from ctxscale import figures
+from ctxscale.errors import UserError
+from ctxscale.figures import drawing, inputs, plots, render
 from ctxscale.experiments import run_experiment
 from ctxscale.fit_inputs import FitSettings, select_cells
 from ctxscale.fitting import load_fit, write_json_atomic
@@ -146,21 +147,21 @@ def tiny_run(tmp_path_factory) -> Path:
     return shared_run("tiny", tmp_path_factory)
 
 
-def inputs_of(run: Path) -> figures.FigureInputs:
-    return figures.load_inputs(run / "by_task.csv", run / "fits", sorted((run / "models").glob("*.json")))
+def inputs_of(run: Path) -> inputs.FigureInputs:
+    return inputs.load_inputs(run / "by_task.csv", run / "fits", sorted((run / "models").glob("*.json")))
 
 
 @pytest.fixture(scope="module")
-def paper(paper_run) -> figures.FigureInputs:
+def paper(paper_run) -> inputs.FigureInputs:
     return inputs_of(paper_run)
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_run) -> figures.FigureInputs:
+def tiny(tiny_run) -> inputs.FigureInputs:
     return inputs_of(tiny_run)
 
 
-PAPER_SETTINGS = figures.FigureSettings(contour_n_ctx=8192, heldout_context_n_ctx=131072)
+PAPER_SETTINGS = inputs.FigureSettings(contour_n_ctx=8192, heldout_context_n_ctx=131072)
 
 
 def panels(fig):
@@ -185,7 +186,7 @@ def scatters(ax):
 
 
 def test_style_sets_the_paper_look():
-    figures.style()
+    drawing.style()
     import matplotlib as mpl
 
     assert mpl.rcParams["axes.spines.top"] is False and mpl.rcParams["axes.spines.right"] is False
@@ -195,17 +196,17 @@ def test_style_sets_the_paper_look():
 
 def test_choose_n_ctx_takes_the_requested_value_else_the_nearest_present(caplog):
     present = [4096, 8192, 16384, 131072]
-    assert figures.choose_n_ctx(present, 8192, "second-smallest", "fig2") == 8192
-    assert figures.choose_n_ctx(present, None, "second-smallest", "fig2") == 8192
-    assert figures.choose_n_ctx(present, None, "largest", "held-out") == 131072
+    assert inputs.choose_n_ctx(present, 8192, "second-smallest", "fig2") == 8192
+    assert inputs.choose_n_ctx(present, None, "second-smallest", "fig2") == 8192
+    assert inputs.choose_n_ctx(present, None, "largest", "held-out") == 131072
     with caplog.at_level(logging.WARNING, logger="ctxscale.figures"):
-        assert figures.choose_n_ctx([128, 256, 512], 8192, "second-smallest", "fig2") == 512
+        assert inputs.choose_n_ctx([128, 256, 512], 8192, "second-smallest", "fig2") == 512
     assert "no model has n_ctx = 8192; drawing n_ctx = 512 instead" in caplog.text
-    assert figures.choose_n_ctx([128, 512], 256, "largest", "x") == 512  # log-distance tie: the larger
+    assert inputs.choose_n_ctx([128, 512], 256, "largest", "x") == 512  # log-distance tie: the larger
 
 
 def test_n_pmt_grid_is_sorted_log_spaced_and_hugs_the_context_limit():
-    grid = figures.n_pmt_grid(30.0, 2.0e5, [8192, 131072])
+    grid = drawing.n_pmt_grid(30.0, 2.0e5, [8192, 131072])
     assert grid[0] == 30.0 and grid[-1] == 2.0e5
     assert np.all(np.diff(grid) > 0)
     for point in (8180.0, 8188.0, 8192.0, 8196.0, 8204.0, 131072.0):
@@ -213,21 +214,21 @@ def test_n_pmt_grid_is_sorted_log_spaced_and_hugs_the_context_limit():
 
 
 def test_figure_settings_from_json_rejects_mistakes():
-    settings = figures.FigureSettings.from_json('{"formats": ["png"], "contour_n_ctx": 256}')
+    settings = inputs.FigureSettings.from_json('{"formats": ["png"], "contour_n_ctx": 256}')
     assert settings.formats == ("png",) and settings.contour_n_ctx == 256
-    with pytest.raises(figures.UserError, match="--settings is not valid JSON"):
-        figures.FigureSettings.from_json("{contour_n_ctx: 256}")
-    with pytest.raises(figures.UserError, match="figure formats must be a non-empty list of png, pdf, svg"):
-        figures.FigureSettings.from_json('{"formats": ["jpg"]}')
-    with pytest.raises(figures.UserError, match="contour_n_ctx must be a positive number of tokens"):
-        figures.FigureSettings.from_json('{"contour_n_ctx": -5}')
+    with pytest.raises(UserError, match="--settings is not valid JSON"):
+        inputs.FigureSettings.from_json("{contour_n_ctx: 256}")
+    with pytest.raises(UserError, match="figure formats must be a non-empty list of png, pdf, svg"):
+        inputs.FigureSettings.from_json('{"formats": ["jpg"]}')
+    with pytest.raises(UserError, match="contour_n_ctx must be a positive number of tokens"):
+        inputs.FigureSettings.from_json('{"contour_n_ctx": -5}')
 
 
 # ------------------------------------------------------------------------------------------ paper scale
 
 
 def test_fig1_contrasts_the_context_agnostic_and_the_context_aware_fit(paper, paper_run):
-    fig = figures.fig1(paper, PAPER_SETTINGS)
+    fig = plots.fig1(paper, PAPER_SETTINGS)
     (ax,) = panels(fig)
     assert ax.get_xscale() == "log" and ax.get_yscale() == "linear"
     assert ax.get_xlabel() == r"prompt length $n_\mathrm{pmt}$ (tokens)"
@@ -250,12 +251,12 @@ def test_fig1_contrasts_the_context_agnostic_and_the_context_aware_fit(paper, pa
 
 
 def test_fig1_uses_the_configured_task_and_model(paper):
-    fig = figures.fig1(paper, figures.FigureSettings(fig1_task="translation", fig1_model="llama2-7b-16k"))
+    fig = plots.fig1(paper, inputs.FigureSettings(fig1_task="translation", fig1_model="llama2-7b-16k"))
     assert panels(fig)[0].get_title().splitlines() == ["Machine translation", "llama2-7b-16k, C = 7.77e22"]
 
 
 def test_fig2_contours_each_task_at_8k_with_both_model_sizes(paper):
-    fig = figures.fig2(paper, PAPER_SETTINGS)
+    fig = plots.fig2(paper, PAPER_SETTINGS)
     axes = panels(fig)
     assert [ax.get_title() for ax in axes] == ["(a) Arithmetic reasoning", "(b) Common-sense reasoning",
                                                "(c) Machine translation"]
@@ -275,13 +276,13 @@ def test_fig2_contours_each_task_at_8k_with_both_model_sizes(paper):
 
 def test_fig2_falls_back_to_the_nearest_context_limit(paper, caplog):
     with caplog.at_level(logging.WARNING, logger="ctxscale.figures"):
-        fig = figures.fig2(paper, figures.FigureSettings(contour_n_ctx=10_000))
+        fig = plots.fig2(paper, inputs.FigureSettings(contour_n_ctx=10_000))
     assert "no model has n_ctx = 10000; drawing n_ctx = 8192 instead" in caplog.text
     assert r"$n_\mathrm{ctx}$ = 8k" in legend_texts(fig)
 
 
 def test_heldout_context_marks_fitted_and_held_out_cells_at_128k(paper, paper_run):
-    fig = figures.heldout_context(paper, PAPER_SETTINGS)
+    fig = plots.heldout_context(paper, PAPER_SETTINGS)
     axes = panels(fig)
     assert len(axes) == 3
     for ax, task in zip(axes, ["arithmetic", "common-sense", "translation"]):
@@ -304,7 +305,7 @@ def test_heldout_context_marks_fitted_and_held_out_cells_at_128k(paper, paper_ru
 
 
 def test_heldout_compute_plots_predicted_against_observed_for_the_held_out_models(paper, paper_run):
-    fig = figures.heldout_compute(paper)
+    fig = plots.heldout_compute(paper)
     for ax, task in zip(panels(fig), ["arithmetic", "common-sense", "translation"]):
         fit = load_fit(paper_run / f"fits/held-out-compute/{task}.json")
         test = fit.predictions[fit.predictions["split"] == "test"]
@@ -319,11 +320,11 @@ def test_heldout_compute_plots_predicted_against_observed_for_the_held_out_model
 
 
 def test_pi_vs_yarn_pairs_each_pi_model_with_the_yarn_model_of_its_limit(paper):
-    assert figures.pi_yarn_pairs(paper) == [(8192, "llama2-7b-8k", "llama2-7b-pi-8k"),
+    assert plots.pi_yarn_pairs(paper) == [(8192, "llama2-7b-8k", "llama2-7b-pi-8k"),
                                             (16384, "llama2-7b-16k", "llama2-7b-pi-16k"),
                                             (32768, "llama2-7b-32k", "llama2-7b-pi-32k"),
                                             (65536, "llama2-7b-64k", "llama2-7b-pi-64k")]
-    fig = figures.pi_vs_yarn(paper)
+    fig = plots.pi_vs_yarn(paper)
     axes = panels(fig)
     assert len(axes) == 12  # 3 tasks x 4 context limits
     assert axes[0].get_title().startswith(r"$n_\mathrm{ctx}$ = 8k")
@@ -332,7 +333,7 @@ def test_pi_vs_yarn_pairs_each_pi_model_with_the_yarn_model_of_its_limit(paper):
 
 
 def test_per_model_has_one_panel_per_model_and_task(paper):
-    fig = figures.per_model(paper)
+    fig = plots.per_model(paper)
     axes = panels(fig)
     assert len(axes) == 21 * 3
     row_labels = [ax.get_ylabel().splitlines()[0] for ax in axes[::3]]  # first column, row-major order
@@ -344,8 +345,8 @@ def test_per_model_has_one_panel_per_model_and_task(paper):
 
 
 def test_saved_files_are_valid_and_identical_when_rendered_twice(paper, tmp_path):
-    first = figures.save_figure(figures.fig1(paper, PAPER_SETTINGS), tmp_path / "a", "fig1", ("png", "pdf"))
-    second = figures.save_figure(figures.fig1(paper, PAPER_SETTINGS), tmp_path / "b", "fig1", ("png", "pdf"))
+    first = drawing.save_figure(plots.fig1(paper, PAPER_SETTINGS), tmp_path / "a", "fig1", ("png", "pdf"))
+    second = drawing.save_figure(plots.fig1(paper, PAPER_SETTINGS), tmp_path / "b", "fig1", ("png", "pdf"))
     assert [p.name for p in first] == ["fig1.png", "fig1.pdf"]
     assert first[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and first[1].read_bytes()[:5] == b"%PDF-"
     for a, b in zip(first, second):
@@ -356,16 +357,16 @@ def test_saved_files_are_valid_and_identical_when_rendered_twice(paper, tmp_path
 
 
 def test_miniature_defaults_pick_its_own_context_limits(tiny):
-    fig = figures.fig2(tiny)  # no settings: second-smallest n_ctx
+    fig = plots.fig2(tiny)  # no settings: second-smallest n_ctx
     assert r"$n_\mathrm{ctx}$ = 256" in legend_texts(fig)
     assert all(len(scatters(ax)) == 3 for ax in panels(fig))  # three compute levels at 256
-    fig = figures.heldout_context(tiny)  # largest n_ctx
+    fig = plots.heldout_context(tiny)  # largest n_ctx
     assert all(len(curves(ax)) == 3 for ax in panels(fig))
     assert "fitted cell (n_pmt < 200)" in legend_texts(fig)
 
 
 def test_extension_validation_draws_each_extension_before_and_after_by_position(tiny, paper):
-    fig = figures.extension_validation(tiny)
+    fig = plots.extension_validation(tiny)
     axes = panels(fig)
     assert [ax.get_title() for ax in axes] == ["tiny-s", "tiny-m", "tiny-l"]
     lines = {line.get_label(): line for line in axes[0].get_lines() if not line.get_label().startswith("_")}
@@ -374,8 +375,8 @@ def test_extension_validation_draws_each_extension_before_and_after_by_position(
     assert list(after.get_xdata()) == [64, 192, 320, 448] and after.get_linestyle() == "-"
     assert list(after.get_ydata()) == pytest.approx([2.0, 2.05, 2.1, 2.15])
     assert list(lines["tiny-s-512 before"].get_ydata()) == pytest.approx([2.0, 2.5, 4.0, 6.5])
-    with pytest.raises(figures.UserError, match="extension_validation needs model-info files"):
-        figures.extension_validation(paper)  # downloaded models: no extension record
+    with pytest.raises(UserError, match="extension_validation needs model-info files"):
+        plots.extension_validation(paper)  # downloaded models: no extension record
 
 
 def test_cli_renders_every_available_figure_and_skips_the_others(tiny_run, tmp_path, capsys, caplog):
@@ -384,14 +385,14 @@ def test_cli_renders_every_available_figure_and_skips_the_others(tiny_run, tmp_p
             "--model-info", *map(str, sorted((tiny_run / "models").glob("*.json"))),
             "--settings", json.dumps({"formats": ["png", "pdf"], "contour_n_ctx": 256}), "--out-dir", str(out)]
     with caplog.at_level(logging.WARNING, logger="ctxscale.figures"):
-        assert figures.main(argv + ["-q"]) == 0
+        assert render.main(argv + ["-q"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["extension_validation.pdf", "extension_validation.png", "fig1.pdf", "fig1.png", "fig2.pdf",
                      "fig2.png", "heldout_context.pdf", "heldout_context.png", "per_model.pdf", "per_model.png"]
     assert all(p.stat().st_size > 10_000 for p in out.iterdir())
     assert "skipping heldout_compute" in caplog.text and "skipping pi_vs_yarn" in caplog.text
     capsys.readouterr()
-    assert figures.main(argv + ["--only", "heldout_compute"]) == 2
+    assert render.main(argv + ["--only", "heldout_compute"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == ("error: heldout_compute needs held-out-compute fits, and the fits folder has none for "
                            "the observed tasks")
@@ -428,7 +429,7 @@ def test_report_captions_render_for_every_figure_and_table(config_file):
     snakemake = type("Snakemake", (), {"config": config})
     environment = Environment(trim_blocks=True, lstrip_blocks=True)  # as snakemake.report
     report = REPO / "workflow" / "report"
-    names = ["workflow", *figures.FIGURE_NAMES, *TABLE_NAMES, COMPARISON_TABLE]
+    names = ["workflow", *render.FIGURE_NAMES, *TABLE_NAMES, COMPARISON_TABLE]
     assert sorted(p.stem for p in report.glob("*.rst")) == sorted(names)
     rendered = {}
     for name in names:

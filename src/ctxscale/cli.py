@@ -30,7 +30,7 @@ COMMANDS: dict[str, Command] = {
     "compare": Command("ctxscale.compare", "compare the law variants out of sample (law_comparison table)"),
     "table1": Command("ctxscale.tables", "print the paper's Table 1 (N, D, C) for a workflow config", job="table1"),
     "tables": Command("ctxscale.tables", "write the paper's tables (CSV and Markdown) from the fits", job="write"),
-    "figures": Command("ctxscale.figures", "render the paper's figures from the observations and the fits"),
+    "figures": Command("ctxscale.figures.render", "render the paper's figures from the observations and the fits"),
     "model-info": Command("ctxscale.model_info", "write results/models/{model}.json for one model"),
     "plan": Command("ctxscale.plan.cli", "print the GPU plan (max_model_len, tensor parallel size, GPUs) of every evaluate job"),
     "pin-revisions": Command("ctxscale.download", "resolve the config's model revisions (branches) to commits",

@@ -8,7 +8,7 @@ import sys
 from ctxscale import config as ctxconfig
 from ctxscale import compare as ctxcompare
 from ctxscale import experiments as ctxexperiments
-from ctxscale import figures as ctxfigures
+from ctxscale.figures.registry import FIGURES
 from ctxscale.plan import evaluation as evaluation_plan
 from ctxscale.plan import extension as extension_plan
 from ctxscale.errors import UserError
@@ -281,7 +281,7 @@ def figure_settings():
 def figure_names():
     """The figures of ctxscale.figures.FIGURES whose fits are all made, less those with no models to draw."""
     fitted = set(experiments())
-    names = [n for n, spec in ctxfigures.FIGURES.items() if set(spec.experiments) <= fitted]
+    names = [n for n, spec in FIGURES.items() if set(spec.experiments) <= fitted]
     if not any(model_spec(m)["group"] == "pi" for m in MODELS):
         names = [n for n in names if n != "pi_vs_yarn"]
     if not any(ctxconfig.extension_spec(config, m)["validation"]["sequences"] for m in models_from("extend")):

@@ -1,7 +1,7 @@
-"""``python -m ctxscale.figures``: the figures step (:func:`ctxscale.figures.main`)."""
+"""``python -m ctxscale.figures``: the figures step (:func:`ctxscale.figures.render.main`)."""
 
 import sys
 
-from ctxscale.figures import main
+from ctxscale.figures.render import main
 
 sys.exit(main())

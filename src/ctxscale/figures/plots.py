@@ -20,15 +20,12 @@ from ctxscale.figures.drawing import (C_LABEL, N_PMT_LABEL, P_LABEL, PAPER_WIDTH
                                       _has_interval, _log_axis, _mae, _mark_n_ctx, _markers, _new_figure,
                                       _p_limits, _palette, _span, _train_models, n_pmt_grid)
 from ctxscale.figures.inputs import FigureInputs, FigureSettings, choose_n_ctx
-from ctxscale.figures.registry import figure, fitted_tasks
+from ctxscale.figures.registry import fitted_tasks
 from ctxscale.tables import format_flops, format_tokens, task_title
 
 log = logging.getLogger(__name__)
 
 
-@figure("fig1", ("in-distribution", "context-agnostic"),
-        "Fig. 1: observed P over n_pmt for one task and model, with the context-agnostic (compute-only) fit "
-        "and the context-aware fit")
 def fig1(inputs: FigureInputs, settings: FigureSettings | None = None) -> Figure:
     """Fig. 1: observed P over n_pmt for one (task, model), context-agnostic fit against context-aware fit."""
     settings = settings or FigureSettings()
@@ -77,9 +74,6 @@ def _default_fig1_model(inputs: FigureInputs, aware, task: str, settings: Figure
     return str(at_ctx.sort_values("compute")["model"].iloc[-1])
 
 
-@figure("fig2", ("in-distribution",),
-        "Fig. 2a-c: contour of the fitted P^ over (n_pmt, C) at one n_ctx per task, with the observed cells "
-        "of the fitted models with that n_ctx overlaid in the same colour scale")
 def fig2(inputs: FigureInputs, settings: FigureSettings | None = None) -> Figure:
     """Fig. 2a-c: contour of P^ over (n_pmt, C) at one n_ctx per task, fitted models' cells overlaid."""
     settings = settings or FigureSettings()
@@ -143,9 +137,6 @@ def _colour_levels(top: float) -> tuple:
     return levels, ticks
 
 
-@figure("heldout_context", ("held-out-context",),
-        "per task, at the largest n_ctx: the law fitted on n_pmt below the threshold, with its bootstrap "
-        "band, fitted cells open and held-out cells filled")
 def heldout_context(inputs: FigureInputs, settings: FigureSettings | None = None) -> Figure:
     """Per task: the fit on n_pmt below the threshold, drawn at the largest n_ctx with its bootstrap band."""
     settings = settings or FigureSettings()
@@ -206,8 +197,6 @@ def heldout_context(inputs: FigureInputs, settings: FigureSettings | None = None
     return fig
 
 
-@figure("heldout_compute", ("held-out-compute",),
-        "per task: predicted against observed for the models outside the fit")
 def heldout_compute(inputs: FigureInputs, settings: FigureSettings | None = None) -> Figure:
     """Per task: predicted against observed P for the models outside the held-out-compute fit."""
     settings = settings or FigureSettings()
@@ -248,8 +237,6 @@ def heldout_compute(inputs: FigureInputs, settings: FigureSettings | None = None
     return fig
 
 
-@figure("pi_vs_yarn", ("in-distribution",),
-        "positional interpolation against YaRN at each shared n_ctx, with the fitted law")
 def pi_vs_yarn(inputs: FigureInputs, settings: FigureSettings | None = None) -> Figure:
     """PI against YaRN: observed P over n_pmt for both methods at each shared n_ctx, with the fitted law."""
     settings = settings or FigureSettings()
@@ -315,8 +302,6 @@ def pi_yarn_pairs(inputs: FigureInputs) -> list:
     return sorted(pairs)
 
 
-@figure("per_model", ("in-distribution",),
-        "small multiples: observed and fitted P over n_pmt for every (model, task)")
 def per_model(inputs: FigureInputs, settings: FigureSettings | None = None) -> Figure:
     """Small multiples: for every (model, task), observed P over n_pmt and the in-distribution fit."""
     settings = settings or FigureSettings()
@@ -373,9 +358,6 @@ def extended_models(inputs: FigureInputs) -> list[str]:
             if isinstance(record, dict) and (record.get("validation") or {}).get("after")]
 
 
-@figure("extension_validation", (),
-        "held-out loss by position bucket before and after each extension's continued training, one panel per "
-        "base model")
 def extension_validation(inputs: FigureInputs, settings: FigureSettings | None = None) -> Figure:
     """Did the extension work? Held-out loss by position bucket before and after each model's continued training,
     one panel per base model, its extended models in one colour each."""
