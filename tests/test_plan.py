@@ -674,3 +674,23 @@ def test_shipped_configs_are_the_fixtures_and_stand_in_offline(tmp_path, monkeyp
     config["models"]["llama2-13b-64k"]["base"] = "unknown"
     with pytest.raises(UserError, match="llama2-13b-64k: not downloaded"):
         architecture.architecture_for(config, "llama2-13b-64k")
+
+
+def test_the_evaluate_step_hands_the_engine_the_planned_store_of_its_largest_window(monkeypatch):
+    """One model load serves every dataset of a job: the largest window, and the store that fits beside it."""
+    import argparse
+
+    from ctxscale.evaluate import cli
+
+    short, long = (job("Llama-2-7b-hf", n, backend="hf", device="cuda") for n in (8_192, 32_768))
+    assert short.settings_update()["retained_tokens"] > long.settings_update()["retained_tokens"] > 0
+    assert "retained_tokens" not in job("Llama-2-7b-hf", 32_768).settings_update()  # vLLM has its own pool
+    plans = iter([short, long])
+    monkeypatch.setattr(evaluation, "plan_from_files", lambda **_: next(plans))
+    args = argparse.Namespace(data_dir=["a", "b"], model_name="m", model_dir="m", shots=[0],
+                              gpu_memory_mib=79.6 * 1024, gpu_overhead_mib=4096, max_gpus_per_job=1)  # fmt: skip
+    settings = {"backend": "hf", "device": "cuda", "prefix_reuse": True}
+    planned = cli.planned_settings(args, settings)
+    assert (planned["max_length"], planned["retained_tokens"]) == (long.max_model_len, long.retained_tokens)
+    plans = iter([short, long])
+    assert cli.planned_settings(args, {**settings, "retained_tokens": 5_000})["retained_tokens"] == 5_000

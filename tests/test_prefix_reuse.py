@@ -186,3 +186,15 @@ def test_setting_selects_the_class_and_keys_the_cache(checkpoint):
         Settings.from_mapping(base | {"prefix_reuse": "yes"})
     assert type(build_engine(checkpoint, reuse, MAX_GEN_TOKS).lm) is PrefixReuseHFLM
     assert type(build_engine(checkpoint, plain, MAX_GEN_TOKS).lm) is HFLM
+
+
+def test_the_hf_engine_gives_the_store_the_settings_budget(checkpoint):
+    from ctxscale.evaluate.engines import build_engine
+    from ctxscale.evaluate.settings import Settings
+
+    settings = {"backend": "hf", "device": "cpu", "dtype": "float32", "max_length": 512, "prefix_reuse": True}
+    planned = build_engine(checkpoint, Settings.from_mapping({**settings, "retained_tokens": 123}), 8)
+    unplanned = build_engine(checkpoint, Settings.from_mapping(settings), 8)
+    assert (planned.lm.retained_tokens, unplanned.lm.retained_tokens) == (123, None)  # None: sized at first use
+    with pytest.raises(UserError, match="retained_tokens must be null or an integer >= 0"):
+        Settings.from_mapping({**settings, "retained_tokens": -1})

@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def planned_settings(args: argparse.Namespace, settings: dict) -> dict:
-    """``settings`` with the job's planned ``max_length`` and ``tensor_parallel_size`` (ctxscale.plan); with
-    several datasets, the largest of their plans, so that one loaded model serves them all."""
+    """``settings`` with the job's planned ``max_length`` and ``tensor_parallel_size`` (ctxscale.plan) and, for hf
+    prefix reuse on a GPU, ``retained_tokens`` unless the settings give it; with several datasets, the largest
+    window and parallel size of their plans, so that one loaded model serves them all, and the smallest store
+    (the one beside the largest window)."""
     from ctxscale.plan import evaluation as plan
 
     plan_settings = {
@@ -73,7 +75,10 @@ def planned_settings(args: argparse.Namespace, settings: dict) -> dict:
         )  # fmt: skip
         log.info("plan: %s", job.summary())
         updates.append(job.settings_update())
-    largest = {key: max(update[key] for update in updates) for key in updates[0]}
+    largest = {key: (min if key == "retained_tokens" else max)(update[key] for update in updates)
+               for key in updates[0]}  # fmt: skip
+    if settings.get("retained_tokens") is not None:
+        largest.pop("retained_tokens", None)  # the user's budget stands
     if len(updates) > 1:
         log.info("plan: one model load for %d datasets: %s", len(updates), largest)
     return {**settings, **largest}

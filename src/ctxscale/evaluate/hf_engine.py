@@ -55,6 +55,8 @@ class HfEngine(Engine):
                 hf_config.rope_parameters = wanted
                 extra["config"] = hf_config
             details["rope_parameters"] = wanted
+        if settings.prefix_reuse:
+            extra["retained_tokens"] = settings.retained_tokens  # the plan's budget; None: sized at load
         # device must be explicit: on a CPU-only torch, transformers' loading warm-up otherwise calls into CUDA.
         lm = cls.lm_class(settings)(
             pretrained=str(model_dir),

@@ -21,7 +21,7 @@ def _default_settings() -> dict[str, Any]:
 # backend, max_length (explicit window, never inferred), batch_size (fixed, never "auto": scores depend slightly
 # on it), dtype, device (hf; vLLM picks GPUs via CUDA_VISIBLE_DEVICES), seed, tensor_parallel_size (vllm;
 # "auto" is resolved by the job plan), gpu_memory_utilization, enable_prefix_caching, prefix_reuse (hf), block_size, enforce_eager,
-# max_samples; see src/ctxscale/schemas/config.schema.yaml for each one's meaning and default.
+# max_samples, retained_tokens (hf prefix reuse; set by the job's plan); see src/ctxscale/schemas/config.schema.yaml for each one's meaning and default.
 DEFAULT_SETTINGS: dict[str, Any] = _default_settings()
 
 
@@ -55,6 +55,7 @@ class Settings:
     n_ctx: int | None
     rope_scaling: dict | None
     max_samples: int | None
+    retained_tokens: int | None  # hf prefix reuse: the store's budget (the plan's, or sized at load when None)
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any] | None) -> Settings:
@@ -86,6 +87,9 @@ class Settings:
         positive_int("max_samples", allow_none=True)
         positive_int("n_ctx", allow_none=True)
         positive_int("block_size", allow_none=True)
+        retained = merged["retained_tokens"]
+        if retained is not None and (isinstance(retained, bool) or not isinstance(retained, int) or retained < 0):
+            raise UserError(f"evaluation setting retained_tokens must be null or an integer >= 0, got {retained!r}")
         device = merged["device"]
         if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
             raise UserError(f"evaluation setting device must be cpu, cuda or cuda:N, got {merged['device']!r}")

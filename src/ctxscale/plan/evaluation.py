@@ -29,7 +29,7 @@ power of two dividing the attention heads, for which this holds; ``max_model_len
 plus the generation budget, capped at ``max_length``. The ``hf`` backend runs on one GPU (``device: cuda``)
 or none (``device: cpu``) and is checked the same way with t = 1; with ``prefix_reuse`` (ctxscale.evaluate.prefix_reuse)
 the finished prompts' caches it retains for the next shot count fill the KV pool left after one working
-sequence (``retained_tokens``; the engine's own bound, sized at load from the free memory). A job that cannot
+sequence (``retained_tokens``, which the evaluate step hands the engine as its store's budget). A job that cannot
 fit fails before any model loads, with one line naming the model, the memory needed and the memory available.
 
 
@@ -60,7 +60,8 @@ BOUNDARY_MARGIN = 8
 # The config's evaluation keys the plan reads beyond the result-affecting settings.
 PLAN_KEYS = ("gpu_memory_gib", "gpu_overhead_gib", "max_gpus_per_job")
 # The evaluation settings (results-affecting, passed to the evaluate step anyway) the plan reads.
-RESULT_KEYS = ("backend", "device", "dtype", "max_length", "gpu_memory_utilization", "tensor_parallel_size")
+RESULT_KEYS = ("backend", "device", "dtype", "max_length", "gpu_memory_utilization", "tensor_parallel_size",
+               "prefix_reuse")
 
 
 def longest_prompt_tokens(manifest: Mapping[str, Any], max_shots: int) -> int | None:
@@ -100,8 +101,12 @@ class JobPlan:
     retained_tokens: int = 0  # hf prefix reuse: prompt tokens its store can retain beside the working sequence
 
     def settings_update(self) -> dict[str, int]:
-        """The evaluation settings the plan decides."""
-        return {"max_length": self.max_model_len, "tensor_parallel_size": self.tensor_parallel_size}
+        """The evaluation settings the plan decides: the window and tensor parallel size, and on a GPU with hf
+        prefix reuse the reuse store's budget."""
+        update = {"max_length": self.max_model_len, "tensor_parallel_size": self.tensor_parallel_size}
+        if self.retained_tokens:
+            update["retained_tokens"] = self.retained_tokens
+        return update
 
     def summary(self) -> str:
         head = (f"{self.model} on {self.dataset}: longest prompt {self.longest_prompt} ({self.prompt_source}), "
