@@ -132,8 +132,13 @@ _RUNS: dict = {}
 def shared_run(scale: str, tmp_path_factory) -> Path:
     """One run per scale for the whole session (also used by test_tables.py)."""
     if scale not in _RUNS:
-        logging.getLogger("ctxscale.fitting").setLevel(logging.ERROR)  # bound warnings of the no-penalty fit
-        _RUNS[scale] = write_run(scale, tmp_path_factory.mktemp(f"run-{scale}"))
+        fitting_log = logging.getLogger("ctxscale.fitting")
+        level = fitting_log.level
+        fitting_log.setLevel(logging.ERROR)  # bound warnings of the no-penalty fit
+        try:
+            _RUNS[scale] = write_run(scale, tmp_path_factory.mktemp(f"run-{scale}"))
+        finally:
+            fitting_log.setLevel(level)  # later tests (test_compare's) read those warnings
     return _RUNS[scale]
 
 
