@@ -338,3 +338,6 @@ def test_job_records_go_under_logs_and_figures_follow_the_task_order(clone_dir, 
     assert all(path.startswith("logs/benchmarks/") for path in benchmarks), benchmarks[:3]
     settings = re.search(r"python -m ctxscale\.figures .*--settings '([^']+)'", output).group(1)
     assert json.loads(settings)["tasks"] == list(config["tasks"]) == ["translation", "common-sense", "arithmetic"]
+    # Table 1 takes an extended model's tokens from where extension.compute_tokens says, so the rule passes it
+    tables = json.loads(re.search(r"python -m ctxscale\.tables write --config-json '([^']+)'", output).group(1))
+    assert tables["extension"] == {"compute_tokens": config["extension"]["compute_tokens"]}

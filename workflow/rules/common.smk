@@ -314,9 +314,11 @@ def table_outputs():
 
 
 def table_config():
-    """What the tables read of the config: the models (Table 1) and the task order."""
+    """What the tables read of the config: the models and where extended models' tokens come from (Table 1),
+    and the task order."""
     keys = ("model_groups", "models", "tasks")
-    return json.dumps({k: config[k] for k in keys}, sort_keys=True)
+    extension = {"compute_tokens": config["extension"]["compute_tokens"]}
+    return json.dumps({**{k: config[k] for k in keys}, "extension": extension}, sort_keys=True)
 
 
 def compare_arguments(wildcards=None):
