@@ -243,7 +243,8 @@ def test_real_ruler_context_penalty():
 def test_workflow_fit_arguments_come_from_the_validated_config():
     """The workflow's experiment flags (workflow/rules/common.smk calls these): defaults from the schema only."""
     from ctxscale import config as ctxconfig
-    from ctxscale.experiments import DEFAULT_TRAIN_MAX_N_PMT, workflow_experiments, workflow_fit_arguments
+    from ctxscale.experiments import DEFAULT_TRAIN_MAX_N_PMT
+    from ctxscale.rule_arguments import workflow_experiments, workflow_fit_arguments
 
     repo = Path(__file__).resolve().parents[1]
     demo = ctxconfig.load_config(repo / "config" / "demo.yaml")

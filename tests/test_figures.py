@@ -428,7 +428,7 @@ def test_report_captions_render_for_every_figure_and_table(config_file):
 
     from ctxscale.compare import TABLE_NAME as COMPARISON_TABLE
     from ctxscale.config import validate_config
-    from ctxscale.tables import TABLE_NAMES
+    from ctxscale.rule_arguments import TABLE_NAMES
 
     config = validate_config(yaml.safe_load((REPO / "config" / config_file).read_text()))
     snakemake = type("Snakemake", (), {"config": config})

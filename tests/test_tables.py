@@ -14,6 +14,7 @@ import yaml
 from ctxscale import tables
 from ctxscale.errors import UserError
 from ctxscale.fitting import load_fit
+from ctxscale.rule_arguments import TABLE_NAMES
 from test_figures import model_infos, paper_run, tiny_run  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +180,7 @@ def test_cli_writes_every_table_as_csv_and_markdown(tiny_run, tmp_path, capsys):
     argv = ["write", "--config-json", json.dumps(tiny_config()), "--fits-dir", str(tiny_run / "fits"),
             "--model-info", *map(str, sorted((tiny_run / "models").glob("*.json"))), "--out-dir", str(out), "-q"]
     assert tables.main(argv) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{ext}" for n in tables.TABLE_NAMES
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{ext}" for n in TABLE_NAMES
                                                            for ext in ("csv", "md"))
     summary = pd.read_csv(out / "mae_summary.csv")
     assert len(summary) == 3 * 5  # five experiments ran in the miniature: no held-out compute

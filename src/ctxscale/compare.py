@@ -26,16 +26,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctxscale import config as ctxconfig
 from ctxscale.errors import UserError
 from ctxscale.steps import cli_main, parse_step_args, step_parser
 from ctxscale.experiments import DEFAULT_TRAIN_MAX_N_PMT, held_out_context, leave_one_model_out
 from ctxscale.fit_inputs import FitSettings, select_cells
 from ctxscale.law import LAWS, LawSpec, resolve_law
+from ctxscale.rule_arguments import COMPARISON_TABLE
 
 log = logging.getLogger(__name__)
 
-TABLE_NAME = "law_comparison"
+TABLE_NAME = COMPARISON_TABLE
 COLUMNS = ["task", "law", "n_params", "n_cells", "n_models", "train_mae", "lomo_test_mae", "train_max_n_pmt",
            "heldout_context_train_mae", "heldout_context_test_mae", "aic", "bic"]
 
@@ -89,25 +89,6 @@ def compare_laws(observations: pd.DataFrame, tasks, laws=None, settings: FitSett
         frames = [compare_task(select_cells(observations, task, None, per_dataset, models), laws, settings,
                                train_max_n_pmt) for task in tasks]
     return pd.concat(frames, ignore_index=True)
-
-
-def workflow_compare_arguments(config: dict) -> list:
-    """Options of ``ctxscale compare`` for a validated workflow config (``experiments.compare``; a config
-    without that entry gets the schema's experiment defaults, as the rule is defined either way)."""
-    settings = {**ctxconfig.schema_defaults("experiment"), **config["experiments"].get("compare", {})}
-    fit = config["fit"]
-    models = ctxconfig.fit_models(config, "compare")
-    args = [f"--task {task}" for task in config["tasks"]]
-    args += [f"--laws {','.join(settings['laws'])}", f"--train-max-n-pmt {settings['train_max_n_pmt']}",
-             f"--objective {fit['objective']}", f"--seeds {fit['seeds']}", f"--max-exponent {fit['max_exponent']:g}",
-             f"--models {','.join(models)}"]
-    if fit["per_dataset"]:
-        args.append("--per-dataset")
-    return args
-
-
-def compare_enabled(config: dict) -> bool:
-    return bool(config["experiments"].get("compare", {}).get("enabled", False))
 
 
 @cli_main

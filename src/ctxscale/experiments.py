@@ -52,14 +52,11 @@ from ctxscale.fitting import (BOOTSTRAP_REFITS, BOOTSTRAP_UNITS, DEFAULT_BOOTSTR
 from ctxscale.fit_inputs import CellSet, FitSettings, select_cells
 from ctxscale.law import LAW_CHOICES, PENALTIES, LawSpec
 from ctxscale.observations import load_observations
+from ctxscale.rule_arguments import EXPERIMENTS
 
 log = logging.getLogger(__name__)
 
-EXPERIMENTS = ("in-distribution", "held-out-context", "held-out-compute", "leave-one-model-out", "no-penalty",
-               "context-agnostic")
 DEFAULT_TRAIN_MAX_N_PMT = ctxconfig.schema_defaults("experiment")["train_max_n_pmt"]
-# Experiments whose fits carry bootstrap intervals in the workflow (parameter table, held-out bands).
-BOOTSTRAPPED_EXPERIMENTS = ("in-distribution", "held-out-context", "held-out-compute")
 SCHEMA_VERSION = 1
 
 
@@ -279,39 +276,6 @@ def run_experiment(name: str, cellset: CellSet, settings: FitSettings | None = N
 
 
 # ------------------------------------------------------------------------------------------- workflow
-
-
-def workflow_experiments(config: dict) -> list:
-    """Experiments the workflow fits for a validated config: the enabled ones, held-out-compute only when
-    some enabled model is held out (``compare`` is not a fit: :mod:`ctxscale.compare` writes a table)."""
-    enabled = [e for e, s in config["experiments"].items() if s.get("enabled", True) and e in EXPERIMENTS]
-    if "held-out-compute" in enabled and not ctxconfig.holdout_models(config):
-        enabled.remove("held-out-compute")
-    return enabled
-
-
-def workflow_fit_arguments(config: dict, experiment: str) -> list:
-    """Options of ``ctxscale fit`` for one experiment of a validated config (defaults filled by the schema).
-
-    Only the config the experiment uses appears, so editing another experiment's settings reruns nothing.
-    """
-    fit = config["fit"]
-    settings = config["experiments"].get(experiment, {})
-    args = [f"--experiment {experiment}", f"--objective {fit['objective']}", f"--penalty {fit['penalty']}",
-            f"--law {fit['law']}", f"--seeds {fit['seeds']}", f"--max-exponent {fit['max_exponent']:g}"]
-    models = ctxconfig.fit_models(config, experiment)
-    if experiment == "held-out-compute":
-        models = models + ctxconfig.holdout_models(config)
-    args.append(f"--models {','.join(models)}")
-    if experiment in BOOTSTRAPPED_EXPERIMENTS and fit["bootstrap"] > 0:
-        args += [f"--bootstrap {fit['bootstrap']}", f"--bootstrap-unit {fit['bootstrap_unit']}"]
-    if experiment == "held-out-context":
-        args.append(f"--train-max-n-pmt {settings['train_max_n_pmt']}")
-    if experiment == "held-out-compute":
-        args.append(f"--holdout-models {','.join(ctxconfig.holdout_models(config))}")
-    if fit["per_dataset"]:
-        args.append("--per-dataset")
-    return args
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -56,7 +56,8 @@ import pandas as pd
 
 from ctxscale.config import built_by_extension, enabled_models
 from ctxscale.errors import UserError
-from ctxscale.experiments import EXPERIMENTS, regression_metrics
+from ctxscale.experiments import regression_metrics
+from ctxscale.rule_arguments import EXPERIMENTS, TABLE_NAMES
 from ctxscale.files import atomic_write
 from ctxscale.model_info import read_model_info, training_compute
 from ctxscale.steps import cli_main, parse_json_option, parse_step_args, step_parser, step_subparser
@@ -81,8 +82,6 @@ PAPER_REPORTED = {
 TASK_TITLES = {"arithmetic": "Arithmetic reasoning", "common-sense": "Common-sense reasoning",
                "translation": "Machine translation"}
 
-TABLE_NAMES = ("table1", "parameters", "mae_in_distribution", "mae_heldout_context", "mae_penalty_ablation",
-               "mae_heldout_compute", "mae_leave_one_model_out", "mae_summary")
 
 # The paper's Table 1 (spec §3.1): base model, context limit, non-embedding parameters, tokens as
 # printed ("2.0T + 0.210B"), and the paper's C.

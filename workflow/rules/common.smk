@@ -6,13 +6,11 @@ import re
 import sys
 
 from ctxscale import config as ctxconfig
-from ctxscale import compare as ctxcompare
-from ctxscale import experiments as ctxexperiments
+from ctxscale import rule_arguments
 from ctxscale.figures.registry import FIGURES
 from ctxscale.plan import evaluation as evaluation_plan
 from ctxscale.plan import extension as extension_plan
 from ctxscale.errors import UserError
-from ctxscale.tables import TABLE_NAMES
 
 try:
     ctxconfig.validate_config(config)
@@ -260,8 +258,8 @@ def all_model_info(wildcards=None):
 
 
 def experiments():
-    """(experiment, task) pairs to fit: ctxscale.experiments.workflow_experiments."""
-    return ctxexperiments.workflow_experiments(config)
+    """(experiment, task) pairs to fit: ctxscale.rule_arguments.workflow_experiments."""
+    return rule_arguments.workflow_experiments(config)
 
 
 def fit_files():
@@ -269,8 +267,8 @@ def fit_files():
 
 
 def fit_arguments(wildcards):
-    """Command-line options of `ctxscale fit` for one experiment: ctxscale.experiments.workflow_fit_arguments."""
-    return " ".join(ctxexperiments.workflow_fit_arguments(config, wildcards.experiment))
+    """Command-line options of `ctxscale fit` for one experiment: ctxscale.rule_arguments.workflow_fit_arguments."""
+    return " ".join(rule_arguments.workflow_fit_arguments(config, wildcards.experiment))
 
 
 def figure_settings():
@@ -307,7 +305,7 @@ def figure_outputs():
 
 def table_outputs():
     outputs = []
-    for name in TABLE_NAMES:
+    for name in rule_arguments.TABLE_NAMES:
         outputs.append(report(f"results/tables/{name}.csv", caption=caption_file(name), category="Tables"))
         outputs.append(f"results/tables/{name}.md")
     return outputs
@@ -322,16 +320,16 @@ def table_config():
 
 
 def compare_arguments(wildcards=None):
-    """Options of `ctxscale compare` (experiments.compare): ctxscale.compare.workflow_compare_arguments."""
-    return " ".join(ctxcompare.workflow_compare_arguments(config))
+    """Options of `ctxscale compare` (experiments.compare): ctxscale.rule_arguments.workflow_compare_arguments."""
+    return " ".join(rule_arguments.workflow_compare_arguments(config))
 
 
 def compare_outputs():
-    name = ctxcompare.TABLE_NAME
+    name = rule_arguments.COMPARISON_TABLE
     return [report(f"results/tables/{name}.csv", caption=caption_file(name), category="Tables"),
             f"results/tables/{name}.md"]
 
 
 def final_outputs():
-    compared = compare_outputs() if ctxcompare.compare_enabled(config) else []
+    compared = compare_outputs() if rule_arguments.compare_enabled(config) else []
     return ["results/observations/by_task.csv", *fit_files(), *figure_outputs(), *table_outputs(), *compared]
