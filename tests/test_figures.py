@@ -426,7 +426,7 @@ def test_report_captions_render_for_every_figure_and_table(config_file):
     from docutils.core import publish_parts
     from jinja2 import Environment
 
-    from ctxscale.compare import TABLE_NAME as COMPARISON_TABLE
+    from ctxscale.rule_arguments import COMPARISON_TABLE
     from ctxscale.config import validate_config
     from ctxscale.rule_arguments import TABLE_NAMES
 

@@ -35,7 +35,6 @@ from ctxscale.rule_arguments import COMPARISON_TABLE
 
 log = logging.getLogger(__name__)
 
-TABLE_NAME = COMPARISON_TABLE
 COLUMNS = ["task", "law", "n_params", "n_cells", "n_models", "train_mae", "lomo_test_mae", "train_max_n_pmt",
            "heldout_context_train_mae", "heldout_context_test_mae", "aic", "bic"]
 
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-exponent", type=float, default=DEFAULT_MAX_EXPONENT,
                         help=f"upper search bound of the exponents alpha and beta ({DEFAULT_MAX_EXPONENT:g})")
     parser.add_argument("--out-dir", required=True, help="write NAME.csv and NAME.md here (atomically)")
-    parser.add_argument("--name", default=TABLE_NAME, help=f"file name stem (default {TABLE_NAME})")
+    parser.add_argument("--name", default=COMPARISON_TABLE, help=f"file name stem (default {COMPARISON_TABLE})")
     args = parse_step_args(parser, argv)
     laws = [resolve_law(name) for name in _names(args.laws)]
     if not laws:
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                          _names(args.models) or None, args.per_dataset)
     written = [Path(args.out_dir) / f"{args.name}.csv", Path(args.out_dir) / f"{args.name}.md"]
     atomic_write(written[0], table.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
-    atomic_write(written[1], to_markdown(TABLE_NAME, table))
+    atomic_write(written[1], to_markdown(COMPARISON_TABLE, table))
     columns = ["task", "law", "n_params", "train_mae", "lomo_test_mae", "heldout_context_test_mae", "bic"]
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print("wrote " + " ".join(map(str, written)))

@@ -275,9 +275,6 @@ def run_experiment(name: str, cellset: CellSet, settings: FitSettings | None = N
     return functions[name](cellset, settings)
 
 
-# ------------------------------------------------------------------------------------------- workflow
-
-
 # ------------------------------------------------------------------------------------------------ CLI
 
 
