@@ -47,7 +47,9 @@ replicate resamples:
 Each replicate is refitted by one differential-evolution run (its population seeded with the point
 estimate, one seed per replicate) plus local refinement (``refit="global"``, the default), or by local
 refinement from the point estimate only (``refit="local"``, about 20x faster, but blind to replicates whose
-optimum moved to another basin). Intervals are percentiles over the replicates.
+optimum moved to another basin). Intervals are percentiles over the replicates. A replicate's DE keeps the
+main fit's tolerance: at ``tol=1e-3`` the miniature's bootstraps took about 35 % less time, but one replicate of
+its held-out-context arithmetic fit stopped on another optimum (2026-12-05).
 """
 
 from __future__ import annotations
