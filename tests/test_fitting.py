@@ -184,6 +184,16 @@ def test_bootstrap_of_a_point_estimate_on_a_bound():
     assert fit.working.from_identifiable(fit.identifiable)[0] > 5.0  # the round trip's overshoot
     boot = bootstrap_law(fit, frame, n_replicates=2, seed=0)
     assert boot.n_failed == 0 and len(boot.replicates) == 2
+    # Exactly on a bound fails too: scipy rescales alpha = 0.01 in [0.01, 20] (the miniature's fit.max_exponent)
+    # to -1.1e-16 and refuses it as x0. Seen on the miniature with another data seed (2026-12-05): every
+    # replicate failed and the fit step stopped.
+    fit = fit_law(FitData.from_frame(frame), seeds=(0,), max_exponent=20)
+    at_floor = fit.working.from_identifiable(fit.identifiable)
+    at_floor[1] = 0.01
+    fit = dataclasses.replace(fit, identifiable=fit.working.to_identifiable(at_floor))
+    assert fit.working.from_identifiable(fit.identifiable)[1] == 0.01 and fit.working.bounds[1] == (0.01, 20)
+    boot = bootstrap_law(fit, frame, n_replicates=2, seed=0)
+    assert boot.n_failed == 0 and len(boot.replicates) == 2
 
 
 def test_too_few_points_and_bad_inputs():

@@ -367,9 +367,18 @@ def initial_guess(form: WorkingForm, data: FitData) -> np.ndarray:
     starts = {"log10_gamma": 2.0, "log10_penalty_width": -2.0, "log10_effective_share": 0.0,
               "floor": 0.5 * float(np.min(data.score))}
     z += [starts[name] for name in spec.extra_names]
-    lo, hi = np.array(form.bounds).T
-    margin = 1e-6 * (hi - lo)
-    return np.clip(np.asarray(z, dtype=float), lo + margin, hi - margin)
+    return inside_bounds(z, form.bounds)
+
+
+def inside_bounds(z, bounds, margin: float = 1e-6) -> np.ndarray:
+    """``z`` moved ``margin`` of each parameter's range inside ``bounds``, as a differential-evolution start.
+
+    A start on a bound is not enough: scipy rescales it to [0, 1] and can land a hair outside, which it refuses
+    ("Some entries in x0 lay outside the specified bounds"), e.g. alpha = 0.01 in [0.01, 20] scales to -1.1e-16.
+    """
+    lo, hi = np.array(bounds).T
+    gap = margin * (hi - lo)
+    return np.clip(np.asarray(z, dtype=float), lo + gap, hi - gap)
 
 
 def _local_refine(z0, objective: Objective, predict, bounds):
@@ -554,10 +563,11 @@ def bootstrap_law(fit: LawFit, cells: pd.DataFrame, parts: pd.DataFrame | None =
             resampler = InstanceResampler(n_cells, parts["cell"].to_numpy(int), parts["score"].to_numpy(float),
                                           parts["n_instances"].to_numpy(float))
 
-    # clipped: a point estimate on a bound comes back from the identifiable round trip up to 1e-16 outside it,
-    # and differential evolution refuses an x0 outside its bounds
+    # clipped: a point estimate on a bound comes back from the identifiable round trip up to 1e-16 outside it;
+    # the DE start goes a little further in, since differential evolution may refuse one exactly on a bound
     low, high = np.array(fit.working.bounds).T
     z_hat = np.clip(fit.working.from_identifiable(fit.identifiable), low, high)
+    de_start = inside_bounds(z_hat, fit.working.bounds)
     replicates, failed = [], 0
     for r in range(n_replicates):
         if "models" in unit:
@@ -575,7 +585,7 @@ def bootstrap_law(fit: LawFit, cells: pd.DataFrame, parts: pd.DataFrame | None =
                 # One DE run per replicate, its population seeded with the point estimate, so a replicate
                 # whose optimum moved to another basin can still reach it.
                 start = differential_evolution(lambda x: obj.value(predict(x)), fit.working.bounds,
-                                               rng=int(rng.integers(2**31)), x0=z_hat, polish=False,
+                                               rng=int(rng.integers(2**31)), x0=de_start, polish=False,
                                                vectorized=True, updating="deferred", **DE_SETTINGS).x
             z, _, _ = _local_refine(start, obj, predict, fit.working.bounds)
             replicates.append([fit.working.to_identifiable(z)[name] for name in fit.spec.identifiable_names])
