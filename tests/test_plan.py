@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -694,3 +695,6 @@ def test_the_evaluate_step_hands_the_engine_the_planned_store_of_its_largest_win
     assert (planned["max_length"], planned["retained_tokens"]) == (long.max_model_len, long.retained_tokens)
     plans = iter([short, long])
     assert cli.planned_settings(args, {**settings, "retained_tokens": 5_000})["retained_tokens"] == 5_000
+    # A window that leaves no room for a store plans a budget of 0, and 0 is the job's budget (not a missing key)
+    plans = iter([short, dataclasses.replace(long, retained_tokens=0)])
+    assert cli.planned_settings(args, settings)["retained_tokens"] == 0

@@ -101,10 +101,11 @@ class JobPlan:
     retained_tokens: int = 0  # hf prefix reuse: prompt tokens its store can retain beside the working sequence
 
     def settings_update(self) -> dict[str, int]:
-        """The evaluation settings the plan decides: the window and tensor parallel size, and on a GPU with hf
-        prefix reuse the reuse store's budget."""
+        """The evaluation settings the plan decides: the window and tensor parallel size, and for hf on a GPU the
+        reuse store's budget, 0 included (no room, or no prefix reuse), so that every plan of one job has the
+        same keys."""
         update = {"max_length": self.max_model_len, "tensor_parallel_size": self.tensor_parallel_size}
-        if self.retained_tokens:
+        if self.backend == "hf" and self.available_gib > 0:
             update["retained_tokens"] = self.retained_tokens
         return update
 
